@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command: what CI runs and what the README names.
+#   1. builds (once, cached outside the repo) kube-apiserver, etcd, kubectl
+#      and helm from their upstream Go modules at pinned versions;
+#   2. checks formatting and lints;
+#   3. runs every test: unit tests, the simulator, and the integration tests
+#      against a real control plane (tests/), including the generated-files
+#      check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+start=$(date +%s)
+echo "==> control plane binaries"; scripts/control-plane.sh
+echo "==> helm"; scripts/helm.sh
+echo "==> cargo fmt --check"; cargo fmt --all -- --check
+echo "==> cargo clippy"; cargo clippy --all-targets --locked -- -D warnings
+echo "==> cargo test"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets --locked 2>&1 | tee "$log"
+read -r passed failed < <(awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
+echo "==> done in $(( $(date +%s) - start ))s"
+echo "tests: ${passed} passed, ${failed} failed"

@@ -1,0 +1,68 @@
+//! `Approval` (namespaced): a decision on one `approval` step of one run.
+//! Its own kind so that RBAC can say who may approve: only subjects allowed
+//! to `create` Approvals can move a run past a gate. A decision, once made,
+//! cannot be edited.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{ObjectRef, conditions_schema};
+
+/// A decision on one approval gate.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tether.dev",
+    version = "v1alpha1",
+    kind = "Approval",
+    namespaced,
+    status = "ApprovalStatus",
+    shortname = "tap",
+    category = "tether",
+    printcolumn = r#"{"name":"Run","type":"string","jsonPath":".spec.runRef.name"}"#,
+    printcolumn = r#"{"name":"Step","type":"string","jsonPath":".spec.step"}"#,
+    printcolumn = r#"{"name":"Decision","type":"string","jsonPath":".spec.decision"}"#,
+    printcolumn = r#"{"name":"By","type":"string","jsonPath":".status.decidedBy"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("an Approval cannot be changed once made: delete it and create a new one"))]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalSpec {
+    /// The WorkflowRun that waits (same namespace).
+    pub run_ref: ObjectRef,
+    /// Name of the `approval` step in that run.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z][a-z0-9-]*$"))]
+    pub step: String,
+    /// `Approve` or `Reject`.
+    pub decision: Decision,
+    /// Why; recorded in the run's Events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub reason: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Decision {
+    Approve,
+    Reject,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The user who created the Approval, as authenticated by the API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    /// When the run took the decision into account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<DateTime<Utc>>,
+    /// `Applied`: the run received the decision; `False` with a reason when
+    /// the run or step does not exist or is not waiting.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}

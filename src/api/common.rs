@@ -1,0 +1,178 @@
+//! Types shared by several kinds: references, durations, free-form JSON and
+//! the condition list. Pure data: no client, no I/O.
+
+use std::borrow::Cow;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// API group of every Tether kind.
+pub const GROUP: &str = "tether.dev";
+/// API version of every Tether kind.
+pub const VERSION: &str = "v1alpha1";
+
+/// A reference to an object of a known kind in the same namespace (or, for a
+/// cluster-scoped kind such as `Adapter`, in the cluster).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct ObjectRef {
+    /// Name of the referenced object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into() }
+    }
+}
+
+/// One key of a Secret in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A Secret in the same namespace whose keys are named by the field that uses it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Regular expression for a duration: one or more `<number><unit>` with unit
+/// `ms`, `s`, `m` or `h`, as in `500ms`, `30s`, `1h30m`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+
+/// A length of time written the way Kubernetes users write them: `30s`, `5m`,
+/// `1h30m`, `250ms`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(transparent)]
+pub struct Duration(pub String);
+
+impl Duration {
+    /// The duration as a `std::time::Duration`, or `None` when the text does
+    /// not follow [`DURATION_PATTERN`] (the API server rejects such text, so
+    /// `None` only appears for objects that bypassed validation).
+    pub fn to_std(&self) -> Option<std::time::Duration> {
+        parse_duration(&self.0)
+    }
+}
+
+impl From<&str> for Duration {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl JsonSchema for Duration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "maxLength": 32,
+            "description": "A duration such as 500ms, 30s, 5m or 1h30m."
+        })
+    }
+}
+
+/// Parses `1h30m`, `250ms`, `45s`. Returns `None` on anything else.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (std::time::Duration::from_millis(1), 2)
+        } else if rest.starts_with('s') {
+            (std::time::Duration::from_secs(1), 1)
+        } else if rest.starts_with('m') {
+            (std::time::Duration::from_secs(60), 1)
+        } else if rest.starts_with('h') {
+            (std::time::Duration::from_secs(3600), 1)
+        } else {
+            return None;
+        };
+        total = total.checked_add(unit.checked_mul(u32::try_from(value).ok()?)?)?;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+/// Schema of a JSON object whose fields the user chooses (properties sent to
+/// an external system, parameters of a run).
+pub fn free_form_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// Schema of any JSON value (a parameter default, an output).
+pub fn any_value(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// Schema of the `conditions` list: standard `meta/v1` conditions merged by
+/// `type`, so server-side apply owns each condition separately.
+pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = <Vec<Condition>>::json_schema(generator);
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema
+}
+
+/// Condition types and reasons shared by every kind.
+pub mod condition {
+    /// The object has reached the state its spec asks for.
+    pub const READY: &str = "Ready";
+    /// The last reconcile reached the external system and applied the spec.
+    pub const SYNCED: &str = "Synced";
+    /// The spec cannot be acted on until it is changed.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration as Std;
+
+    #[test]
+    fn durations_parse_the_units_users_write() {
+        assert_eq!(parse_duration("30s"), Some(Std::from_secs(30)));
+        assert_eq!(parse_duration("1h30m"), Some(Std::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Std::from_millis(250)));
+        assert_eq!(parse_duration("2m10s"), Some(Std::from_secs(130)));
+    }
+
+    #[test]
+    fn durations_refuse_text_outside_the_pattern() {
+        for bad in ["", "5", "m", "5 minutes", "-1s", "1d", "1.5s"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?} should not parse");
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! `ExternalResource` (namespaced): one object in a target system, declared
+//! by its desired properties and the policies that govern drift, ownership
+//! and deletion. The status is the state store: the external id, the intent
+//! of a create in flight (its idempotency key), what was last applied and
+//! observed.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::common::{Duration, ObjectRef, any_value, conditions_schema, free_form_object};
+
+/// One object in a target system.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tether.dev",
+    version = "v1alpha1",
+    kind = "ExternalResource",
+    namespaced,
+    status = "ExternalResourceStatus",
+    shortname = "xr",
+    category = "tether",
+    selectable = ".spec.targetRef.name",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
+    printcolumn = r#"{"name":"External-ID","type":"string","jsonPath":".status.externalId"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Synced","type":"string","jsonPath":".status.conditions[?(@.type==\"Synced\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalResourceSpec {
+    /// The TargetSystem (same namespace) that holds the object. Immutable:
+    /// moving an object between systems is a delete and a create.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("targetRef is immutable: create a new ExternalResource to move the object to another target"))]
+    pub target_ref: ObjectRef,
+
+    /// The resource type, as named in the target's Adapter. Immutable.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z][a-z0-9-]*$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("type is immutable"))]
+    #[serde(rename = "type")]
+    pub type_: String,
+
+    /// The desired properties. Only the fields written here are compared
+    /// with the external object: fields the server adds are not drift.
+    #[serde(default)]
+    #[schemars(schema_with = "free_form_object")]
+    pub properties: Value,
+
+    /// A deterministic name for the object at the target, used by the
+    /// adapter's `find` to adopt an existing object (or one whose create
+    /// answer was lost). Defaults to `<namespace>-<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub external_name: Option<String>,
+
+    /// Adopt the object that already has this id instead of creating one.
+    /// Once set it cannot change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("externalId is immutable once set"))]
+    pub external_id: Option<String>,
+
+    /// `Full` creates, updates and deletes; `ObserveOnly` adopts and watches
+    /// but never writes to the target.
+    #[serde(default)]
+    pub management_policy: ManagementPolicy,
+
+    /// What to do when the object at the target differs from the spec.
+    #[serde(default)]
+    pub drift_policy: DriftPolicy,
+
+    /// What deleting this ExternalResource does to the external object.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// How often to re-read the object to detect changes made outside
+    /// Kubernetes.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: Duration,
+
+    /// JSON pointers (`/metadata/updatedAt`) of declared fields to leave out
+    /// of drift detection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(regex(pattern = r"^(/[^/]*)+$")))]
+    pub ignore_fields: Vec<String>,
+}
+
+fn default_poll_interval() -> Duration {
+    "5m".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ManagementPolicy {
+    /// Create, update and delete the object.
+    #[default]
+    Full,
+    /// Adopt and watch; never write to the target.
+    ObserveOnly,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DriftPolicy {
+    /// Write the desired properties back.
+    #[default]
+    Correct,
+    /// Record the drift in status and an Event; change nothing.
+    Report,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete the external object, then let the ExternalResource go.
+    #[default]
+    Delete,
+    /// Leave the external object in place.
+    Orphan,
+}
+
+/// A create that was sent (or is about to be) and whose answer has not been
+/// recorded. Written to status *before* the request leaves, so that a lost
+/// answer or a crash is followed by adoption, never a second object.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingCreate {
+    /// Sent as the adapter's idempotency key header and used to find the
+    /// object afterwards.
+    pub idempotency_key: String,
+    /// When the intent was recorded.
+    pub started_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalResourceStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The object's id at the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
+    /// A create whose outcome is not known yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_create: Option<PendingCreate>,
+    /// The declared fields as last observed at the target (bounded size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_value")]
+    pub observed: Option<Value>,
+    /// Hash of the properties last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_hash: Option<String>,
+    /// When the object was last compared with the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<DateTime<Utc>>,
+    /// Declared fields that differ at the target (with `driftPolicy: Report`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drifted_fields: Vec<String>,
+    /// `Ready` (exists and matches), `Synced` (last reconcile reached the
+    /// target), `Conflict` (another ExternalResource claims the object).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,184 @@
+//! `WorkflowRun` (namespaced): one execution of a Workflow. Parameters go in
+//! through the spec; the status holds the pinned definition and the state of
+//! every step, so a restarted controller resumes where the last one stopped.
+//! Large fan-outs keep aggregate counts and detail only for failures.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::common::{ObjectRef, any_value, conditions_schema, free_form_object};
+
+/// One execution of a Workflow.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tether.dev",
+    version = "v1alpha1",
+    kind = "WorkflowRun",
+    namespaced,
+    status = "WorkflowRunStatus",
+    shortname = "twr",
+    category = "tether",
+    selectable = ".spec.workflowRef.name",
+    printcolumn = r#"{"name":"Workflow","type":"string","jsonPath":".spec.workflowRef.name"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.currentStep"}"#,
+    printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.progress"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowRunSpec {
+    /// The Workflow to run (same namespace). Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("workflowRef is immutable: start a new run instead"))]
+    pub workflow_ref: ObjectRef,
+
+    /// Values of the workflow's parameters. Immutable.
+    #[serde(default)]
+    #[schemars(schema_with = "free_form_object")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("parameters are immutable: start a new run instead"))]
+    pub parameters: Value,
+
+    /// Set to true to cancel the run; completed steps are compensated.
+    /// Cannot be set back to false.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self || !oldSelf").message("a cancelled run cannot be resumed"))]
+    pub cancel: bool,
+}
+
+/// Phases of a run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RunPhase {
+    #[default]
+    Pending,
+    Running,
+    WaitingForApproval,
+    Succeeded,
+    Failed,
+    Compensating,
+    Compensated,
+    CompensationFailed,
+    Cancelled,
+}
+
+/// Phases of one step.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum StepPhase {
+    #[default]
+    Pending,
+    Running,
+    Waiting,
+    Succeeded,
+    Failed,
+    Skipped,
+    Compensating,
+    Compensated,
+    CompensationFailed,
+}
+
+/// The definition a run executes, pinned when it started.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedDefinition {
+    /// `metadata.generation` of the Workflow when the run started.
+    pub generation: i64,
+    /// Hash of the pinned spec.
+    pub hash: String,
+    /// A copy of the Workflow's spec at that generation.
+    #[schemars(schema_with = "free_form_object")]
+    pub spec: Value,
+}
+
+/// Counts of a `forEach` step's items.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemCounts {
+    pub total: i32,
+    pub running: i32,
+    pub succeeded: i32,
+    pub failed: i32,
+    pub compensated: i32,
+}
+
+/// Detail of one item, kept only while it runs or when it failed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemStatus {
+    pub index: i32,
+    pub phase: StepPhase,
+    #[serde(default)]
+    pub attempt: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStatus {
+    pub name: String,
+    pub phase: StepPhase,
+    /// Attempt number of the current or last attempt, from 1.
+    #[serde(default)]
+    pub attempt: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When the next retry or poll is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Outputs extracted from the step's response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_value")]
+    pub outputs: Option<Value>,
+    /// For `forEach` steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<ItemCounts>,
+    /// Items running now and items that failed (bounded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub item_details: Vec<ItemStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowRunStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub phase: RunPhase,
+    /// The definition this run executes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<PinnedDefinition>,
+    /// Step most recently started (printer column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<String>,
+    /// `succeeded/total` steps (printer column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub steps: Vec<StepStatus>,
+    /// Outputs of the run.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, Value>,
+    /// What a failed compensation left behind, for a human to clean up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_to_clean_up: Vec<String>,
+    /// `Succeeded` (the run finished well), `Ready` (the run is progressing
+    /// or done without error), `Compensated`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}

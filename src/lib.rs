@@ -1,0 +1,17 @@
+//! Tether: a Kubernetes controller that orchestrates external systems.
+//!
+//! - [`api`]: the custom resources (`tether.dev/v1alpha1`).
+//! - [`crd`]: CRD generation (`tether crd`).
+//! - [`sim`]: the target simulator (`tether sim`), a SaaS-like API that fails
+//!   on demand, used by the tests and the sandbox.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod crd;
+pub mod sim;
+
+/// Selects ring as the process-wide TLS crypto provider (kube and reqwest
+/// both use rustls). Safe to call more than once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,79 @@
+//! The `tether` binary: one command, several jobs.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tether", version, about = "Orchestrate external systems from Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print every CustomResourceDefinition as YAML (or write one file per
+    /// CRD into a directory).
+    Crd {
+        /// Write `<name>.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// Run the target simulator: a SaaS-like HTTP API with fault injection.
+    Sim {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090", env = "TETHER_SIM_LISTEN")]
+        listen: SocketAddr,
+        /// Accept `Authorization: Bearer <token>` (repeatable). With neither
+        /// tokens nor keys the API is open.
+        #[arg(long = "token")]
+        tokens: Vec<String>,
+        /// Accept `X-API-Key: <key>` (repeatable).
+        #[arg(long = "api-key")]
+        api_keys: Vec<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tether::install_crypto_provider();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Crd { out_dir: None } => print!("{}", tether::crd::all_yaml()?),
+        Command::Crd { out_dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for crd in tether::api::crds() {
+                let path = dir.join(tether::crd::file_name(&crd));
+                std::fs::write(&path, tether::crd::to_yaml(&crd)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        Command::Sim {
+            listen,
+            tokens,
+            api_keys,
+        } => {
+            let credentials = tether::sim::Credentials {
+                bearer_tokens: tokens,
+                api_keys,
+            };
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            let state = std::sync::Arc::new(tether::sim::SimState::new(credentials));
+            tracing::info!(addr = %listener.local_addr()?, "simulator listening");
+            tether::sim::serve(listener, state, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,433 @@
+//! The simulator's HTTP surface: the data API under `/v1` (what adapters
+//! call, with auth, throttling and injected faults) and the control API under
+//! `/_sim` (what tests and demos use to inject faults, read counters and
+//! change objects behind the controller's back).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use super::faults::{Faults, Stats, TokenBucket};
+use super::store::{Created, DEFAULT_PAGE, Store};
+
+/// Header that carries an idempotency key on create.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Header that carries an API key.
+pub const API_KEY: &str = "x-api-key";
+
+/// Who may call the data API. With no token and no key configured, anyone.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Credentials {
+    pub bearer_tokens: Vec<String>,
+    pub api_keys: Vec<String>,
+}
+
+/// Closes the connection a request came on, without a response.
+#[derive(Clone)]
+pub struct ConnectionKill(pub Arc<Notify>);
+
+#[derive(Default)]
+struct Inner {
+    store: Store,
+    faults: Faults,
+    bucket: Option<TokenBucket>,
+    stats: Stats,
+    admitted: Vec<Instant>,
+    in_flight: u64,
+    credentials: Credentials,
+}
+
+/// Shared state of one simulator.
+#[derive(Default)]
+pub struct SimState {
+    inner: std::sync::Mutex<Inner>,
+}
+
+impl SimState {
+    pub fn new(credentials: Credentials) -> Self {
+        let state = Self::default();
+        state.lock().credentials = credentials;
+        state
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the store half-written
+        // in a way that matters to a test double; keep serving.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        let mut inner = self.lock();
+        inner.bucket = faults
+            .rate_limit
+            .as_ref()
+            .map(|r| TokenBucket::new(r.requests_per_second, r.burst, Instant::now()));
+        inner.faults = faults;
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.lock().faults.clone()
+    }
+
+    pub fn set_credentials(&self, credentials: Credentials) {
+        self.lock().credentials = credentials;
+    }
+
+    pub fn stats(&self) -> Stats {
+        let inner = self.lock();
+        let mut stats = inner.stats.clone();
+        stats.peak_admitted_per_second = super::faults::peak_in_window(&inner.admitted, Duration::from_secs(1));
+        stats
+    }
+
+    pub fn reset_stats(&self) {
+        let mut inner = self.lock();
+        inner.stats = Stats::default();
+        inner.admitted.clear();
+    }
+
+    pub fn objects(&self, collection: &str) -> Vec<Value> {
+        self.lock().store.all(collection)
+    }
+
+    /// Changes an object without going through the data API: drift made by
+    /// someone else. Returns the object after the change.
+    pub fn drift(&self, collection: &str, id: &str, patch: &Value) -> Option<Value> {
+        self.lock().store.merge(collection, id, patch)
+    }
+
+    /// Forgets every object, fault, counter and credential.
+    pub fn reset(&self) {
+        *self.lock() = Inner::default();
+    }
+}
+
+pub fn router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/{collection}", post(create).get(list))
+        .route(
+            "/v1/{collection}/{id}",
+            get(read).put(replace).patch(patch).delete(delete),
+        )
+        .route("/_sim/faults", get(get_faults).put(put_faults).delete(clear_faults))
+        .route("/_sim/stats", get(get_stats).delete(delete_stats))
+        .route("/_sim/credentials", axum::routing::put(put_credentials))
+        .route("/_sim/objects/{collection}", get(all_objects))
+        .route("/_sim/objects/{collection}/{id}", axum::routing::patch(drift_object))
+        .route("/_sim/reset", post(reset))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({ "error": { "code": code, "message": message.into() } })),
+    )
+        .into_response()
+}
+
+/// Decrements the in-flight count however the request ends (including a
+/// dropped connection).
+struct InFlight(Arc<SimState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        inner.in_flight = inner.in_flight.saturating_sub(1);
+    }
+}
+
+/// Admission of a data request: counts it, checks credentials, throttles,
+/// waits the injected latency and injects errors. `Ok` carries the guard
+/// that keeps the request counted as in flight.
+async fn admit(
+    state: &Arc<SimState>,
+    headers: &HeaderMap,
+    operation: &str,
+    collection: &str,
+) -> Result<InFlight, Response> {
+    let latency = {
+        let mut inner = state.lock();
+        *inner
+            .stats
+            .requests
+            .entry(format!("{operation} {collection}"))
+            .or_default() += 1;
+        if !authorized(&inner.credentials, headers) {
+            inner.stats.unauthorized += 1;
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or invalid credentials",
+            ));
+        }
+        let now = Instant::now();
+        if let Some(Err(wait)) = inner.bucket.as_mut().map(|bucket| bucket.take(now)) {
+            inner.stats.throttled += 1;
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down");
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            return Err(response);
+        }
+        inner.admitted.push(now);
+        inner.in_flight += 1;
+        inner.stats.peak_in_flight = inner.stats.peak_in_flight.max(inner.in_flight);
+        inner.faults.latency_ms
+    };
+    let guard = InFlight(state.clone());
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let mut inner = state.lock();
+    let inject = if inner.faults.fail_next > 0 {
+        inner.faults.fail_next -= 1;
+        true
+    } else {
+        inner.faults.error_rate > 0.0 && rand::random::<f64>() < inner.faults.error_rate
+    };
+    if inject {
+        inner.stats.injected_errors += 1;
+        let status = inner
+            .faults
+            .error_status
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return Err(error(status, "injected", "injected failure"));
+    }
+    Ok(guard)
+}
+
+fn authorized(credentials: &Credentials, headers: &HeaderMap) -> bool {
+    if credentials.bearer_tokens.is_empty() && credentials.api_keys.is_empty() {
+        return true;
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let key = headers.get(API_KEY).and_then(|v| v.to_str().ok());
+    bearer.is_some_and(|t| credentials.bearer_tokens.iter().any(|c| c == t))
+        || key.is_some_and(|k| credentials.api_keys.iter().any(|c| c == k))
+}
+
+async fn create(
+    State(state): State<Arc<SimState>>,
+    Path(collection): Path<String>,
+    Extension(kill): Extension<ConnectionKill>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let _guard = match admit(&state, &headers, "create", &collection).await {
+        Ok(guard) => guard,
+        Err(response) => return response,
+    };
+    let Some(Json(body @ Value::Object(_))) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body must be a JSON object",
+        );
+    };
+    let key = headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok());
+    let (created, drop_answer) = {
+        let mut inner = state.lock();
+        let created = inner.store.create(&collection, body, key);
+        let drop_answer = inner.faults.drop_create_responses > 0 && matches!(created, Created::New(_));
+        if drop_answer {
+            inner.faults.drop_create_responses -= 1;
+            inner.stats.dropped_responses += 1;
+        }
+        (created, drop_answer)
+    };
+    if drop_answer {
+        // The object is committed; the caller never hears about it.
+        kill.0.notify_one();
+        std::future::pending::<()>().await;
+    }
+    match created {
+        Created::New(object) => (StatusCode::CREATED, Json(object)).into_response(),
+        Created::Replayed(object) => {
+            let mut response = (StatusCode::OK, Json(object)).into_response();
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            response
+        }
+        Created::KeyReused => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different body",
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+    #[serde(flatten)]
+    filters: std::collections::BTreeMap<String, String>,
+}
+
+async fn list(
+    State(state): State<Arc<SimState>>,
+    Path(collection): Path<String>,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let _guard = match admit(&state, &headers, "list", &collection).await {
+        Ok(guard) => guard,
+        Err(response) => return response,
+    };
+    let filters: Vec<_> = query.filters.into_iter().collect();
+    let page = state.lock().store.list(
+        &collection,
+        &filters,
+        query.cursor.as_deref(),
+        query.limit.unwrap_or(DEFAULT_PAGE),
+    );
+    Json(json!({ "items": page.items, "nextCursor": page.next_cursor })).into_response()
+}
+
+async fn read(
+    State(state): State<Arc<SimState>>,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let _guard = match admit(&state, &headers, "read", &collection).await {
+        Ok(guard) => guard,
+        Err(response) => return response,
+    };
+    let found = state.lock().store.get(&collection, &id);
+    found_or_404(found, &collection, &id)
+}
+
+async fn replace(
+    State(state): State<Arc<SimState>>,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let _guard = match admit(&state, &headers, "update", &collection).await {
+        Ok(guard) => guard,
+        Err(response) => return response,
+    };
+    let Some(Json(body @ Value::Object(_))) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body must be a JSON object",
+        );
+    };
+    let replaced = state.lock().store.replace(&collection, &id, body);
+    found_or_404(replaced, &collection, &id)
+}
+
+async fn patch(
+    State(state): State<Arc<SimState>>,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let _guard = match admit(&state, &headers, "patch", &collection).await {
+        Ok(guard) => guard,
+        Err(response) => return response,
+    };
+    let Some(Json(body @ Value::Object(_))) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body must be a JSON merge patch object",
+        );
+    };
+    let patched = state.lock().store.merge(&collection, &id, &body);
+    found_or_404(patched, &collection, &id)
+}
+
+async fn delete(
+    State(state): State<Arc<SimState>>,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let _guard = match admit(&state, &headers, "delete", &collection).await {
+        Ok(guard) => guard,
+        Err(response) => return response,
+    };
+    if state.lock().store.delete(&collection, &id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {collection} with id {id}"),
+        )
+    }
+}
+
+fn found_or_404(found: Option<Value>, collection: &str, id: &str) -> Response {
+    match found {
+        Some(object) => Json(object).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {collection} with id {id}"),
+        ),
+    }
+}
+
+async fn get_faults(State(state): State<Arc<SimState>>) -> Json<Faults> {
+    Json(state.faults())
+}
+
+async fn put_faults(State(state): State<Arc<SimState>>, Json(faults): Json<Faults>) -> StatusCode {
+    state.set_faults(faults);
+    StatusCode::NO_CONTENT
+}
+
+async fn clear_faults(State(state): State<Arc<SimState>>) -> StatusCode {
+    state.set_faults(Faults::default());
+    StatusCode::NO_CONTENT
+}
+
+async fn get_stats(State(state): State<Arc<SimState>>) -> Json<Stats> {
+    Json(state.stats())
+}
+
+async fn delete_stats(State(state): State<Arc<SimState>>) -> StatusCode {
+    state.reset_stats();
+    StatusCode::NO_CONTENT
+}
+
+async fn put_credentials(State(state): State<Arc<SimState>>, Json(credentials): Json<Credentials>) -> StatusCode {
+    state.set_credentials(credentials);
+    StatusCode::NO_CONTENT
+}
+
+async fn all_objects(State(state): State<Arc<SimState>>, Path(collection): Path<String>) -> Json<Vec<Value>> {
+    Json(state.objects(&collection))
+}
+
+async fn drift_object(
+    State(state): State<Arc<SimState>>,
+    Path((collection, id)): Path<(String, String)>,
+    Json(patch): Json<Value>,
+) -> Response {
+    found_or_404(state.drift(&collection, &id, &patch), &collection, &id)
+}
+
+async fn reset(State(state): State<Arc<SimState>>) -> StatusCode {
+    state.reset();
+    StatusCode::NO_CONTENT
+}

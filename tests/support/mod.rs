@@ -1,0 +1,19 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+pub mod control_plane;
+
+pub use control_plane::ControlPlane;
+
+/// Asserts that a command succeeded, showing its output when it did not.
+#[track_caller]
+pub fn assert_ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
