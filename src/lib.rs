@@ -6,9 +6,18 @@
 //!   on demand, used by the tests and the sandbox.
 #![forbid(unsafe_code)]
 
+pub mod adapter;
 pub mod api;
+pub mod conditions;
+pub mod controller;
 pub mod crd;
+pub mod diff;
+pub mod expr;
+pub mod leader;
+pub mod metrics;
+pub mod run;
 pub mod sim;
+pub mod target;
 
 /// Selects ring as the process-wide TLS crypto provider (kube and reqwest
 /// both use rustls). Safe to call more than once.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod tether;
 
 pub use control_plane::ControlPlane;
 

@@ -1,0 +1,213 @@
+//! The port to external systems. The reconcilers see only the
+//! [`ExternalSystem`] trait and plain result structs; which form an Adapter
+//! takes — a declarative REST mapping ([`rest`]) or an adapter service
+//! ([`service`]) — is decided once, by [`AnyAdapter`]. Tests drive the
+//! reconciler logic with a hand-written fake.
+
+pub mod rest;
+pub mod service;
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::expr::ExprError;
+use crate::target::CallError;
+
+/// What a call about one object concerns.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectRequest<'a> {
+    /// The resource type, as named by the Adapter.
+    pub resource_type: &'a str,
+    /// The external id, once known.
+    pub external_id: Option<&'a str>,
+    /// The deterministic external name (natural key for `find`).
+    pub external_name: &'a str,
+    /// The desired properties.
+    pub properties: &'a Value,
+    /// The idempotency key of a create.
+    pub idempotency_key: Option<&'a str>,
+}
+
+impl ObjectRequest<'_> {
+    /// The input of request templates: `.properties`, `.id`, `.name`,
+    /// `.idempotencyKey`.
+    pub fn context(&self) -> Value {
+        json!({
+            "properties": self.properties,
+            "id": self.external_id,
+            "name": self.external_name,
+            "idempotencyKey": self.idempotency_key,
+        })
+    }
+}
+
+/// An object as the external system holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExternalObject {
+    pub id: String,
+    /// The observed properties (the Adapter's `observe` extraction).
+    pub state: Value,
+}
+
+/// The result of looking for an object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    Absent,
+    Present(ExternalObject),
+}
+
+/// The result of a delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    Deleted,
+    /// Already gone (404 on delete counts as gone).
+    AlreadyGone,
+}
+
+/// The result of a named action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionOutcome {
+    pub status: u16,
+    pub body: Value,
+    pub succeeded: bool,
+    pub outputs: BTreeMap<String, Value>,
+}
+
+/// Why an adapter call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdapterError {
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error(transparent)]
+    Expression(#[from] ExprError),
+    /// The mapping cannot do what was asked (unknown type, no such operation).
+    #[error("{0}")]
+    Mapping(String),
+    /// The target answered with a 4xx that retrying will not change.
+    #[error("the target rejected the {operation} (HTTP {status}): {message}")]
+    Rejected {
+        operation: String,
+        status: u16,
+        message: String,
+    },
+}
+
+impl AdapterError {
+    /// Stable label for metrics, events and condition reasons.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AdapterError::Call(e) => e.reason(),
+            AdapterError::Expression(_) => "ExpressionError",
+            AdapterError::Mapping(_) => "MappingError",
+            AdapterError::Rejected { .. } => "RejectedByTarget",
+        }
+    }
+
+    /// A failure that waits for a change of the spec (or of the Adapter)
+    /// rather than for time. Bad credentials are not permanent: they recover
+    /// when the Secret is fixed, so they are retried with backoff.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            AdapterError::Expression(_)
+                | AdapterError::Mapping(_)
+                | AdapterError::Rejected { .. }
+                | AdapterError::Call(CallError::Url(_))
+        )
+    }
+}
+
+pub type Result<T, E = AdapterError> = std::result::Result<T, E>;
+
+/// An external system, reached through an Adapter.
+///
+/// Contract, for every implementation:
+/// - `observe` and `find` never change anything at the target;
+/// - `create` carries the request's idempotency key to the target when the
+///   adapter can (a header, or the protocol's field), so a repeat with the
+///   same key is never a second object;
+/// - `update` and `delete` are idempotent; deleting an absent object is
+///   `Ok(Deletion::AlreadyGone)`;
+/// - errors tell permanent from transient ([`AdapterError::is_permanent`]).
+pub trait ExternalSystem: Send + Sync {
+    /// Reads the object with `request.external_id`.
+    fn observe(&self, request: &ObjectRequest<'_>) -> impl Future<Output = Result<Observation>> + Send;
+    /// Whether `find` can look objects up by natural key for this type.
+    fn can_find(&self, resource_type: &str) -> bool;
+    /// Looks the object up by its external name (natural key).
+    fn find(&self, request: &ObjectRequest<'_>) -> impl Future<Output = Result<Observation>> + Send;
+    /// Creates the object.
+    fn create(&self, request: &ObjectRequest<'_>) -> impl Future<Output = Result<ExternalObject>> + Send;
+    /// Whether `update` exists for this type (without it drift is reported only).
+    fn can_update(&self, resource_type: &str) -> bool;
+    /// Writes the desired properties onto the object; returns its new state
+    /// when the target answers with it.
+    fn update(&self, request: &ObjectRequest<'_>) -> impl Future<Output = Result<Option<Value>>> + Send;
+    /// Deletes the object.
+    fn delete(&self, request: &ObjectRequest<'_>) -> impl Future<Output = Result<Deletion>> + Send;
+    /// Runs a named action with `input`.
+    fn act(
+        &self,
+        action: &str,
+        input: &Value,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<ActionOutcome>> + Send;
+}
+
+/// The adapter of a TargetSystem, in whichever form its Adapter takes.
+pub enum AnyAdapter {
+    Rest(rest::RestAdapter),
+    Service(service::ServiceAdapter),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $a:ident => $call:expr) => {
+        match $self {
+            AnyAdapter::Rest($a) => $call,
+            AnyAdapter::Service($a) => $call,
+        }
+    };
+}
+
+impl ExternalSystem for AnyAdapter {
+    async fn observe(&self, request: &ObjectRequest<'_>) -> Result<Observation> {
+        dispatch!(self, a => a.observe(request).await)
+    }
+    fn can_find(&self, resource_type: &str) -> bool {
+        dispatch!(self, a => a.can_find(resource_type))
+    }
+    async fn find(&self, request: &ObjectRequest<'_>) -> Result<Observation> {
+        dispatch!(self, a => a.find(request).await)
+    }
+    async fn create(&self, request: &ObjectRequest<'_>) -> Result<ExternalObject> {
+        dispatch!(self, a => a.create(request).await)
+    }
+    fn can_update(&self, resource_type: &str) -> bool {
+        dispatch!(self, a => a.can_update(resource_type))
+    }
+    async fn update(&self, request: &ObjectRequest<'_>) -> Result<Option<Value>> {
+        dispatch!(self, a => a.update(request).await)
+    }
+    async fn delete(&self, request: &ObjectRequest<'_>) -> Result<Deletion> {
+        dispatch!(self, a => a.delete(request).await)
+    }
+    async fn act(&self, action: &str, input: &Value, idempotency_key: &str) -> Result<ActionOutcome> {
+        dispatch!(self, a => a.act(action, input, idempotency_key).await)
+    }
+}
+
+/// A short, single-line message from an error body.
+pub(crate) fn error_message(body: &Value) -> String {
+    let text = body
+        .pointer("/error/message")
+        .or_else(|| body.get("message"))
+        .or_else(|| body.get("error"))
+        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+        .unwrap_or_else(|| body.to_string());
+    let mut line: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    if line.is_empty() {
+        line.push_str("no details");
+    }
+    line
+}

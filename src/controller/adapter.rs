@@ -1,0 +1,90 @@
+//! Reconciling an Adapter: compile every expression of its REST mapping (or
+//! check its service URL) and report `Ready` with the errors, each naming
+//! its field, so a broken mapping is visible before any resource uses it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use serde_json::json;
+
+use super::{Context, FIELD_MANAGER};
+use crate::api::Adapter;
+use crate::api::adapter::AdapterStatus;
+use crate::api::common::condition::READY;
+use crate::conditions::{self, Desired};
+
+pub const KIND: &str = "Adapter";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing the status of Adapter {name}")]
+    WriteStatus {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+pub async fn reconcile(adapter: Arc<Adapter>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let (form, types, ready) = match (&adapter.spec.rest, &adapter.spec.service) {
+        (Some(rest), _) => {
+            let mut names: Vec<&str> = rest.resource_types.iter().map(|t| t.name.as_str()).collect();
+            names.sort_unstable();
+            let ready = match ctx.mappings.get(&adapter) {
+                Ok(_) => Desired::new(READY, true, "Compiled", "every expression compiles"),
+                Err(message) => Desired::new(READY, false, "ExpressionError", message),
+            };
+            ("Rest", Some(names.join(",")), ready)
+        }
+        (None, Some(service)) => {
+            let ready = match crate::target::url::parse_base(&service.url) {
+                Ok(_) => Desired::new(READY, true, "Configured", format!("calls {}", service.url)),
+                Err(e) => Desired::new(READY, false, "InvalidURL", e.to_string()),
+            };
+            ("Service", None, ready)
+        }
+        (None, None) => (
+            "None",
+            None,
+            Desired::new(READY, false, "InvalidSpec", "set spec.rest or spec.service"),
+        ),
+    };
+    let previous = adapter.status.clone().unwrap_or_default();
+    let next = AdapterStatus {
+        observed_generation: adapter.metadata.generation,
+        form: Some(form.to_owned()),
+        resource_types: types,
+        conditions: conditions::set_exactly(&previous.conditions, &[ready], adapter.metadata.generation, Utc::now()),
+    };
+    if adapter.status.as_ref() != Some(&next) {
+        let api: Api<Adapter> = Api::all(ctx.client.clone());
+        let patch = json!({"apiVersion": "tether.dev/v1alpha1", "kind": KIND, "status": next});
+        api.patch_status(
+            &adapter.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::WriteStatus {
+            name: adapter.name_any(),
+            source,
+        })?;
+        ctx.metrics
+            .status_writes
+            .get_or_create(&crate::metrics::KindLabels { kind: KIND })
+            .inc();
+    }
+    ctx.metrics.observe_reconcile(KIND, started.elapsed());
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(adapter: Arc<Adapter>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error(KIND, "WriteStatusFailed");
+    tracing::warn!(name = %adapter.name_any(), error = %error, "Adapter reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}

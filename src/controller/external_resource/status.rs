@@ -1,0 +1,281 @@
+//! The status of an ExternalResource as a pure function of the previous
+//! status, the spec and what this reconcile found or did. The same inputs
+//! give the same status, so a no-op resync writes nothing.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::plan::applied_hash;
+use crate::adapter::ExternalObject;
+use crate::api::common::condition::{READY, SYNCED};
+use crate::api::external_resource::{ExternalResourceSpec, ExternalResourceStatus, ManagementPolicy, PendingCreate};
+use crate::conditions::{self, Desired};
+use crate::diff;
+
+/// Condition type set while another ExternalResource manages the object.
+pub const CONFLICT: &str = "Conflict";
+/// Largest `status.observed`, in bytes of JSON; larger states are left out.
+pub const MAX_OBSERVED_BYTES: usize = 16 * 1024;
+
+/// What this reconcile found or did.
+#[derive(Debug)]
+pub enum Outcome<'a> {
+    /// The object exists and matches. `how` says what got it there:
+    /// `Created`, `Adopted`, `Updated` or `InSync`.
+    Synced {
+        object: &'a ExternalObject,
+        how: &'static str,
+    },
+    /// The object differs and is only reported.
+    DriftReported {
+        object: &'a ExternalObject,
+        drifted: &'a [String],
+    },
+    /// A create is about to be sent (intent recorded before the request).
+    Creating { idempotency_key: &'a str },
+    /// The object does not exist and may not be created.
+    NotFound,
+    /// Another ExternalResource manages the object.
+    Conflict { id: &'a str, owner: &'a str },
+    /// This reconcile failed.
+    Failed {
+        reason: &'static str,
+        message: String,
+        permanent: bool,
+    },
+}
+
+pub fn compute(
+    previous: Option<&ExternalResourceStatus>,
+    spec: &ExternalResourceSpec,
+    generation: Option<i64>,
+    outcome: &Outcome<'_>,
+    now: DateTime<Utc>,
+) -> ExternalResourceStatus {
+    let prev = previous.cloned().unwrap_or_default();
+    let hash = applied_hash(&spec.properties);
+    let observed =
+        |object: &ExternalObject| diff::bounded(diff::project(&spec.properties, &object.state), MAX_OBSERVED_BYTES);
+    let mut next = ExternalResourceStatus {
+        observed_generation: generation,
+        drifted_fields: vec![],
+        ..prev.clone()
+    };
+    let conditions: Vec<Desired> = match outcome {
+        Outcome::Synced { object, how } => {
+            next.external_id = Some(object.id.clone());
+            next.pending_create = None;
+            next.observed = observed(object);
+            if prev.applied_hash.as_deref() != Some(hash.as_str())
+                || prev.external_id.as_deref() != Some(object.id.as_str())
+            {
+                next.last_sync_time = Some(now);
+            }
+            next.applied_hash = Some(hash);
+            let message = match *how {
+                "Created" => format!("created {} at the target", object.id),
+                "Adopted" => format!("adopted existing object {}", object.id),
+                "Updated" => format!("corrected drift of {}", object.id),
+                _ => format!("{} matches the declared properties", object.id),
+            };
+            vec![
+                Desired::new(READY, true, *how, message.clone()),
+                Desired::new(SYNCED, true, "Synced", message),
+            ]
+        }
+        Outcome::DriftReported { object, drifted } => {
+            next.external_id = Some(object.id.clone());
+            next.pending_create = None;
+            next.observed = observed(object);
+            next.drifted_fields = drifted.to_vec();
+            let why = if spec.management_policy == ManagementPolicy::ObserveOnly {
+                "managementPolicy is ObserveOnly"
+            } else {
+                "driftPolicy is Report (or the Adapter has no update)"
+            };
+            let message = format!("{} differs at {}; not corrected: {why}", object.id, drifted.join(", "));
+            vec![
+                Desired::new(READY, true, "Observed", format!("{} exists", object.id)),
+                Desired::new(SYNCED, false, "DriftDetected", message),
+            ]
+        }
+        Outcome::Creating { idempotency_key } => {
+            next.pending_create = Some(match prev.pending_create {
+                Some(p) if p.idempotency_key == *idempotency_key => p,
+                _ => PendingCreate {
+                    idempotency_key: (*idempotency_key).to_owned(),
+                    started_at: now,
+                },
+            });
+            let message = "creating the object at the target".to_owned();
+            vec![
+                Desired::new(READY, false, "Creating", message.clone()),
+                Desired::new(SYNCED, false, "Creating", message),
+            ]
+        }
+        Outcome::NotFound => {
+            let message = match &spec.external_id {
+                Some(id) => format!("no object with id {id} at the target"),
+                None => {
+                    "no matching object at the target, and managementPolicy ObserveOnly never creates one".to_owned()
+                }
+            };
+            vec![
+                Desired::new(READY, false, "NotFound", message.clone()),
+                Desired::new(SYNCED, false, "NotFound", message),
+            ]
+        }
+        Outcome::Conflict { id, owner } => {
+            let message =
+                format!("the external object {id} is managed by ExternalResource {owner}; nothing was changed");
+            vec![
+                Desired::new(READY, false, "Conflict", message.clone()),
+                Desired::new(SYNCED, false, "Conflict", message.clone()),
+                Desired::new(CONFLICT, true, "AlreadyManaged", message),
+            ]
+        }
+        Outcome::Failed {
+            reason,
+            message,
+            permanent,
+        } => {
+            // A passing failure does not make an existing object un-Ready.
+            let ready = conditions::find(&prev.conditions, READY)
+                .filter(|_| !permanent)
+                .map(|c| Desired::new(READY, c.status == "True", c.reason.clone(), c.message.clone()))
+                .unwrap_or_else(|| Desired::new(READY, false, *reason, message.clone()));
+            vec![ready, Desired::new(SYNCED, false, *reason, message.clone())]
+        }
+    };
+    next.conditions = conditions::set_exactly(&prev.conditions, &conditions, generation, now);
+    next
+}
+
+/// Whether two statuses differ in anything worth a write.
+pub fn differs(a: Option<&ExternalResourceStatus>, b: &ExternalResourceStatus) -> bool {
+    a != Some(b)
+}
+
+/// The observed value for tests and callers that need it raw.
+pub fn observed_of(status: &ExternalResourceStatus) -> Option<&Value> {
+    status.observed.as_ref()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec() -> ExternalResourceSpec {
+        serde_json::from_value(json!({"targetRef": {"name": "crm"}, "type": "contact", "properties": {"email": "a@b"}}))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(seconds, 0).unwrap_or_default()
+    }
+
+    #[test]
+    fn an_unchanged_resync_computes_an_identical_status() {
+        let object = ExternalObject {
+            id: "c-1".into(),
+            state: json!({"email": "a@b", "version": 1}),
+        };
+        let first = compute(
+            None,
+            &spec(),
+            Some(1),
+            &Outcome::Synced {
+                object: &object,
+                how: "Created",
+            },
+            at(10),
+        );
+        let again = compute(
+            Some(&first),
+            &spec(),
+            Some(1),
+            &Outcome::Synced {
+                object: &object,
+                how: "Created",
+            },
+            at(99),
+        );
+        assert!(!differs(Some(&first), &again), "{first:?}\n{again:?}");
+        assert_eq!(observed_of(&again), Some(&json!({"email": "a@b"})));
+    }
+
+    #[test]
+    fn the_create_intent_survives_a_failure() {
+        let creating = compute(
+            None,
+            &spec(),
+            Some(1),
+            &Outcome::Creating { idempotency_key: "k1" },
+            at(10),
+        );
+        let failed = Outcome::Failed {
+            reason: "TargetUnavailable",
+            message: "HTTP 503".into(),
+            permanent: false,
+        };
+        let after = compute(Some(&creating), &spec(), Some(1), &failed, at(20));
+        assert_eq!(after.pending_create.map(|p| p.idempotency_key), Some("k1".into()));
+    }
+
+    #[test]
+    fn a_transient_failure_keeps_ready_but_marks_not_synced() {
+        let object = ExternalObject {
+            id: "c-1".into(),
+            state: json!({"email": "a@b"}),
+        };
+        let ready = compute(
+            None,
+            &spec(),
+            Some(1),
+            &Outcome::Synced {
+                object: &object,
+                how: "InSync",
+            },
+            at(10),
+        );
+        let failed = Outcome::Failed {
+            reason: "TargetUnavailable",
+            message: "HTTP 503".into(),
+            permanent: false,
+        };
+        let after = compute(Some(&ready), &spec(), Some(1), &failed, at(20));
+        assert!(conditions::is_true(&after.conditions, READY));
+        assert!(!conditions::is_true(&after.conditions, SYNCED));
+    }
+
+    #[test]
+    fn conflict_sets_a_conflict_condition_and_clears_it_later() {
+        let conflict = compute(
+            None,
+            &spec(),
+            Some(1),
+            &Outcome::Conflict {
+                id: "c-1",
+                owner: "ns/first",
+            },
+            at(10),
+        );
+        assert!(conditions::is_true(&conflict.conditions, CONFLICT));
+        let object = ExternalObject {
+            id: "c-2".into(),
+            state: json!({"email": "a@b"}),
+        };
+        let later = compute(
+            Some(&conflict),
+            &spec(),
+            Some(1),
+            &Outcome::Synced {
+                object: &object,
+                how: "Created",
+            },
+            at(20),
+        );
+        assert!(conditions::find(&later.conditions, CONFLICT).is_none());
+    }
+}

@@ -1,0 +1,210 @@
+//! The controllers of `tether run`: one per kind, sharing a [`Context`].
+//! Each reconcile is thin: it resolves what it needs from in-memory stores
+//! (no API reads), calls the adapter port, computes status with pure
+//! functions and writes it only when it changed.
+
+pub mod adapter;
+pub mod external_resource;
+pub mod target_system;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::adapter::AnyAdapter;
+use crate::adapter::rest::{CompiledMapping, RestAdapter};
+use crate::adapter::service::ServiceAdapter;
+use crate::api::{Adapter, ExternalResource, TargetSystem};
+use crate::metrics::Metrics;
+use crate::target::backoff;
+use crate::target::registry::Registry;
+
+/// Field manager of every status Tether writes (server-side apply).
+pub const FIELD_MANAGER: &str = "tether";
+/// Finalizer of ExternalResources.
+pub const EXTERNAL_RESOURCE_FINALIZER: &str = "tether.dev/external-resource";
+/// Annotation that forces a resync now: `kubectl annotate xr NAME tether.dev/resync=$(date +%s) --overwrite`.
+pub const RESYNC_ANNOTATION: &str = "tether.dev/resync";
+
+/// A failure that reaches a condition: stable reason, message for humans,
+/// and whether only a change (not time) can fix it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub message: String,
+    pub permanent: bool,
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    pub fn permanent(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            permanent: true,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<crate::adapter::AdapterError> for Failure {
+    fn from(e: crate::adapter::AdapterError) -> Self {
+        let retry_after = match &e {
+            crate::adapter::AdapterError::Call(call) => call.retry_after(),
+            _ => None,
+        };
+        Self {
+            reason: e.reason(),
+            message: e.to_string(),
+            permanent: e.is_permanent(),
+            retry_after,
+        }
+    }
+}
+
+/// A compiled mapping, or why it does not compile.
+type Compiled = Result<Arc<CompiledMapping>, String>;
+
+/// Compiled REST mappings, one per Adapter generation.
+#[derive(Default)]
+pub struct MappingCache {
+    compiled: Mutex<HashMap<String, (Option<i64>, Compiled)>>,
+}
+
+impl MappingCache {
+    pub fn get(&self, adapter: &Adapter) -> Result<Arc<CompiledMapping>, String> {
+        let name = adapter.name_any();
+        let generation = adapter.metadata.generation;
+        let mut compiled = lock(&self.compiled);
+        if let Some((g, result)) = compiled.get(&name)
+            && *g == generation
+        {
+            return result.clone();
+        }
+        let result = match &adapter.spec.rest {
+            Some(rest) => CompiledMapping::compile(rest)
+                .map(Arc::new)
+                .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")),
+            None => Err("the Adapter has no REST mapping".into()),
+        };
+        compiled.insert(name, (generation, result.clone()));
+        result
+    }
+}
+
+/// Per-object memory of the last good reconcile, so that watch events
+/// caused by Tether's own status writes do not trigger calls to targets
+/// before the poll interval is up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Freshness {
+    pub generation: Option<i64>,
+    pub resync: Option<String>,
+    pub dependencies: (Option<i64>, Option<i64>),
+    pub at: std::time::Instant,
+}
+
+pub struct Context {
+    pub client: kube::Client,
+    pub registry: Arc<Registry>,
+    pub mappings: MappingCache,
+    pub targets: Store<TargetSystem>,
+    pub adapters: Store<Adapter>,
+    pub resources: Store<ExternalResource>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub fresh: Mutex<HashMap<String, Freshness>>,
+    pub failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// The TargetSystem `name` in `namespace`, from the reflector.
+    pub fn target_system(&self, namespace: &str, name: &str) -> Option<Arc<TargetSystem>> {
+        self.targets.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    pub fn adapter(&self, name: &str) -> Option<Arc<Adapter>> {
+        self.adapters.get(&ObjectRef::new(name))
+    }
+
+    /// The adapter port for a TargetSystem.
+    pub async fn adapter_for(&self, ts: &TargetSystem) -> Result<AnyAdapter, Failure> {
+        let adapter_name = &ts.spec.adapter_ref.name;
+        let adapter = self.adapter(adapter_name).ok_or_else(|| {
+            Failure::permanent(
+                "AdapterNotFound",
+                format!(
+                    "Adapter {adapter_name:?} (named by TargetSystem {}) does not exist",
+                    ts.name_any()
+                ),
+            )
+        })?;
+        let target = self.registry.get(ts).await.map_err(|e| Failure {
+            reason: e.reason(),
+            message: e.to_string(),
+            // A missing Secret is fixed by creating it, which Tether does not
+            // watch: retry with backoff instead of waiting for a change.
+            permanent: false,
+            retry_after: None,
+        })?;
+        if let Some(service) = &adapter.spec.service {
+            let url = crate::target::url::parse_base(&service.url)
+                .map_err(|e| Failure::permanent("AdapterInvalid", format!("Adapter {adapter_name:?}: {e}")))?;
+            return Ok(AnyAdapter::Service(ServiceAdapter::new(url, target)));
+        }
+        let mapping = self
+            .mappings
+            .get(&adapter)
+            .map_err(|message| Failure::permanent("AdapterInvalid", format!("Adapter {adapter_name:?}: {message}")))?;
+        Ok(AnyAdapter::Rest(RestAdapter::new(mapping, target)))
+    }
+
+    /// The delay before retrying `key` after one more failure.
+    pub fn backoff(&self, key: &str, failure: &Failure) -> Duration {
+        let mut failures = lock(&self.failures);
+        let count = failures.entry(key.to_owned()).or_insert(0);
+        *count = count.saturating_add(1);
+        // Credentials are fixed by editing a Secret, which Tether does not
+        // watch: keep retrying often enough to notice soon.
+        let cap = match failure.reason {
+            "CredentialsRejected" | "CredentialsInvalid" | "SecretNotFound" => Duration::from_secs(15),
+            _ => Duration::from_secs(300),
+        };
+        let delay = backoff::jittered(Duration::from_millis(500), cap, *count - 1);
+        failure
+            .retry_after
+            .map_or(delay, |after| after.max(delay.min(after * 2)))
+    }
+
+    pub fn succeeded(&self, key: &str) {
+        lock(&self.failures).remove(key);
+    }
+
+    /// Publishes an Event; failures to publish are logged, never fatal.
+    pub async fn publish<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::debug!(%err, reason, "could not publish an event");
+        }
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,164 @@
+//! Leader election on a `coordination.k8s.io` Lease, the way client-go does
+//! it: a process acquires the Lease when it is free or expired, renews it
+//! every `renew_every`, and every write is conditional on the Lease's
+//! resourceVersion, so two processes can never both believe they hold it
+//! for longer than one lease duration. A leader that cannot renew stops
+//! (the caller exits), and its fencing token (`identity/transitions`) is no
+//! longer the current one.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ObjectMeta, PostParams};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading or writing Lease {name}")]
+    Kube {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("lost the Lease {name} to {holder}")]
+    Lost { name: String, holder: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub name: String,
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_every: Duration,
+}
+
+/// A held Lease: the token that fences calls made under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leadership {
+    pub fencing_token: String,
+}
+
+pub struct LeaderElector {
+    api: Api<Lease>,
+    config: Config,
+}
+
+fn now() -> MicroTime {
+    MicroTime(Timestamp::now())
+}
+
+fn expired(lease: &LeaseSpec) -> bool {
+    let Some(renewed) = lease.renew_time.as_ref() else {
+        return true;
+    };
+    let duration = i64::from(lease.lease_duration_seconds.unwrap_or(15));
+    let age = Timestamp::now().as_second() - renewed.0.as_second();
+    age > duration
+}
+
+impl LeaderElector {
+    pub fn new(api: Api<Lease>, config: Config) -> Self {
+        Self { api, config }
+    }
+
+    fn kube(&self) -> impl Fn(kube::Error) -> Error + '_ {
+        |source| Error::Kube {
+            name: self.config.name.clone(),
+            source,
+        }
+    }
+
+    /// Tries once to take or keep the Lease. `Ok(None)`: someone else holds it.
+    pub async fn try_acquire(&self) -> Result<Option<Leadership>, Error> {
+        let Config {
+            name,
+            identity,
+            lease_duration,
+            ..
+        } = &self.config;
+        let duration = i32::try_from(lease_duration.as_secs()).unwrap_or(15);
+        let existing = self.api.get_opt(name).await.map_err(self.kube())?;
+        let Some(mut lease) = existing else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(identity.clone()),
+                    lease_duration_seconds: Some(duration),
+                    acquire_time: Some(now()),
+                    renew_time: Some(now()),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(Some(Leadership {
+                    fencing_token: format!("{identity}/0"),
+                })),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+                Err(e) => Err(self.kube()(e)),
+            };
+        };
+        let spec = lease.spec.get_or_insert_default();
+        let mine = spec.holder_identity.as_deref() == Some(identity.as_str());
+        if !mine && !expired(spec) && spec.holder_identity.as_deref().is_some_and(|h| !h.is_empty()) {
+            return Ok(None);
+        }
+        let mut transitions = spec.lease_transitions.unwrap_or(0);
+        if !mine {
+            transitions += 1;
+            spec.acquire_time = Some(now());
+        }
+        spec.holder_identity = Some(identity.clone());
+        spec.lease_duration_seconds = Some(duration);
+        spec.renew_time = Some(now());
+        spec.lease_transitions = Some(transitions);
+        // `replace` carries the resourceVersion we read: a concurrent writer
+        // makes it fail with 409 instead of both winning.
+        match self.api.replace(name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(Some(Leadership {
+                fencing_token: format!("{identity}/{transitions}"),
+            })),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+            Err(e) => Err(self.kube()(e)),
+        }
+    }
+
+    /// Waits until this process holds the Lease.
+    pub async fn acquire(&self) -> Result<Leadership, Error> {
+        loop {
+            match self.try_acquire().await {
+                Ok(Some(leadership)) => return Ok(leadership),
+                Ok(None) => {}
+                Err(err) => tracing::warn!(%err, "leader election attempt failed"),
+            }
+            tokio::time::sleep(self.config.renew_every).await;
+        }
+    }
+
+    /// Renews the Lease until it cannot; returns why leadership ended.
+    pub async fn hold(&self, leadership: &Leadership) -> Error {
+        let mut last_renewal = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.config.renew_every).await;
+            match self.try_acquire().await {
+                Ok(Some(renewed)) if renewed == *leadership => last_renewal = tokio::time::Instant::now(),
+                Ok(_) => {
+                    let holder = match self.api.get_opt(&self.config.name).await {
+                        Ok(Some(lease)) => lease.spec.and_then(|s| s.holder_identity).unwrap_or_default(),
+                        _ => "unknown".into(),
+                    };
+                    return Error::Lost {
+                        name: self.config.name.clone(),
+                        holder,
+                    };
+                }
+                Err(err) if last_renewal.elapsed() >= self.config.lease_duration => return err,
+                Err(err) => tracing::warn!(%err, "renewing the Lease failed; retrying"),
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Prometheus metrics of `tether run`, served on `/metrics`. Labels never
+//! carry secrets: targets are `namespace/name`, outcomes are stable labels.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub target: String,
+    pub operation: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+}
+
+/// Every metric `tether run` exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Family<KindLabels, Counter>,
+    pub reconcile_duration: Family<KindLabels, Histogram>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub rate_limiter_wait: Family<TargetLabels, Histogram>,
+    pub circuit_open: Family<TargetLabels, Gauge>,
+    pub status_writes: Family<KindLabels, Counter>,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tether");
+        let reconciles = Family::<KindLabels, Counter>::default();
+        let reconcile_duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let rate_limiter_wait = Family::<TargetLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        let circuit_open = Family::<TargetLabels, Gauge>::default();
+        let status_writes = Family::<KindLabels, Counter>::default();
+        let leader = Gauge::default();
+        registry.register("reconciles", "Reconciles run, by kind", reconciles.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time per reconcile, by kind",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles, by kind and reason",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "Calls to target systems, by target, operation and outcome",
+            http_requests.clone(),
+        );
+        registry.register(
+            "rate_limiter_wait_seconds",
+            "Time calls waited for the target's rate limiter",
+            rate_limiter_wait.clone(),
+        );
+        registry.register(
+            "circuit_open",
+            "1 while a target's circuit breaker is open",
+            circuit_open.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status writes to the API server, by kind",
+            status_writes.clone(),
+        );
+        registry.register("leader", "1 while this process holds the leader Lease", leader.clone());
+        Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            reconcile_errors,
+            http_requests,
+            rate_limiter_wait,
+            circuit_open,
+            status_writes,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn shared() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn observe_reconcile(&self, kind: &'static str, took: Duration) {
+        self.reconciles.get_or_create(&KindLabels { kind }).inc();
+        self.reconcile_duration
+            .get_or_create(&KindLabels { kind })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn reconcile_error(&self, kind: &'static str, reason: &'static str) {
+        self.reconcile_errors.get_or_create(&ErrorLabels { kind, reason }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

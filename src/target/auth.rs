@@ -1,0 +1,150 @@
+//! Credentials of a TargetSystem, resolved from Secrets, and how they are
+//! put on a request. The values only live here: error messages, status,
+//! events, logs and metrics never see them (see `Redactor`).
+
+use std::time::{Duration, Instant};
+
+use reqwest::RequestBuilder;
+use reqwest::header::{HeaderName, HeaderValue};
+use tokio::sync::Mutex;
+
+use super::CallError;
+
+/// How to authenticate to one target.
+pub enum Credentials {
+    None,
+    Bearer(String),
+    Basic { username: String, password: String },
+    ApiKey { header: HeaderName, key: String },
+    OAuth2(OAuth2),
+}
+
+pub struct OAuth2 {
+    pub token_url: reqwest::Url,
+    pub client_id: String,
+    pub client_secret: String,
+    pub scopes: Vec<String>,
+    token: Mutex<Option<(String, Instant)>>,
+}
+
+impl OAuth2 {
+    pub fn new(token_url: reqwest::Url, client_id: String, client_secret: String, scopes: Vec<String>) -> Self {
+        Self {
+            token_url,
+            client_id,
+            client_secret,
+            scopes,
+            token: Mutex::new(None),
+        }
+    }
+
+    /// A cached token, refreshed 30 s before it expires.
+    async fn token(&self, http: &reqwest::Client) -> Result<String, CallError> {
+        let mut cached = self.token.lock().await;
+        if let Some((token, expires)) = cached.as_ref()
+            && Instant::now() + Duration::from_secs(30) < *expires
+        {
+            return Ok(token.clone());
+        }
+        let mut form = vec![("grant_type", "client_credentials".to_owned())];
+        if !self.scopes.is_empty() {
+            form.push(("scope", self.scopes.join(" ")));
+        }
+        let response = http
+            .post(self.token_url.clone())
+            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| CallError::Unavailable {
+                message: format!("token endpoint: {}", e.without_url()),
+                sent: true,
+            })?;
+        let status = response.status().as_u16();
+        if matches!(status, 400 | 401 | 403) {
+            return Err(CallError::Unauthorized { status });
+        }
+        #[derive(serde::Deserialize)]
+        struct Token {
+            access_token: String,
+            expires_in: Option<u64>,
+        }
+        let token: Token = response.json().await.map_err(|_| {
+            CallError::InvalidResponse(format!("token endpoint answered HTTP {status} without an access_token"))
+        })?;
+        let expires = Instant::now() + Duration::from_secs(token.expires_in.unwrap_or(300));
+        *cached = Some((token.access_token.clone(), expires));
+        Ok(token.access_token)
+    }
+
+    /// Forgets the token, so the next call fetches a new one (after a 401).
+    pub async fn invalidate(&self) {
+        *self.token.lock().await = None;
+    }
+}
+
+impl Credentials {
+    /// Adds the credentials to a request.
+    pub async fn apply(&self, http: &reqwest::Client, request: RequestBuilder) -> Result<RequestBuilder, CallError> {
+        Ok(match self {
+            Credentials::None => request,
+            Credentials::Bearer(token) => request.bearer_auth(token),
+            Credentials::Basic { username, password } => request.basic_auth(username, Some(password)),
+            Credentials::ApiKey { header, key } => {
+                let mut value = HeaderValue::from_str(key)
+                    .map_err(|_| CallError::BadCredentials("the API key is not a valid header value".into()))?;
+                value.set_sensitive(true);
+                request.header(header.clone(), value)
+            }
+            Credentials::OAuth2(oauth) => request.bearer_auth(oauth.token(http).await?),
+        })
+    }
+
+    /// Every secret value, for redaction.
+    pub fn secret_values(&self) -> Vec<String> {
+        match self {
+            Credentials::None => vec![],
+            Credentials::Bearer(token) => vec![token.clone()],
+            Credentials::Basic { username: _, password } => vec![password.clone()],
+            Credentials::ApiKey { header: _, key } => vec![key.clone()],
+            Credentials::OAuth2(oauth) => vec![oauth.client_secret.clone()],
+        }
+    }
+}
+
+/// Removes secret values from text that may reach status, events or logs
+/// (a target may echo a header back in an error body).
+#[derive(Clone, Default)]
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    pub fn new(secrets: Vec<String>) -> Self {
+        // Very short values would redact ordinary words; they are also no
+        // real secret.
+        Self {
+            secrets: secrets.into_iter().filter(|s| s.len() >= 4).collect(),
+        }
+    }
+
+    pub fn redact(&self, text: &str) -> String {
+        self.secrets.iter().fold(text.to_owned(), |acc, secret| {
+            acc.replace(secret.as_str(), "[REDACTED]")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redactor_hides_every_secret_value() {
+        let redactor = Redactor::new(vec!["s3cr3t-token".into(), "ab".into()]);
+        assert_eq!(
+            redactor.redact("bad token s3cr3t-token in ab"),
+            "bad token [REDACTED] in ab"
+        );
+    }
+}

@@ -1,0 +1,355 @@
+//! The runtime side of a TargetSystem: one HTTP client, one token bucket,
+//! one concurrency limit and one circuit breaker, shared by every
+//! ExternalResource and workflow step that calls the target (`Registry`).
+//! `Target::send` is the only place where Tether talks HTTP to a target.
+
+pub mod auth;
+pub mod backoff;
+pub mod circuit;
+pub mod registry;
+pub mod url;
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota};
+use reqwest::Url;
+use reqwest::header::RETRY_AFTER;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::api::adapter::HttpMethod;
+use crate::api::target_system::CircuitState;
+use crate::metrics::{HttpLabels, Metrics, TargetLabels};
+use auth::{Credentials, Redactor};
+use circuit::Circuit;
+
+/// Header carrying the fencing token: the leader identity and Lease
+/// generation of the controller that sent the call, so a target (or an
+/// adapter service) can refuse calls from a deposed leader.
+pub const FENCING_HEADER: &str = "x-tether-fencing-token";
+
+/// Why a call did not produce an answer the adapter can interpret.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// 5xx, timeout, refused or dropped connection. `sent` is false only
+    /// when the request certainly never reached the target.
+    #[error("target unavailable: {message}")]
+    Unavailable { message: String, sent: bool },
+    /// 429: the target asked us to slow down.
+    #[error("throttled by the target (HTTP 429){}", retry_after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]
+    Throttled { retry_after: Option<Duration> },
+    /// 401 or 403.
+    #[error("the target refused the credentials (HTTP {status}); check the Secret named by the TargetSystem's auth")]
+    Unauthorized { status: u16 },
+    /// Credentials that cannot be put on a request.
+    #[error("unusable credentials: {0}")]
+    BadCredentials(String),
+    /// The circuit breaker is open after repeated failures.
+    #[error("circuit open after repeated failures; next trial in {}s", retry_after.as_secs())]
+    CircuitOpen { retry_after: Duration },
+    /// The path would leave the base URL.
+    #[error(transparent)]
+    Url(#[from] url::UrlError),
+    /// The answer is not what HTTP or JSON promise.
+    #[error("invalid response: {0}")]
+    InvalidResponse(String),
+}
+
+impl CallError {
+    /// Stable label for metrics and condition reasons.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CallError::Unavailable { .. } => "TargetUnavailable",
+            CallError::Throttled { .. } => "Throttled",
+            CallError::Unauthorized { .. } => "CredentialsRejected",
+            CallError::BadCredentials(_) => "CredentialsInvalid",
+            CallError::CircuitOpen { .. } => "CircuitOpen",
+            CallError::Url(_) => "PathEscapesBaseUrl",
+            CallError::InvalidResponse(_) => "InvalidResponse",
+        }
+    }
+
+    /// When the target itself said when to come back.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CallError::Throttled { retry_after } => *retry_after,
+            CallError::CircuitOpen { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// One HTTP request to a target, relative to its base URL.
+#[derive(Debug, Clone)]
+pub struct HttpCall {
+    /// Label for metrics (`read`, `create`, `action:send-welcome`...).
+    pub operation: String,
+    pub method: HttpMethod,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Value>,
+    /// Send to this base instead of the target's (an adapter service).
+    pub base: Option<Url>,
+}
+
+/// The answer to an [`HttpCall`] that was not a transport-level failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl HttpAnswer {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// `{status, body}`, the input of `successWhen` and `outputs`.
+    pub fn as_value(&self) -> Value {
+        serde_json::json!({ "status": self.status, "body": self.body })
+    }
+}
+
+/// Limits of a target, from its spec.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub requests_per_second: Option<f64>,
+    pub burst: u32,
+    pub max_concurrency: u32,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub failure_threshold: u32,
+    pub open_for: Duration,
+}
+
+/// A target system, ready to be called.
+pub struct Target {
+    /// `namespace/name`, for metrics and messages.
+    pub key: String,
+    base: Url,
+    http: reqwest::Client,
+    credentials: Credentials,
+    redactor: Redactor,
+    limiter: Option<DefaultDirectRateLimiter>,
+    concurrency: Semaphore,
+    circuit: Mutex<Circuit>,
+    /// Set by a 429 with Retry-After: nobody calls before then.
+    paused_until: Mutex<Option<Instant>>,
+    fencing_token: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Target {
+    pub fn new(
+        key: String,
+        base: Url,
+        http: reqwest::Client,
+        credentials: Credentials,
+        limits: &Limits,
+        fencing_token: String,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let limiter = limits.requests_per_second.map(|rate| {
+            let burst = NonZeroU32::new(limits.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+            let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+            let quota = Quota::with_period(period)
+                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                .allow_burst(burst);
+            DefaultDirectRateLimiter::direct(quota)
+        });
+        let redactor = Redactor::new(credentials.secret_values());
+        Self {
+            key,
+            base,
+            http,
+            credentials,
+            redactor,
+            limiter,
+            concurrency: Semaphore::new(limits.max_concurrency.max(1) as usize),
+            circuit: Mutex::new(Circuit::new(limits.failure_threshold, limits.open_for)),
+            paused_until: Mutex::new(None),
+            fencing_token,
+            metrics,
+        }
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    pub fn circuit_state(&self) -> CircuitState {
+        lock(&self.circuit).state(Instant::now())
+    }
+
+    /// Sends one call, waiting for the target's rate limit and concurrency
+    /// limit. 401/403, 429 and 5xx come back as errors; every other status
+    /// is an answer for the adapter to interpret.
+    pub async fn send(&self, call: HttpCall) -> Result<HttpAnswer, CallError> {
+        let result = self.send_inner(&call).await;
+        let outcome = match &result {
+            Ok(answer) if answer.is_success() => "success",
+            Ok(_) => "client_error",
+            Err(e) => e.reason(),
+        };
+        self.metrics
+            .http_requests
+            .get_or_create(&HttpLabels {
+                target: self.key.clone(),
+                operation: call.operation.clone(),
+                outcome,
+            })
+            .inc();
+        result
+    }
+
+    async fn send_inner(&self, call: &HttpCall) -> Result<HttpAnswer, CallError> {
+        let url = url::join(call.base.as_ref().unwrap_or(&self.base), &call.path, &call.query)?;
+        if let Err(retry_after) = lock(&self.circuit).admit(Instant::now()) {
+            self.set_circuit_gauge();
+            return Err(CallError::CircuitOpen { retry_after });
+        }
+        let paused = *lock(&self.paused_until);
+        if let Some(until) = paused {
+            tokio::time::sleep_until(until.into()).await;
+        }
+        if let Some(limiter) = &self.limiter {
+            let waited = Instant::now();
+            limiter.until_ready().await;
+            self.metrics
+                .rate_limiter_wait
+                .get_or_create(&TargetLabels {
+                    target: self.key.clone(),
+                })
+                .observe(waited.elapsed().as_secs_f64());
+        }
+        let _permit = self.concurrency.acquire().await.map_err(|_| CallError::Unavailable {
+            message: "the target is shutting down".into(),
+            sent: false,
+        })?;
+
+        let method = match call.method {
+            HttpMethod::Get => reqwest::Method::GET,
+            HttpMethod::Post => reqwest::Method::POST,
+            HttpMethod::Put => reqwest::Method::PUT,
+            HttpMethod::Patch => reqwest::Method::PATCH,
+            HttpMethod::Delete => reqwest::Method::DELETE,
+        };
+        let mut request = self
+            .http
+            .request(method, url)
+            .header(FENCING_HEADER, &self.fencing_token);
+        for (name, value) in &call.headers {
+            request = request.header(name, value);
+        }
+        if let Some(body) = &call.body {
+            request = request.json(body);
+        }
+        let request = self.credentials.apply(&self.http, request).await?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => {
+                lock(&self.circuit).failure(Instant::now());
+                self.set_circuit_gauge();
+                return Err(CallError::Unavailable {
+                    message: self.redactor.redact(&describe(&err)),
+                    sent: !err.is_connect(),
+                });
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = response.bytes().await.map_err(|err| CallError::Unavailable {
+            message: self.redactor.redact(&describe(&err)),
+            sent: true,
+        });
+        let classified = match (status, bytes) {
+            (429, _) => {
+                if let Some(wait) = retry_after {
+                    let until = Instant::now() + wait;
+                    let mut paused = lock(&self.paused_until);
+                    *paused = Some(paused.map_or(until, |p| p.max(until)));
+                }
+                lock(&self.circuit).neutral();
+                Err(CallError::Throttled { retry_after })
+            }
+            (500..=599, _) => {
+                lock(&self.circuit).failure(Instant::now());
+                Err(CallError::Unavailable {
+                    message: format!("HTTP {status}"),
+                    sent: true,
+                })
+            }
+            (_, Err(err)) => {
+                lock(&self.circuit).failure(Instant::now());
+                Err(err)
+            }
+            (401 | 403, _) => {
+                lock(&self.circuit).neutral();
+                if let Credentials::OAuth2(oauth) = &self.credentials {
+                    oauth.invalidate().await;
+                }
+                Err(CallError::Unauthorized { status })
+            }
+            (_, Ok(bytes)) => {
+                lock(&self.circuit).success();
+                let body = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                        Value::String(
+                            self.redactor
+                                .redact(&String::from_utf8_lossy(&bytes[..bytes.len().min(512)])),
+                        )
+                    })
+                };
+                Ok(HttpAnswer { status, body })
+            }
+        };
+        self.set_circuit_gauge();
+        classified
+    }
+
+    fn set_circuit_gauge(&self) {
+        let open = i64::from(self.circuit_state() == CircuitState::Open);
+        self.metrics
+            .circuit_open
+            .get_or_create(&TargetLabels {
+                target: self.key.clone(),
+            })
+            .set(open);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A reqwest error without its URL (which could carry query values) and
+/// with its root cause.
+fn describe(err: &reqwest::Error) -> String {
+    let mut message = if err.is_timeout() {
+        "timed out".to_owned()
+    } else if err.is_connect() {
+        "connection failed".to_owned()
+    } else {
+        "connection closed before an answer".to_owned()
+    };
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
+    }
+    message
+}

@@ -1,0 +1,276 @@
+//! The shared `Target` of each TargetSystem. A Target is built from the
+//! TargetSystem's spec and the Secrets it names, and rebuilt when either
+//! changes (the fingerprint holds the spec generation and the Secrets'
+//! resourceVersions, read from a metadata-only reflector, so an unchanged
+//! target costs no API read). Everything that calls a target gets the same
+//! instance, and so the same rate limit, concurrency limit and circuit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+
+use super::auth::{Credentials, OAuth2};
+use super::{Limits, Target};
+use crate::api::TargetSystem;
+use crate::api::target_system::{Auth, TargetSystemSpec};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("Secret {name:?} (named by the TargetSystem's {field}) does not exist")]
+    SecretMissing { name: String, field: &'static str },
+    #[error("Secret {name:?} has no key {key:?} (named by the TargetSystem's {field})")]
+    KeyMissing {
+        name: String,
+        key: String,
+        field: &'static str,
+    },
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("reading Secret {name:?}")]
+    Kube {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl RegistryError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RegistryError::SecretMissing { .. } | RegistryError::KeyMissing { .. } => "SecretNotFound",
+            RegistryError::InvalidSpec(_) => "InvalidSpec",
+            RegistryError::Kube { .. } => "KubernetesError",
+        }
+    }
+
+    /// Waiting on a Secret or a spec change, not on time.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, RegistryError::Kube { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Fingerprint {
+    uid: Option<String>,
+    generation: Option<i64>,
+    secrets: Vec<(String, Option<String>)>,
+}
+
+pub struct Registry {
+    client: kube::Client,
+    secrets: Option<Store<PartialObjectMeta<Secret>>>,
+    metrics: Arc<Metrics>,
+    fencing_token: Mutex<String>,
+    targets: Mutex<HashMap<String, (Fingerprint, Arc<Target>)>>,
+}
+
+impl Registry {
+    pub fn new(client: kube::Client, secrets: Option<Store<PartialObjectMeta<Secret>>>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            client,
+            secrets,
+            metrics,
+            fencing_token: Mutex::new(String::new()),
+            targets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The fencing token put on calls from now on (leader identity and
+    /// Lease transitions). Targets built before keep theirs until rebuilt.
+    pub fn set_fencing_token(&self, token: String) {
+        *lock(&self.fencing_token) = token;
+        lock(&self.targets).clear();
+    }
+
+    /// The target of a TargetSystem, built or reused.
+    pub async fn get(&self, ts: &TargetSystem) -> Result<Arc<Target>, RegistryError> {
+        let namespace = ts.namespace().unwrap_or_default();
+        let key = format!("{namespace}/{}", ts.name_any());
+        let fingerprint = Fingerprint {
+            uid: ts.meta().uid.clone(),
+            generation: ts.meta().generation,
+            secrets: secret_names(&ts.spec)
+                .into_iter()
+                .map(|name| {
+                    let version = self.secrets.as_ref().and_then(|store| {
+                        store
+                            .get(&ObjectRef::new(&name).within(&namespace))
+                            .and_then(|s| s.metadata.resource_version.clone())
+                    });
+                    (name, version)
+                })
+                .collect(),
+        };
+        if let Some((known, target)) = lock(&self.targets).get(&key)
+            && *known == fingerprint
+        {
+            return Ok(target.clone());
+        }
+        let target = Arc::new(self.build(&key, &namespace, &ts.spec).await?);
+        lock(&self.targets).insert(key, (fingerprint, target.clone()));
+        Ok(target)
+    }
+
+    /// Forgets a target (its TargetSystem was deleted).
+    pub fn remove(&self, namespace: &str, name: &str) {
+        lock(&self.targets).remove(&format!("{namespace}/{name}"));
+    }
+
+    async fn build(&self, key: &str, namespace: &str, spec: &TargetSystemSpec) -> Result<Target, RegistryError> {
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let read = |name: String, key: String, field: &'static str| {
+            let secrets = secrets.clone();
+            async move { read_key(&secrets, &name, &key, field).await }
+        };
+        let base = super::url::parse_base(&spec.base_url).map_err(|e| RegistryError::InvalidSpec(e.to_string()))?;
+        let credentials = match &spec.auth {
+            None => Credentials::None,
+            Some(Auth {
+                bearer: Some(bearer), ..
+            }) => {
+                let r = &bearer.token_secret_ref;
+                Credentials::Bearer(read(r.name.clone(), r.key.clone(), "auth.bearer.tokenSecretRef").await?)
+            }
+            Some(Auth { basic: Some(basic), .. }) => Credentials::Basic {
+                username: read(basic.secret_ref.name.clone(), "username".into(), "auth.basic.secretRef").await?,
+                password: read(basic.secret_ref.name.clone(), "password".into(), "auth.basic.secretRef").await?,
+            },
+            Some(Auth {
+                api_key: Some(api_key), ..
+            }) => Credentials::ApiKey {
+                header: reqwest::header::HeaderName::from_bytes(api_key.header.as_bytes()).map_err(|_| {
+                    RegistryError::InvalidSpec(format!("auth.apiKey.header {:?} is not a header name", api_key.header))
+                })?,
+                key: read(
+                    api_key.key_secret_ref.name.clone(),
+                    api_key.key_secret_ref.key.clone(),
+                    "auth.apiKey.keySecretRef",
+                )
+                .await?,
+            },
+            Some(Auth {
+                oauth2_client_credentials: Some(oauth),
+                ..
+            }) => {
+                let token_url =
+                    super::url::parse_base(&oauth.token_url).map_err(|e| RegistryError::InvalidSpec(e.to_string()))?;
+                let name = oauth.secret_ref.name.clone();
+                Credentials::OAuth2(OAuth2::new(
+                    token_url,
+                    read(
+                        name.clone(),
+                        "clientId".into(),
+                        "auth.oauth2ClientCredentials.secretRef",
+                    )
+                    .await?,
+                    read(name, "clientSecret".into(), "auth.oauth2ClientCredentials.secretRef").await?,
+                    oauth.scopes.clone(),
+                ))
+            }
+            Some(_) => return Err(RegistryError::InvalidSpec("auth sets no scheme".into())),
+        };
+        let timeout = |d: &crate::api::common::Duration, field: &str| {
+            d.to_std()
+                .ok_or_else(|| RegistryError::InvalidSpec(format!("{field} {:?} is not a duration", d.0)))
+        };
+        let limits = Limits {
+            requests_per_second: spec.rate_limit.as_ref().map(|r| r.requests_per_second),
+            burst: spec.rate_limit.as_ref().map_or(1, |r| r.burst.max(1) as u32),
+            max_concurrency: spec.max_concurrency.max(1) as u32,
+            request_timeout: timeout(&spec.timeouts.request, "timeouts.request")?,
+            connect_timeout: timeout(&spec.timeouts.connect, "timeouts.connect")?,
+            failure_threshold: spec.circuit_breaker.failure_threshold.max(1) as u32,
+            open_for: timeout(&spec.circuit_breaker.open_for, "circuitBreaker.openFor")?,
+        };
+        let mut http = reqwest::Client::builder()
+            .timeout(limits.request_timeout)
+            .connect_timeout(limits.connect_timeout)
+            .pool_max_idle_per_host(limits.max_concurrency as usize)
+            .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")));
+        if let Some(tls) = &spec.tls {
+            if let Some(ca) = &tls.ca_secret_ref {
+                let pem = read(ca.name.clone(), ca.key.clone(), "tls.caSecretRef").await?;
+                let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|_| {
+                    RegistryError::InvalidSpec(format!(
+                        "Secret {:?} key {:?} holds no PEM certificate",
+                        ca.name, ca.key
+                    ))
+                })?;
+                for cert in certs {
+                    http = http.add_root_certificate(cert);
+                }
+            }
+            http = http.danger_accept_invalid_certs(tls.insecure_skip_verify);
+        }
+        let http = http
+            .build()
+            .map_err(|e| RegistryError::InvalidSpec(format!("cannot build an HTTP client: {e}")))?;
+        let fencing = lock(&self.fencing_token).clone();
+        Ok(Target::new(
+            key.to_owned(),
+            base,
+            http,
+            credentials,
+            &limits,
+            fencing,
+            self.metrics.clone(),
+        ))
+    }
+}
+
+/// Names of the Secrets a TargetSystem reads.
+pub fn secret_names(spec: &TargetSystemSpec) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Some(auth) = &spec.auth {
+        names.extend(auth.bearer.as_ref().map(|b| b.token_secret_ref.name.clone()));
+        names.extend(auth.basic.as_ref().map(|b| b.secret_ref.name.clone()));
+        names.extend(auth.api_key.as_ref().map(|k| k.key_secret_ref.name.clone()));
+        names.extend(
+            auth.oauth2_client_credentials
+                .as_ref()
+                .map(|o| o.secret_ref.name.clone()),
+        );
+    }
+    if let Some(ca) = spec.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) {
+        names.push(ca.name.clone());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+async fn read_key(secrets: &Api<Secret>, name: &str, key: &str, field: &'static str) -> Result<String, RegistryError> {
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|source| RegistryError::Kube {
+            name: name.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| RegistryError::SecretMissing {
+            name: name.to_owned(),
+            field,
+        })?;
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
+        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key)).cloned())
+        .ok_or_else(|| RegistryError::KeyMissing {
+            name: name.to_owned(),
+            key: key.to_owned(),
+            field,
+        })?;
+    // `echo token > file` leaves a newline that no API expects.
+    Ok(value.trim().to_owned())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,185 @@
+//! Running the real `tether run` binary against the test control plane, as
+//! the controller's ServiceAccount identity, and the fixtures that point it
+//! at an in-process simulator.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::ControlPlane;
+
+/// A `tether run` process, killed when dropped.
+pub struct Controller {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub metrics_port: u16,
+    args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Controller {
+    /// Starts `tether run --namespace <namespace> <extra>`.
+    pub fn start(cp: &ControlPlane, namespace: &str, extra: &[&str]) -> Self {
+        let mut args: Vec<String> = vec!["run".into(), "--namespace".into(), namespace.into()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let log = cp
+            .dir
+            .join(format!("tether-{namespace}-{}.log", uuid::Uuid::new_v4().simple()));
+        let mut controller = Controller {
+            child: None,
+            log,
+            metrics_port: 0,
+            args,
+        };
+        controller.restart(cp);
+        controller
+    }
+
+    /// Starts the process again (after `kill`), appending to the same log.
+    pub fn restart(&mut self, cp: &ControlPlane) {
+        self.metrics_port = free_port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let err = log.try_clone().expect("log file");
+        // setpriv --pdeathsig: the controller dies with the test thread that
+        // started it, even if the test binary is killed.
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--"])
+            .arg(env!("CARGO_BIN_EXE_tether"))
+            .args(&self.args)
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", self.metrics_port)])
+            .env("KUBECONFIG", cp.kubeconfig("controller"))
+            .env("RUST_LOG", "info,tether=debug")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("tether run starts");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no graceful shutdown, no last status write.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The text of `/metrics`, waiting for the server to come up.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match reqwest::get(&url).await {
+                Ok(r) => return r.text().await.unwrap_or_default(),
+                Err(e) if Instant::now() > deadline => panic!("no /metrics: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An Adapter for the simulator's `contacts` collection.
+pub fn contacts_adapter(name: &str) -> Value {
+    json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": name},
+        "spec": {"rest": {"resourceTypes": [{
+            "name": "contact",
+            "read": {"method": "GET", "path": "/v1/contacts/\\(.id)"},
+            "create": {"method": "POST", "path": "/v1/contacts", "body": ".properties + {externalName: .name}"},
+            "update": {"method": "PATCH", "path": "/v1/contacts/\\(.id)", "body": ".properties"},
+            "delete": {"method": "DELETE", "path": "/v1/contacts/\\(.id)"},
+            "find": {"method": "GET", "path": "/v1/contacts", "query": {"externalName": "\\(.name)"}, "select": ".items[0]"}
+        }]}}
+    })
+}
+
+/// A bearer-token Secret and a TargetSystem named `target` on `base_url`.
+pub fn target(adapter: &str, base_url: &str, token: &str, extra_spec: Value) -> Value {
+    let mut spec = json!({
+        "adapterRef": {"name": adapter},
+        "baseUrl": base_url,
+        "auth": {"bearer": {"tokenSecretRef": {"name": "target-token", "key": "token"}}},
+        "timeouts": {"connect": "2s", "request": "10s"}
+    });
+    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra_spec) {
+        spec.extend(extra);
+    }
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "target-token"}, "stringData": {"token": token}},
+        {"apiVersion": "tether.dev/v1alpha1", "kind": "TargetSystem", "metadata": {"name": "target"}, "spec": spec}
+    ]})
+}
+
+/// An ExternalResource of type `contact` on `target`.
+pub fn contact(name: &str, properties: Value, extra_spec: Value) -> Value {
+    let mut spec = json!({"targetRef": {"name": "target"}, "type": "contact", "properties": properties});
+    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra_spec) {
+        spec.extend(extra);
+    }
+    json!({"apiVersion": "tether.dev/v1alpha1", "kind": "ExternalResource", "metadata": {"name": name}, "spec": spec})
+}
+
+impl ControlPlane {
+    /// `kubectl apply` of a JSON manifest as the admin.
+    pub fn apply_json(&self, namespace: &str, manifest: &Value) {
+        super::assert_ok(&self.apply_as("admin", namespace, &manifest.to_string()));
+    }
+
+    /// `kubectl wait --for=<condition> <object>`, failing the test with
+    /// the object's YAML and the controller's log when it times out.
+    pub fn wait_for(
+        &self,
+        namespace: &str,
+        object: &str,
+        condition: &str,
+        timeout: &str,
+        controller: Option<&Controller>,
+    ) {
+        let out = self.kubectl(&[
+            "wait",
+            "-n",
+            namespace,
+            &format!("--for={condition}"),
+            &format!("--timeout={timeout}"),
+            object,
+        ]);
+        if !out.status.success() {
+            let yaml = self.kubectl(&["get", "-n", namespace, object, "-o", "yaml"]);
+            panic!(
+                "{object} did not reach {condition} within {timeout}: {}\n--- object ---\n{}\n--- controller log ---\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&yaml.stdout),
+                controller.map(|c| c.logs()).unwrap_or_default()
+            );
+        }
+    }
+
+    /// One field of an object, by JSONPath.
+    pub fn jsonpath(&self, namespace: &str, object: &str, path: &str) -> String {
+        let out = self.kubectl(&["get", "-n", namespace, object, "-o", &format!("jsonpath={path}")]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
