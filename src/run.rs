@@ -236,11 +236,19 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     });
 
     let store = er_controller.store();
+    let target_generations = ctrl::GenerationFilter::default();
     let by_target = move |ts: TargetSystem| {
+        if !target_generations.changed(&ts) {
+            return vec![];
+        }
         ctrl::external_resource::referencing(&store.state(), &ts.namespace().unwrap_or_default(), &ts.name_any())
     };
     let (store, targets_for_adapters) = (er_controller.store(), targets.clone());
+    let adapter_generations = ctrl::GenerationFilter::default();
     let by_adapter = move |adapter: Adapter| -> Vec<ObjectRef<ExternalResource>> {
+        if !adapter_generations.changed(&adapter) {
+            return vec![];
+        }
         let resources = store.state();
         targets_for_adapters
             .state()

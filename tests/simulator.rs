@@ -207,6 +207,7 @@ async fn rate_limit_answers_429_with_retry_after() {
         rate_limit: Some(RateLimitFault {
             requests_per_second: 0.5,
             burst: 2,
+            retry_after_seconds: None,
         }),
         ..Faults::default()
     });
@@ -413,4 +414,76 @@ async fn tether_sim_serves_as_a_process() {
     };
     assert_eq!(status, StatusCode::OK);
     child.kill().await.expect("stopping tether sim");
+}
+
+#[tokio::test]
+async fn requests_before_an_announced_retry_after_are_counted_as_violations() {
+    let sim = open_sim().await;
+    let client = http();
+    sim.set_faults(Faults {
+        rate_limit: Some(RateLimitFault {
+            requests_per_second: 100.0,
+            burst: 1,
+            retry_after_seconds: Some(30),
+        }),
+        ..Faults::default()
+    });
+    create(&client, &sim, json!({})).await;
+    let throttled = create(&client, &sim, json!({})).await;
+    assert_eq!(
+        throttled.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"30"[..])
+    );
+    create(&client, &sim, json!({})).await;
+    assert_eq!(
+        sim.stats().retry_after_violations,
+        1,
+        "the third request ignored Retry-After: 30"
+    );
+}
+
+#[tokio::test]
+async fn delayed_create_answer_commits_before_it_answers() {
+    let sim = open_sim().await;
+    let client = http();
+    sim.set_faults(Faults {
+        create_answer_delay_ms: 60_000,
+        ..Faults::default()
+    });
+    let pending = client
+        .post(format!("{}/v1/contacts", sim.base_url()))
+        .json(&json!({"email": "slow@example.com"}))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(pending.expect_err("no answer within 500 ms").is_timeout());
+    assert_eq!(sim.objects("contacts").len(), 1, "committed before answering");
+}
+
+#[tokio::test]
+async fn unauthorized_answers_echo_the_presented_credentials_like_careless_apis_do() {
+    let sim = sim::start(
+        "127.0.0.1:0".parse().expect("address"),
+        Credentials {
+            bearer_tokens: vec!["good".into()],
+            api_keys: vec![],
+        },
+    )
+    .await
+    .expect("simulator starts");
+    let body: Value = http()
+        .get(format!("{}/v1/contacts", sim.base_url()))
+        .bearer_auth("wrong-token-123")
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("wrong-token-123")
+    );
 }

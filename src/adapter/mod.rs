@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::expr::ExprError;
 use crate::target::CallError;
+pub(crate) use crate::target::error_message;
 
 /// What a call about one object concerns.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +102,26 @@ impl AdapterError {
             AdapterError::Expression(_) => "ExpressionError",
             AdapterError::Mapping(_) => "MappingError",
             AdapterError::Rejected { .. } => "RejectedByTarget",
+        }
+    }
+
+    /// The target certainly did not apply the request: it refused it (429,
+    /// 401/403, a 4xx other than 409), or the request never left (circuit
+    /// open, connection refused, a template that failed). Timeouts, dropped
+    /// connections and 5xx are ambiguous: the write may have happened.
+    pub fn certainly_not_applied(&self) -> bool {
+        match self {
+            AdapterError::Call(call) => match call {
+                CallError::Unavailable { sent, .. } => !sent,
+                CallError::InvalidResponse(_) => false,
+                CallError::Throttled { .. }
+                | CallError::Unauthorized { .. }
+                | CallError::BadCredentials(_)
+                | CallError::CircuitOpen { .. }
+                | CallError::Url(_) => true,
+            },
+            AdapterError::Rejected { status, .. } => *status != 409,
+            AdapterError::Expression(_) | AdapterError::Mapping(_) => true,
         }
     }
 
@@ -195,19 +216,4 @@ impl ExternalSystem for AnyAdapter {
     async fn act(&self, action: &str, input: &Value, idempotency_key: &str) -> Result<ActionOutcome> {
         dispatch!(self, a => a.act(action, input, idempotency_key).await)
     }
-}
-
-/// A short, single-line message from an error body.
-pub(crate) fn error_message(body: &Value) -> String {
-    let text = body
-        .pointer("/error/message")
-        .or_else(|| body.get("message"))
-        .or_else(|| body.get("error"))
-        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-        .unwrap_or_else(|| body.to_string());
-    let mut line: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
-    if line.is_empty() {
-        line.push_str("no details");
-    }
-    line
 }

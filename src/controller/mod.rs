@@ -38,6 +38,9 @@ pub struct Failure {
     pub message: String,
     pub permanent: bool,
     pub retry_after: Option<Duration>,
+    /// A create failed in a way that proves nothing was created: the
+    /// intent can be dropped, so the next pass creates without a lookup.
+    pub create_not_applied: bool,
 }
 
 impl Failure {
@@ -47,6 +50,7 @@ impl Failure {
             message: message.into(),
             permanent: true,
             retry_after: None,
+            create_not_applied: false,
         }
     }
 }
@@ -62,6 +66,7 @@ impl From<crate::adapter::AdapterError> for Failure {
             message: e.to_string(),
             permanent: e.is_permanent(),
             retry_after,
+            create_not_applied: false,
         }
     }
 }
@@ -105,6 +110,28 @@ pub struct Freshness {
     pub resync: Option<String>,
     pub dependencies: (Option<i64>, Option<i64>),
     pub at: std::time::Instant,
+    /// A permanent failure: fresh until one of the above changes.
+    pub until_change: bool,
+}
+
+/// Remembers the last generation seen per object, so that watches of
+/// related kinds react to spec changes and not to status writes (a
+/// TargetSystem's health probe must not wake every resource that uses it).
+#[derive(Default)]
+pub struct GenerationFilter {
+    seen: Mutex<HashMap<String, Option<i64>>>,
+}
+
+impl GenerationFilter {
+    /// True when `object`'s generation differs from the last one seen.
+    pub fn changed<K: kube::Resource>(&self, object: &K) -> bool {
+        let key = format!(
+            "{}/{}",
+            object.meta().namespace.as_deref().unwrap_or_default(),
+            object.meta().name.as_deref().unwrap_or_default()
+        );
+        lock(&self.seen).insert(key, object.meta().generation) != Some(object.meta().generation)
+    }
 }
 
 pub struct Context {
@@ -149,6 +176,7 @@ impl Context {
             // watch: retry with backoff instead of waiting for a change.
             permanent: false,
             retry_after: None,
+            create_not_applied: false,
         })?;
         if let Some(service) = &adapter.spec.service {
             let url = crate::target::url::parse_base(&service.url)

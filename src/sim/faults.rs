@@ -25,6 +25,9 @@ pub struct Faults {
     /// The next N creates are committed, then the connection is dropped
     /// before any response byte is sent.
     pub drop_create_responses: u32,
+    /// Creates are committed, then answered only after this delay: a
+    /// window in which a client can die between the call and its record.
+    pub create_answer_delay_ms: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -33,6 +36,9 @@ pub struct RateLimitFault {
     pub requests_per_second: f64,
     #[serde(default = "one")]
     pub burst: u32,
+    /// `Retry-After` to announce instead of the bucket's refill time.
+    #[serde(default)]
+    pub retry_after_seconds: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -93,6 +99,9 @@ pub struct Stats {
     pub peak_in_flight: u64,
     /// Most data requests admitted (not throttled) in any one-second window.
     pub peak_admitted_per_second: u64,
+    /// Requests that arrived before the `Retry-After` of an earlier 429 had
+    /// passed: a client that honours `Retry-After` makes none.
+    pub retry_after_violations: u64,
 }
 
 impl Stats {

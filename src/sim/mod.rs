@@ -66,6 +66,40 @@ pub async fn start(addr: SocketAddr, credentials: Credentials) -> std::io::Resul
     })
 }
 
+/// Like [`start`], but serves from a thread with its own runtime, so the
+/// simulator keeps answering whatever the caller's runtime does (a test
+/// that blocks on `kubectl wait`, for instance).
+pub fn start_on_own_thread(addr: SocketAddr, credentials: Credentials) -> std::io::Result<SimHandle> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(SimState::new(credentials));
+    let (tx, rx) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let served = state.clone();
+    std::thread::Builder::new().name(format!("sim-{addr}")).spawn(move || {
+        runtime.block_on(async move {
+            match TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    serve(listener, served, async {
+                        let _ = rx.await;
+                    })
+                    .await
+                }
+                Err(err) => tracing::error!(%err, "simulator listener"),
+            }
+        });
+    })?;
+    Ok(SimHandle {
+        addr,
+        state,
+        shutdown: Some(tx),
+    })
+}
+
 /// Serves until `shutdown` completes. Each connection gets a
 /// [`ConnectionKill`] so that a handler can drop it without answering,
 /// which `axum::serve` cannot do.

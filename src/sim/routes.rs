@@ -42,6 +42,7 @@ struct Inner {
     bucket: Option<TokenBucket>,
     stats: Stats,
     admitted: Vec<Instant>,
+    retry_not_before: Option<Instant>,
     in_flight: u64,
     credentials: Credentials,
 }
@@ -93,6 +94,7 @@ impl SimState {
         let mut inner = self.lock();
         inner.stats = Stats::default();
         inner.admitted.clear();
+        inner.retry_not_before = None;
     }
 
     pub fn objects(&self, collection: &str) -> Vec<Value> {
@@ -163,18 +165,29 @@ async fn admit(
             .requests
             .entry(format!("{operation} {collection}"))
             .or_default() += 1;
+        let now = Instant::now();
+        if inner.retry_not_before.is_some_and(|deadline| now < deadline) {
+            inner.stats.retry_after_violations += 1;
+        }
         if !authorized(&inner.credentials, headers) {
             inner.stats.unauthorized += 1;
+            // Like some real APIs, echo what was presented: a client must
+            // not copy this into places where secrets do not belong.
+            let presented = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("nothing");
             return Err(error(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "missing or invalid credentials",
+                format!("invalid credentials: {presented}"),
             ));
         }
-        let now = Instant::now();
         if let Some(Err(wait)) = inner.bucket.as_mut().map(|bucket| bucket.take(now)) {
             inner.stats.throttled += 1;
-            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let announced = inner.faults.rate_limit.as_ref().and_then(|r| r.retry_after_seconds);
+            let seconds = announced.unwrap_or_else(|| wait.as_secs_f64().ceil().max(1.0) as u64);
+            inner.retry_not_before = Some(now + Duration::from_secs(seconds));
             let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down");
             response
                 .headers_mut()
@@ -241,7 +254,7 @@ async fn create(
         );
     };
     let key = headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok());
-    let (created, drop_answer) = {
+    let (created, drop_answer, answer_delay) = {
         let mut inner = state.lock();
         let created = inner.store.create(&collection, body, key);
         let drop_answer = inner.faults.drop_create_responses > 0 && matches!(created, Created::New(_));
@@ -249,8 +262,11 @@ async fn create(
             inner.faults.drop_create_responses -= 1;
             inner.stats.dropped_responses += 1;
         }
-        (created, drop_answer)
+        (created, drop_answer, inner.faults.create_answer_delay_ms)
     };
+    if answer_delay > 0 {
+        tokio::time::sleep(Duration::from_millis(answer_delay)).await;
+    }
     if drop_answer {
         // The object is committed; the caller never hears about it.
         kill.0.notify_one();

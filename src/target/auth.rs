@@ -62,7 +62,8 @@ impl OAuth2 {
             })?;
         let status = response.status().as_u16();
         if matches!(status, 400 | 401 | 403) {
-            return Err(CallError::Unauthorized { status });
+            let message = "the token endpoint refused the client credentials".to_owned();
+            return Err(CallError::Unauthorized { status, message });
         }
         #[derive(serde::Deserialize)]
         struct Token {

@@ -40,9 +40,11 @@ pub enum CallError {
     /// 429: the target asked us to slow down.
     #[error("throttled by the target (HTTP 429){}", retry_after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]
     Throttled { retry_after: Option<Duration> },
-    /// 401 or 403.
-    #[error("the target refused the credentials (HTTP {status}); check the Secret named by the TargetSystem's auth")]
-    Unauthorized { status: u16 },
+    /// 401 or 403, with the target's message (secrets redacted).
+    #[error(
+        "the target refused the credentials (HTTP {status}: {message}); check the Secret named by the TargetSystem's auth"
+    )]
+    Unauthorized { status: u16, message: String },
     /// Credentials that cannot be put on a request.
     #[error("unusable credentials: {0}")]
     BadCredentials(String),
@@ -211,13 +213,12 @@ impl Target {
 
     async fn send_inner(&self, call: &HttpCall) -> Result<HttpAnswer, CallError> {
         let url = url::join(call.base.as_ref().unwrap_or(&self.base), &call.path, &call.query)?;
-        if let Err(retry_after) = lock(&self.circuit).admit(Instant::now()) {
+        // Bound first: the guard must be gone before set_circuit_gauge
+        // locks the circuit again.
+        let admitted = lock(&self.circuit).admit(Instant::now());
+        if let Err(retry_after) = admitted {
             self.set_circuit_gauge();
             return Err(CallError::CircuitOpen { retry_after });
-        }
-        let paused = *lock(&self.paused_until);
-        if let Some(until) = paused {
-            tokio::time::sleep_until(until.into()).await;
         }
         if let Some(limiter) = &self.limiter {
             let waited = Instant::now();
@@ -233,6 +234,14 @@ impl Target {
             message: "the target is shutting down".into(),
             sent: false,
         })?;
+        // Checked after taking a permit, so a call queued behind the one
+        // that got the 429 waits too.
+        let paused = *lock(&self.paused_until);
+        if let Some(until) = paused {
+            tokio::time::sleep_until(until.into()).await;
+        }
+        // Checked after taking a permit, so a call queued behind the one
+        // that got the 429 waits too.
 
         let method = match call.method {
             HttpMethod::Get => reqwest::Method::GET,
@@ -295,12 +304,14 @@ impl Target {
                 lock(&self.circuit).failure(Instant::now());
                 Err(err)
             }
-            (401 | 403, _) => {
+            (401 | 403, Ok(bytes)) => {
                 lock(&self.circuit).neutral();
                 if let Credentials::OAuth2(oauth) = &self.credentials {
                     oauth.invalidate().await;
                 }
-                Err(CallError::Unauthorized { status })
+                let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let message = self.redactor.redact(&error_message(&body));
+                Err(CallError::Unauthorized { status, message })
             }
             (_, Ok(bytes)) => {
                 lock(&self.circuit).success();
@@ -352,4 +363,19 @@ fn describe(err: &reqwest::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+/// A short, single-line message from an error body.
+pub fn error_message(body: &Value) -> String {
+    let text = body
+        .pointer("/error/message")
+        .or_else(|| body.get("message"))
+        .or_else(|| body.get("error"))
+        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+        .unwrap_or_else(|| body.to_string());
+    let mut line: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    if line.is_empty() {
+        line.push_str("no details");
+    }
+    line
 }

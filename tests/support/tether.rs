@@ -177,6 +177,44 @@ impl ControlPlane {
         }
     }
 
+    /// `kubectl wait --all` for every object of a kind, with the same
+    /// diagnostics as [`ControlPlane::wait_for`]. Returns how many objects
+    /// met the condition.
+    pub fn wait_all(
+        &self,
+        namespace: &str,
+        kind: &str,
+        condition: &str,
+        timeout: &str,
+        controller: Option<&Controller>,
+    ) -> usize {
+        let out = self.kubectl(&[
+            "wait",
+            "-n",
+            namespace,
+            &format!("--for={condition}"),
+            &format!("--timeout={timeout}"),
+            "--all",
+            kind,
+        ]);
+        if !out.status.success() {
+            let yaml = self.kubectl(&["get", "-n", namespace, kind, "-o", "yaml"]);
+            let yaml = String::from_utf8_lossy(&yaml.stdout);
+            panic!(
+                "not every {kind} reached {condition} within {timeout}: {}\n--- objects (first 6000 bytes) ---\n{}\n--- controller log (last 6000 bytes) ---\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                &yaml[..yaml.len().min(6000)],
+                controller
+                    .map(|c| {
+                        let l = c.logs();
+                        l[l.len().saturating_sub(6000)..].to_owned()
+                    })
+                    .unwrap_or_default()
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
     /// One field of an object, by JSONPath.
     pub fn jsonpath(&self, namespace: &str, object: &str, path: &str) -> String {
         let out = self.kubectl(&["get", "-n", namespace, object, "-o", &format!("jsonpath={path}")]);

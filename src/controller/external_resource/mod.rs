@@ -47,6 +47,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// The write lost a race with a newer version of the object (409 on a
+    /// conditional write, 422 on the finalizer's test-and-add patch): the
+    /// cache was behind. Not a failure: retry soon with fresh data.
+    pub fn is_stale_read(&self) -> bool {
+        let code = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 422);
+        match self {
+            Error::WriteStatus { source, .. } => code(source),
+            Error::Finalizer(boxed) => match boxed.as_ref() {
+                finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => code(e),
+                finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner.is_stale_read(),
+                _ => false,
+            },
+            Error::DeletionBlocked(_) => false,
+        }
+    }
+
     pub fn reason(&self) -> &'static str {
         match self {
             Error::WriteStatus { .. } => "WriteStatusFailed",
@@ -76,6 +92,14 @@ pub async fn reconcile(er: Arc<ExternalResource>, ctx: Arc<Context>) -> Result<A
 
 /// Requeue after a failure the reconcile could not turn into a condition.
 pub fn error_policy(er: Arc<ExternalResource>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_stale_read() {
+        tracing::debug!(name = %er.name_any(), error = %error, "stale read; retrying with fresh data");
+        return Action::requeue(crate::target::backoff::jittered(
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+            1,
+        ));
+    }
     ctx.metrics.reconcile_error(KIND, error.reason());
     tracing::warn!(name = %er.name_any(), namespace = ?er.namespace(), error = %error, "reconcile failed");
     let failure = Failure {
@@ -83,6 +107,7 @@ pub fn error_policy(er: Arc<ExternalResource>, error: &Error, ctx: Arc<Context>)
         message: String::new(),
         permanent: false,
         retry_after: None,
+        create_not_applied: false,
     };
     Action::requeue(ctx.backoff(&key(&er), &failure))
 }
@@ -105,6 +130,19 @@ fn poll_interval(er: &ExternalResource) -> Duration {
         .to_std()
         .unwrap_or(Duration::from_secs(300))
         .max(Duration::from_secs(1))
+}
+
+/// The server-side apply body of a status write. It carries the
+/// resourceVersion the reconcile read, which makes the write conditional: a
+/// stale leader (or a stale cache) gets 409 Conflict instead of overwriting
+/// newer progress.
+pub fn status_patch(name: &str, resource_version: Option<&str>, status: &ExternalResourceStatus) -> serde_json::Value {
+    json!({
+        "apiVersion": "tether.dev/v1alpha1",
+        "kind": KIND,
+        "metadata": { "name": name, "resourceVersion": resource_version },
+        "status": status,
+    })
 }
 
 /// Writes status with server-side apply, conditional on the resourceVersion
@@ -132,12 +170,7 @@ impl<'a> StatusWriter<'a> {
         if !status::differs(self.current.as_ref(), &next) {
             return Ok(());
         }
-        let patch = json!({
-            "apiVersion": "tether.dev/v1alpha1",
-            "kind": KIND,
-            "metadata": { "name": self.er.name_any(), "resourceVersion": self.resource_version },
-            "status": next,
-        });
+        let patch = status_patch(&self.er.name_any(), self.resource_version.as_deref(), &next);
         let written = self
             .api
             .patch_status(
@@ -173,9 +206,12 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
         resync: er.annotations().get(RESYNC_ANNOTATION).cloned(),
         dependencies: (target.as_ref().and_then(|t| t.metadata.generation), adapter_generation),
         at: Instant::now(),
+        until_change: false,
     };
-    if let Some(wait) = still_fresh(ctx, er, &freshness) {
-        return Ok(Action::requeue(wait));
+    match still_fresh(ctx, er, &freshness) {
+        Some(Duration::MAX) => return Ok(Action::await_change()),
+        Some(wait) => return Ok(Action::requeue(wait)),
+        None => {}
     }
 
     let mut writer = StatusWriter::new(er, ctx);
@@ -207,7 +243,19 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
             (next, Action::requeue(poll_interval(er)))
         }
         Err(failure) => {
-            lock(&ctx.fresh).remove(&key(er));
+            if failure.permanent {
+                // Waiting for a change: our own status write must not wake
+                // this up again; a change of generation or dependency will.
+                lock(&ctx.fresh).insert(
+                    key(er),
+                    Freshness {
+                        until_change: true,
+                        ..freshness
+                    },
+                );
+            } else {
+                lock(&ctx.fresh).remove(&key(er));
+            }
             ctx.metrics.reconcile_error(KIND, failure.reason);
             let previous_reason = writer
                 .current
@@ -233,6 +281,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
                 reason: failure.reason,
                 message: failure.message,
                 permanent: failure.permanent,
+                create_not_applied: failure.create_not_applied,
             };
             (
                 status::compute(writer.current.as_ref(), &er.spec, er.metadata.generation, &outcome, now),
@@ -248,6 +297,9 @@ fn still_fresh(ctx: &Context, er: &ExternalResource, now: &Freshness) -> Option<
     let fresh = lock(&ctx.fresh);
     let last = fresh.get(&key(er))?;
     let same = last.generation == now.generation && last.resync == now.resync && last.dependencies == now.dependencies;
+    if same && last.until_change {
+        return Some(Duration::MAX);
+    }
     let age = now.at.duration_since(last.at);
     (same && age < poll_interval(er)).then(|| poll_interval(er) - age)
 }
@@ -377,7 +429,13 @@ async fn sync(
                     .await;
                     Synced::Object { object, how: "Created" }
                 }
-                Err(e) => return Ok(Err(e.into())),
+                Err(e) => {
+                    let create_not_applied = e.certainly_not_applied();
+                    return Ok(Err(Failure {
+                        create_not_applied,
+                        ..e.into()
+                    }));
+                }
             }
         }
         Decision::NotFound => Synced::NotFound,
@@ -489,6 +547,7 @@ async fn cleanup(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> 
             reason: "DeletionBlocked",
             message: message.clone(),
             permanent: false,
+            create_not_applied: false,
         };
         writer
             .write(status::compute(

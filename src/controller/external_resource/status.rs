@@ -37,11 +37,13 @@ pub enum Outcome<'a> {
     NotFound,
     /// Another ExternalResource manages the object.
     Conflict { id: &'a str, owner: &'a str },
-    /// This reconcile failed.
+    /// This reconcile failed. `create_not_applied`: a create was refused in
+    /// a way that proves nothing was created, so its intent is dropped.
     Failed {
         reason: &'static str,
         message: String,
         permanent: bool,
+        create_not_applied: bool,
     },
 }
 
@@ -107,11 +109,25 @@ pub fn compute(
                     started_at: now,
                 },
             });
-            let message = "creating the object at the target".to_owned();
-            vec![
-                Desired::new(READY, false, "Creating", message.clone()),
-                Desired::new(SYNCED, false, "Creating", message),
-            ]
+            // A retry keeps showing why the last attempt failed, instead of
+            // flapping between "Creating" and the failure on every attempt.
+            let retrying =
+                conditions::find(&prev.conditions, SYNCED).filter(|c| c.status == "False" && c.reason != "Creating");
+            if let Some(synced) = retrying {
+                let ready = conditions::find(&prev.conditions, READY)
+                    .map(|c| Desired::new(READY, c.status == "True", c.reason.clone(), c.message.clone()))
+                    .unwrap_or_else(|| Desired::new(READY, false, "Creating", "creating the object at the target"));
+                vec![
+                    ready,
+                    Desired::new(SYNCED, false, synced.reason.clone(), synced.message.clone()),
+                ]
+            } else {
+                let message = "creating the object at the target".to_owned();
+                vec![
+                    Desired::new(READY, false, "Creating", message.clone()),
+                    Desired::new(SYNCED, false, "Creating", message),
+                ]
+            }
         }
         Outcome::NotFound => {
             let message = match &spec.external_id {
@@ -138,7 +154,11 @@ pub fn compute(
             reason,
             message,
             permanent,
+            create_not_applied,
         } => {
+            if *create_not_applied {
+                next.pending_create = None;
+            }
             // A passing failure does not make an existing object un-Ready.
             let ready = conditions::find(&prev.conditions, READY)
                 .filter(|_| !permanent)
@@ -218,9 +238,66 @@ mod tests {
             reason: "TargetUnavailable",
             message: "HTTP 503".into(),
             permanent: false,
+            create_not_applied: false,
         };
         let after = compute(Some(&creating), &spec(), Some(1), &failed, at(20));
         assert_eq!(after.pending_create.map(|p| p.idempotency_key), Some("k1".into()));
+    }
+
+    #[test]
+    fn a_create_refused_by_the_target_drops_its_intent() {
+        let creating = compute(
+            None,
+            &spec(),
+            Some(1),
+            &Outcome::Creating { idempotency_key: "k1" },
+            at(10),
+        );
+        let throttled = Outcome::Failed {
+            reason: "Throttled",
+            message: "429".into(),
+            permanent: false,
+            create_not_applied: true,
+        };
+        let after = compute(Some(&creating), &spec(), Some(1), &throttled, at(20));
+        assert_eq!(
+            after.pending_create, None,
+            "nothing was created: the next pass creates without a lookup"
+        );
+    }
+
+    #[test]
+    fn retrying_a_create_keeps_the_last_failure_visible_and_writes_nothing_new() {
+        let creating = compute(
+            None,
+            &spec(),
+            Some(1),
+            &Outcome::Creating { idempotency_key: "k1" },
+            at(10),
+        );
+        let rejected = Outcome::Failed {
+            reason: "CredentialsRejected",
+            message: "401".into(),
+            permanent: false,
+            create_not_applied: true,
+        };
+        let failed = compute(Some(&creating), &spec(), Some(1), &rejected, at(20));
+        let retry = compute(
+            Some(&failed),
+            &spec(),
+            Some(1),
+            &Outcome::Creating { idempotency_key: "k2" },
+            at(30),
+        );
+        assert_eq!(
+            conditions::find(&retry.conditions, SYNCED).map(|c| c.reason.as_str()),
+            Some("CredentialsRejected")
+        );
+        let failed_again = compute(Some(&retry), &spec(), Some(1), &rejected, at(40));
+        assert!(
+            !differs(Some(&failed), &failed_again),
+            "a repeated failure is no new status"
+        );
     }
 
     #[test]
@@ -243,6 +320,7 @@ mod tests {
             reason: "TargetUnavailable",
             message: "HTTP 503".into(),
             permanent: false,
+            create_not_applied: false,
         };
         let after = compute(Some(&ready), &spec(), Some(1), &failed, at(20));
         assert!(conditions::is_true(&after.conditions, READY));
