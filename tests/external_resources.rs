@@ -646,3 +646,104 @@ async fn a_status_write_with_a_stale_resource_version_is_refused() {
     }
     assert_eq!(cp.jsonpath(&ns, "xr/ada", "{.status.externalId}"), "from-the-leader");
 }
+
+/// The holder of a Lease in `tether-system` (the only namespace where the
+/// chart lets the controller write Leases).
+fn lease_holder(cp: &ControlPlane, lease: &str) -> String {
+    cp.jsonpath("tether-system", &format!("lease/{lease}"), "{.spec.holderIdentity}")
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_controllers_leads_and_the_other_takes_over_when_it_dies() {
+    let cp = ControlPlane::shared();
+    let sim = simulator().await;
+    let ns = cp.namespace("leader");
+    let adapter = format!("contacts-{ns}");
+    cp.apply_json(&ns, &contacts_adapter(&adapter));
+    cp.apply_json(&ns, &target(&adapter, &sim.base_url(), TOKEN, json!({})));
+    let lease = format!("lease-{ns}");
+    let election = [
+        "--leader-election",
+        "--lease-namespace",
+        "tether-system",
+        "--lease-name",
+        &lease,
+        "--lease-duration",
+        "3s",
+    ];
+    let mut first = Controller::start(cp, &ns, &[&election[..], &["--identity", "first"]].concat());
+    eventually("the first controller holds the Lease", 60, || {
+        lease_holder(cp, &lease) == "first"
+    })
+    .await;
+    let second = Controller::start(cp, &ns, &[&election[..], &["--identity", "second"]].concat());
+
+    cp.apply_json(&ns, &contact("ada", json!({"email": "a@example.com"}), json!({})));
+    cp.wait_for(&ns, "xr/ada", "condition=Ready", "60s", Some(&first));
+    let standby = second.metrics().await;
+    assert_eq!(
+        metric(&standby, "tether_leader"),
+        Some(0.0),
+        "the second process does not lead"
+    );
+    assert!(
+        !standby.contains("tether_reconciles_total"),
+        "and reconciles nothing:\n{standby}"
+    );
+    assert_eq!(lease_holder(cp, &lease), "first");
+
+    first.kill();
+    eventually("the second controller takes the Lease over", 60, || {
+        lease_holder(cp, &lease) == "second"
+    })
+    .await;
+    cp.apply_json(&ns, &contact("grace", json!({"email": "g@example.com"}), json!({})));
+    cp.wait_for(&ns, "xr/grace", "condition=Ready", "60s", Some(&second));
+    assert_eq!(metric(&second.metrics().await, "tether_leader"), Some(1.0));
+    assert_eq!(
+        cp.jsonpath("tether-system", &format!("lease/{lease}"), "{.spec.leaseTransitions}"),
+        "1"
+    );
+    assert_eq!(
+        sim.objects("contacts").len(),
+        2,
+        "each resource created once across the failover"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints_report_reconciles_calls_and_readiness() {
+    let cp = ControlPlane::shared();
+    let sim = simulator().await;
+    let (ns, controller) = setup(
+        cp,
+        "metrics",
+        &sim,
+        json!({"rateLimit": {"requestsPerSecond": 50, "burst": 5}}),
+    );
+    cp.apply_json(&ns, &contact("ada", json!({"email": "a@example.com"}), json!({})));
+    cp.wait_for(&ns, "xr/ada", "condition=Ready", "60s", Some(&controller));
+
+    let text = controller.metrics().await;
+    let create =
+        format!("tether_http_requests_total{{target=\"{ns}/target\",operation=\"create\",outcome=\"success\"}}");
+    assert_eq!(metric(&text, &create), Some(1.0), "{text}");
+    assert!(metric(&text, "tether_reconciles_total{kind=\"ExternalResource\"}").is_some_and(|n| n >= 1.0));
+    assert!(metric(&text, "tether_status_writes_total{kind=\"ExternalResource\"}").is_some_and(|n| n >= 1.0));
+    assert!(text.contains("tether_rate_limiter_wait_seconds_bucket"));
+    assert!(text.contains("tether_reconcile_duration_seconds_bucket"));
+    for path in ["healthz", "readyz"] {
+        let status = reqwest::get(format!("http://127.0.0.1:{}/{path}", controller.metrics_port))
+            .await
+            .expect("answer")
+            .status();
+        assert_eq!(status, reqwest::StatusCode::OK, "/{path}");
+    }
+}
