@@ -4,6 +4,13 @@
 //! - [`crd`]: CRD generation (`tether crd`).
 //! - [`sim`]: the target simulator (`tether sim`), a SaaS-like API that fails
 //!   on demand, used by the tests and the sandbox.
+//! - [`expr`]: the expression language (jq).
+//! - [`target`]: one shared client, rate limit, concurrency limit and circuit
+//!   per TargetSystem.
+//! - [`adapter`]: the port to external systems (REST mapping, adapter service).
+//! - [`controller`]: the reconcilers; [`run`]: `tether run`; [`leader`]: Lease
+//!   election; [`metrics`]: Prometheus metrics.
+//! - [`sandbox`]: a local control plane for the tests and `tether sandbox`.
 #![forbid(unsafe_code)]
 
 pub mod adapter;
@@ -16,6 +23,7 @@ pub mod expr;
 pub mod leader;
 pub mod metrics;
 pub mod run;
+pub mod sandbox;
 pub mod sim;
 pub mod target;
 

@@ -28,6 +28,9 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Start a local sandbox: control plane, simulator, controller, and the
+    /// examples converging. Ctrl-C stops everything.
+    Sandbox(tether::sandbox::SandboxOptions),
     /// Run the target simulator: a SaaS-like HTTP API with fault injection.
     Sim {
         /// Address to listen on.
@@ -64,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Run(options) => tether::run::run(options).await?,
+        Command::Sandbox(options) => tether::sandbox::run(options).await?,
         Command::Crd { out_dir: None } => print!("{}", tether::crd::all_yaml()?),
         Command::Crd { out_dir: Some(dir) } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -81,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
             let credentials = tether::sim::Credentials {
                 bearer_tokens: tokens,
                 api_keys,
+                ..Default::default()
             };
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

@@ -122,6 +122,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    run_with_client(client, options).await
+}
+
+/// [`run`] with a client of the caller's (the sandbox runs the controller
+/// in-process as the controller identity).
+pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Result<()> {
     let metrics = Metrics::shared();
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(options.metrics_addr)
@@ -156,6 +162,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let secrets_api: Api<PartialObjectMeta<Secret>> = scoped(&client, options.namespace.as_deref());
     let (secrets, secrets_writer) = reflector::store();
+    let secrets_ready = secrets.clone();
     let registry = Arc::new(Registry::new(client.clone(), Some(secrets), metrics.clone()));
 
     let mut lost_leadership: Option<tokio::task::JoinHandle<leader::Error>> = None;
@@ -215,6 +222,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     targets.wait_until_ready().await.context("TargetSystem reflector")?;
     adapters.wait_until_ready().await.context("Adapter reflector")?;
+    // Targets are fingerprinted by their Secrets' versions: know them before
+    // the first target is built, or every target is built twice.
+    secrets_ready
+        .wait_until_ready()
+        .await
+        .context("Secret metadata reflector")?;
 
     let reporter = Reporter {
         controller: "tether".into(),

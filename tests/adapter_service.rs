@@ -6,8 +6,8 @@ mod support;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
-use support::ControlPlane;
 use support::tether::Controller;
+use support::{ControlPlane, KubectlExt};
 
 struct Service(Child, u16);
 

@@ -300,6 +300,7 @@ async fn bearer_token_and_api_key_are_checked() {
         Credentials {
             bearer_tokens: vec!["t0k3n".into()],
             api_keys: vec!["k3y".into()],
+            ..Credentials::default()
         },
     )
     .await
@@ -466,7 +467,7 @@ async fn unauthorized_answers_echo_the_presented_credentials_like_careless_apis_
         "127.0.0.1:0".parse().expect("address"),
         Credentials {
             bearer_tokens: vec!["good".into()],
-            api_keys: vec![],
+            ..Credentials::default()
         },
     )
     .await

@@ -101,17 +101,35 @@ impl MappingCache {
     }
 }
 
-/// Per-object memory of the last good reconcile, so that watch events
-/// caused by Tether's own status writes do not trigger calls to targets
-/// before the poll interval is up.
+/// Per-object memory of the last reconcile, so that watch events caused by
+/// Tether's own status writes do not call the target again before it is
+/// due: after a success, the poll interval; after a transient failure, the
+/// backoff delay; after a permanent failure, a change of the object or one
+/// of its dependencies.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Freshness {
     pub generation: Option<i64>,
     pub resync: Option<String>,
     pub dependencies: (Option<i64>, Option<i64>),
-    pub at: std::time::Instant,
-    /// A permanent failure: fresh until one of the above changes.
-    pub until_change: bool,
+    /// When the next pass is due; `None`: only a change makes it due.
+    pub due: Option<std::time::Instant>,
+}
+
+impl Freshness {
+    /// How long until the next pass is due, if `now` describes the same
+    /// object and dependencies; `Duration::MAX` when only a change will do.
+    pub fn wait(&self, now: &Freshness, at: std::time::Instant) -> Option<Duration> {
+        let same =
+            self.generation == now.generation && self.resync == now.resync && self.dependencies == now.dependencies;
+        if !same {
+            return None;
+        }
+        match self.due {
+            None => Some(Duration::MAX),
+            Some(due) if due > at => Some(due - at),
+            Some(_) => None,
+        }
+    }
 }
 
 /// Remembers the last generation seen per object, so that watches of

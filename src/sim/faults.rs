@@ -102,6 +102,8 @@ pub struct Stats {
     /// Requests that arrived before the `Retry-After` of an earlier 429 had
     /// passed: a client that honours `Retry-After` makes none.
     pub retry_after_violations: u64,
+    /// Calls to the OAuth2 token endpoint.
+    pub token_requests: u64,
 }
 
 impl Stats {

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, oneshot};
 use tower::ServiceExt;
 
 pub use faults::{Faults, RateLimitFault, Stats};
-pub use routes::{ConnectionKill, Credentials, SimState};
+pub use routes::{ConnectionKill, Credentials, OAuthClient, SimState};
 
 /// A running simulator. Dropping it stops the server.
 pub struct SimHandle {

@@ -29,6 +29,19 @@ pub const API_KEY: &str = "x-api-key";
 pub struct Credentials {
     pub bearer_tokens: Vec<String>,
     pub api_keys: Vec<String>,
+    /// OAuth2 clients (`POST /oauth/token`, client-credentials grant, HTTP
+    /// Basic client authentication); their tokens are accepted as bearer
+    /// tokens until they expire.
+    pub oauth_clients: Vec<OAuthClient>,
+    /// Lifetime of issued tokens (default 3600 s).
+    pub oauth_token_ttl_seconds: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthClient {
+    pub client_id: String,
+    pub client_secret: String,
 }
 
 /// Closes the connection a request came on, without a response.
@@ -43,6 +56,7 @@ struct Inner {
     stats: Stats,
     admitted: Vec<Instant>,
     retry_not_before: Option<Instant>,
+    issued_tokens: std::collections::HashMap<String, Instant>,
     in_flight: u64,
     credentials: Credentials,
 }
@@ -127,6 +141,7 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/_sim/objects/{collection}", get(all_objects))
         .route("/_sim/objects/{collection}/{id}", axum::routing::patch(drift_object))
         .route("/_sim/reset", post(reset))
+        .route("/oauth/token", post(token))
         .with_state(state)
 }
 
@@ -169,7 +184,7 @@ async fn admit(
         if inner.retry_not_before.is_some_and(|deadline| now < deadline) {
             inner.stats.retry_after_violations += 1;
         }
-        if !authorized(&inner.credentials, headers) {
+        if !authorized(&inner, headers) {
             inner.stats.unauthorized += 1;
             // Like some real APIs, echo what was presented: a client must
             // not copy this into places where secrets do not belong.
@@ -222,16 +237,19 @@ async fn admit(
     Ok(guard)
 }
 
-fn authorized(credentials: &Credentials, headers: &HeaderMap) -> bool {
-    if credentials.bearer_tokens.is_empty() && credentials.api_keys.is_empty() {
+fn authorized(inner: &Inner, headers: &HeaderMap) -> bool {
+    let credentials = &inner.credentials;
+    if credentials.bearer_tokens.is_empty() && credentials.api_keys.is_empty() && credentials.oauth_clients.is_empty() {
         return true;
     }
+    let now = Instant::now();
+    let issued = |t: &str| inner.issued_tokens.get(t).is_some_and(|expires| now < *expires);
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let key = headers.get(API_KEY).and_then(|v| v.to_str().ok());
-    bearer.is_some_and(|t| credentials.bearer_tokens.iter().any(|c| c == t))
+    bearer.is_some_and(|t| credentials.bearer_tokens.iter().any(|c| c == t) || issued(t))
         || key.is_some_and(|k| credentials.api_keys.iter().any(|c| c == k))
 }
 
@@ -446,4 +464,45 @@ async fn drift_object(
 async fn reset(State(state): State<Arc<SimState>>) -> StatusCode {
     state.reset();
     StatusCode::NO_CONTENT
+}
+
+/// OAuth2 token endpoint: client-credentials grant with HTTP Basic client
+/// authentication (RFC 6749 4.4).
+async fn token(State(state): State<Arc<SimState>>, headers: HeaderMap, body: String) -> Response {
+    use base64::Engine;
+    let mut inner = state.lock();
+    inner.stats.token_requests += 1;
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    let client = basic.as_deref().and_then(|b| b.split_once(':')).filter(|(id, secret)| {
+        inner
+            .credentials
+            .oauth_clients
+            .iter()
+            .any(|c| c.client_id == *id && c.client_secret == *secret)
+    });
+    if client.is_none() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "unknown client or wrong secret",
+        );
+    }
+    if !body.split('&').any(|pair| pair == "grant_type=client_credentials") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only client_credentials",
+        );
+    }
+    let ttl = inner.credentials.oauth_token_ttl_seconds.unwrap_or(3600);
+    let token = format!("oauth-{}", uuid::Uuid::new_v4().simple());
+    inner
+        .issued_tokens
+        .insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
+    Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl})).into_response()
 }

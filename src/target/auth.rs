@@ -38,11 +38,11 @@ impl OAuth2 {
         }
     }
 
-    /// A cached token, refreshed 30 s before it expires.
+    /// A cached token, refreshed at 80% of its lifetime.
     async fn token(&self, http: &reqwest::Client) -> Result<String, CallError> {
         let mut cached = self.token.lock().await;
         if let Some((token, expires)) = cached.as_ref()
-            && Instant::now() + Duration::from_secs(30) < *expires
+            && Instant::now() < *expires
         {
             return Ok(token.clone());
         }
@@ -73,7 +73,8 @@ impl OAuth2 {
         let token: Token = response.json().await.map_err(|_| {
             CallError::InvalidResponse(format!("token endpoint answered HTTP {status} without an access_token"))
         })?;
-        let expires = Instant::now() + Duration::from_secs(token.expires_in.unwrap_or(300));
+        // Refresh at 80% of the lifetime: a token is never used in its last moments.
+        let expires = Instant::now() + Duration::from_secs(token.expires_in.unwrap_or(300)).mul_f64(0.8);
         *cached = Some((token.access_token.clone(), expires));
         Ok(token.access_token)
     }

@@ -67,6 +67,10 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     fencing_token: Mutex<String>,
     targets: Mutex<HashMap<String, (Fingerprint, Arc<Target>)>>,
+    /// Held while a target is built, so that concurrent callers wait for
+    /// one build instead of each making their own Target (each with its
+    /// own rate limit: the limits would no longer be shared).
+    building: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -77,6 +81,7 @@ impl Registry {
             metrics,
             fencing_token: Mutex::new(String::new()),
             targets: Mutex::new(HashMap::new()),
+            building: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -106,10 +111,18 @@ impl Registry {
                 })
                 .collect(),
         };
-        if let Some((known, target)) = lock(&self.targets).get(&key)
-            && *known == fingerprint
-        {
-            return Ok(target.clone());
+        let cached = || {
+            lock(&self.targets)
+                .get(&key)
+                .filter(|(known, _)| *known == fingerprint)
+                .map(|(_, target)| target.clone())
+        };
+        if let Some(target) = cached() {
+            return Ok(target);
+        }
+        let _building = self.building.lock().await;
+        if let Some(target) = cached() {
+            return Ok(target); // built by the caller we waited for
         }
         let target = Arc::new(self.build(&key, &namespace, &ts.spec).await?);
         lock(&self.targets).insert(key, (fingerprint, target.clone()));

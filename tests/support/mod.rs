@@ -1,10 +1,11 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-pub mod control_plane;
 pub mod tether;
 
-pub use control_plane::ControlPlane;
+pub use ::tether::sandbox::ControlPlane;
+#[allow(unused_imports)]
+pub use tether::KubectlExt;
 
 /// Asserts that a command succeeded, showing its output when it did not.
 #[track_caller]

@@ -142,22 +142,30 @@ pub fn contact(name: &str, properties: Value, extra_spec: Value) -> Value {
     json!({"apiVersion": "tether.dev/v1alpha1", "kind": "ExternalResource", "metadata": {"name": name}, "spec": spec})
 }
 
-impl ControlPlane {
+/// `kubectl` helpers that fail the test with diagnostics.
+pub trait KubectlExt {
+    fn apply_json(&self, namespace: &str, manifest: &Value);
+    fn wait_for(&self, namespace: &str, object: &str, condition: &str, timeout: &str, controller: Option<&Controller>);
+    fn wait_all(
+        &self,
+        namespace: &str,
+        kind: &str,
+        condition: &str,
+        timeout: &str,
+        controller: Option<&Controller>,
+    ) -> usize;
+    fn jsonpath(&self, namespace: &str, object: &str, path: &str) -> String;
+}
+
+impl KubectlExt for ControlPlane {
     /// `kubectl apply` of a JSON manifest as the admin.
-    pub fn apply_json(&self, namespace: &str, manifest: &Value) {
+    fn apply_json(&self, namespace: &str, manifest: &Value) {
         super::assert_ok(&self.apply_as("admin", namespace, &manifest.to_string()));
     }
 
     /// `kubectl wait --for=<condition> <object>`, failing the test with
     /// the object's YAML and the controller's log when it times out.
-    pub fn wait_for(
-        &self,
-        namespace: &str,
-        object: &str,
-        condition: &str,
-        timeout: &str,
-        controller: Option<&Controller>,
-    ) {
+    fn wait_for(&self, namespace: &str, object: &str, condition: &str, timeout: &str, controller: Option<&Controller>) {
         let out = self.kubectl(&[
             "wait",
             "-n",
@@ -180,7 +188,7 @@ impl ControlPlane {
     /// `kubectl wait --all` for every object of a kind, with the same
     /// diagnostics as [`ControlPlane::wait_for`]. Returns how many objects
     /// met the condition.
-    pub fn wait_all(
+    fn wait_all(
         &self,
         namespace: &str,
         kind: &str,
@@ -216,7 +224,7 @@ impl ControlPlane {
     }
 
     /// One field of an object, by JSONPath.
-    pub fn jsonpath(&self, namespace: &str, object: &str, path: &str) -> String {
+    fn jsonpath(&self, namespace: &str, object: &str, path: &str) -> String {
         let out = self.kubectl(&["get", "-n", namespace, object, "-o", &format!("jsonpath={path}")]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }

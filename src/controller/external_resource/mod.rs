@@ -205,8 +205,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
         generation: er.metadata.generation,
         resync: er.annotations().get(RESYNC_ANNOTATION).cloned(),
         dependencies: (target.as_ref().and_then(|t| t.metadata.generation), adapter_generation),
-        at: Instant::now(),
-        until_change: false,
+        due: None,
     };
     match still_fresh(ctx, er, &freshness) {
         Some(Duration::MAX) => return Ok(Action::await_change()),
@@ -228,11 +227,19 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
             Err(failure) => Err(failure),
         },
     };
+    let outcome_label = match &result {
+        Ok(Synced::Object { how, .. }) => (*how).to_owned(),
+        Ok(Synced::Drift { .. }) => "DriftReported".to_owned(),
+        Ok(Synced::NotFound) => "NotFound".to_owned(),
+        Ok(Synced::Conflict { .. }) => "Conflict".to_owned(),
+        Err(failure) => failure.reason.to_owned(),
+    };
     let now = Utc::now();
     let (next, action) = match result {
         Ok(synced) => {
             ctx.succeeded(&key(er));
-            lock(&ctx.fresh).insert(key(er), freshness);
+            let due = Some(Instant::now() + poll_interval(er));
+            lock(&ctx.fresh).insert(key(er), Freshness { due, ..freshness });
             let next = status::compute(
                 writer.current.as_ref(),
                 &er.spec,
@@ -243,19 +250,12 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
             (next, Action::requeue(poll_interval(er)))
         }
         Err(failure) => {
-            if failure.permanent {
-                // Waiting for a change: our own status write must not wake
-                // this up again; a change of generation or dependency will.
-                lock(&ctx.fresh).insert(
-                    key(er),
-                    Freshness {
-                        until_change: true,
-                        ..freshness
-                    },
-                );
-            } else {
-                lock(&ctx.fresh).remove(&key(er));
-            }
+            // Our own status write must not wake this up before it is due:
+            // a permanent failure waits for a change, a transient one for
+            // its backoff.
+            let delay = (!failure.permanent).then(|| ctx.backoff(&key(er), &failure));
+            let due = delay.map(|d| Instant::now() + d);
+            lock(&ctx.fresh).insert(key(er), Freshness { due, ..freshness });
             ctx.metrics.reconcile_error(KIND, failure.reason);
             let previous_reason = writer
                 .current
@@ -272,11 +272,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
                 )
                 .await;
             }
-            let action = if failure.permanent {
-                Action::await_change()
-            } else {
-                Action::requeue(ctx.backoff(&key(er), &failure))
-            };
+            let action = delay.map_or_else(Action::await_change, Action::requeue);
             let outcome = Outcome::Failed {
                 reason: failure.reason,
                 message: failure.message,
@@ -290,18 +286,12 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
         }
     };
     writer.write(next).await?;
+    tracing::debug!(name = %er.name_any(), outcome = %outcome_label, ?action, "reconciled");
     Ok(action)
 }
 
 fn still_fresh(ctx: &Context, er: &ExternalResource, now: &Freshness) -> Option<Duration> {
-    let fresh = lock(&ctx.fresh);
-    let last = fresh.get(&key(er))?;
-    let same = last.generation == now.generation && last.resync == now.resync && last.dependencies == now.dependencies;
-    if same && last.until_change {
-        return Some(Duration::MAX);
-    }
-    let age = now.at.duration_since(last.at);
-    (same && age < poll_interval(er)).then(|| poll_interval(er) - age)
+    lock(&ctx.fresh).get(&key(er))?.wait(now, Instant::now())
 }
 
 /// What a successful sync ended with (owned, for status and events).
@@ -467,51 +457,48 @@ fn object_request<'a>(
     }
 }
 
-/// Other ExternalResources of the same target and type, oldest first.
-fn rivals<'a>(ctx: &'a Context, er: &'a ExternalResource) -> impl Iterator<Item = Arc<ExternalResource>> + 'a {
-    let namespace = er.namespace();
-    let mut rivals: Vec<_> = ctx
-        .resources
-        .state()
-        .into_iter()
-        .filter(move |other| {
-            other.uid() != er.uid()
-                && other.namespace() == namespace
-                && other.spec.target_ref == er.spec.target_ref
-                && other.spec.type_ == er.spec.type_
-                && other.meta().deletion_timestamp.is_none()
-        })
-        .collect();
-    rivals.sort_by_key(|o| (o.creation_timestamp(), o.name_any()));
-    rivals.into_iter()
+/// Another live ExternalResource of the same namespace, target and type.
+fn is_rival(er: &ExternalResource, other: &ExternalResource) -> bool {
+    other.uid() != er.uid()
+        && other.namespace() == er.namespace()
+        && other.spec.target_ref == er.spec.target_ref
+        && other.spec.type_ == er.spec.type_
+        && other.meta().deletion_timestamp.is_none()
 }
 
 fn older(a: &ExternalResource, b: &ExternalResource) -> bool {
     (a.creation_timestamp(), a.name_any()) < (b.creation_timestamp(), b.name_any())
 }
 
-/// The ExternalResource that already manages the object `id`, if another
-/// one does: it holds the id in status and is older than this one (or this
-/// one does not hold it yet).
-fn claim_on_id(ctx: &Context, er: &ExternalResource, id: &str) -> Option<String> {
-    let mine = er.status.as_ref().and_then(|s| s.external_id.as_deref()) == Some(id);
-    rivals(ctx, er)
-        .find(|other| {
-            let theirs = other.status.as_ref().and_then(|s| s.external_id.as_deref()) == Some(id);
-            let in_conflict = other
-                .status
-                .as_ref()
-                .is_some_and(|s| crate::conditions::is_true(&s.conditions, status::CONFLICT));
-            theirs && !in_conflict && (!mine || older(other, er))
-        })
-        .map(|other| format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any()))
+fn owner_name(other: &ExternalResource) -> String {
+    format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any())
 }
 
-/// The older ExternalResource that declares the same external name, if any.
+/// The ExternalResource that already manages the object `id`, if another
+/// one does: it holds the id in status and is older than this one (or this
+/// one does not hold it yet). Scans the store in place (no copies): this
+/// runs on every reconcile.
+fn claim_on_id(ctx: &Context, er: &ExternalResource, id: &str) -> Option<String> {
+    let mine = er.status.as_ref().and_then(|s| s.external_id.as_deref()) == Some(id);
+    ctx.resources
+        .find(|other| {
+            let Some(status) = other.status.as_ref() else {
+                return false;
+            };
+            status.external_id.as_deref() == Some(id)
+                && is_rival(er, other)
+                && !crate::conditions::is_true(&status.conditions, status::CONFLICT)
+                && (!mine || older(other, er))
+        })
+        .map(|other| owner_name(&other))
+}
+
+/// The older ExternalResource that declares the same external name, if any
+/// (checked only before a create).
 fn claim_on_name(ctx: &Context, er: &ExternalResource, name: &str) -> Option<String> {
-    rivals(ctx, er)
-        .find(|other| older(other, er) && other.spec.external_name.as_deref().unwrap_or_default() == name)
-        .map(|other| format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any()))
+    ctx.resources
+        .find(|other| other.spec.external_name.as_deref() == Some(name) && is_rival(er, other) && older(other, er))
+        .map(|other| owner_name(&other))
 }
 
 async fn cleanup(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {

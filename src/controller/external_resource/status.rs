@@ -80,10 +80,25 @@ pub fn compute(
                 "Updated" => format!("corrected drift of {}", object.id),
                 _ => format!("{} matches the declared properties", object.id),
             };
-            vec![
-                Desired::new(READY, true, *how, message.clone()),
-                Desired::new(SYNCED, true, "Synced", message),
-            ]
+            // A resync that finds nothing to do keeps the conditions that
+            // say how the object got here: no new status, no write.
+            let unchanged = *how == "InSync"
+                && prev.external_id.as_deref() == Some(object.id.as_str())
+                && conditions::is_true(&prev.conditions, READY)
+                && conditions::is_true(&prev.conditions, SYNCED);
+            if unchanged {
+                let keep = |type_: &'static str| {
+                    conditions::find(&prev.conditions, type_)
+                        .map(|c| Desired::new(type_, true, c.reason.clone(), c.message.clone()))
+                        .unwrap_or_else(|| Desired::new(type_, true, "InSync", message.clone()))
+                };
+                vec![keep(READY), keep(SYNCED)]
+            } else {
+                vec![
+                    Desired::new(READY, true, *how, message.clone()),
+                    Desired::new(SYNCED, true, "Synced", message),
+                ]
+            }
         }
         Outcome::DriftReported { object, drifted } => {
             next.external_id = Some(object.id.clone());
@@ -223,6 +238,35 @@ mod tests {
         );
         assert!(!differs(Some(&first), &again), "{first:?}\n{again:?}");
         assert_eq!(observed_of(&again), Some(&json!({"email": "a@b"})));
+    }
+
+    #[test]
+    fn the_first_resync_after_a_create_writes_nothing() {
+        let object = ExternalObject {
+            id: "c-1".into(),
+            state: json!({"email": "a@b"}),
+        };
+        let created = compute(
+            None,
+            &spec(),
+            Some(1),
+            &Outcome::Synced {
+                object: &object,
+                how: "Created",
+            },
+            at(10),
+        );
+        let resync = compute(
+            Some(&created),
+            &spec(),
+            Some(1),
+            &Outcome::Synced {
+                object: &object,
+                how: "InSync",
+            },
+            at(70),
+        );
+        assert!(!differs(Some(&created), &resync));
     }
 
     #[test]

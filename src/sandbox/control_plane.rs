@@ -1,12 +1,14 @@
-//! A real control plane for tests: etcd and kube-apiserver, built from their
-//! upstream Go modules by `scripts/control-plane.sh`, started on free
-//! loopback ports in a temporary directory with generated certificates and
-//! static tokens, with Tether's CRDs installed by `kubectl apply`.
+//! A real, local control plane — etcd and kube-apiserver built from their
+//! upstream Go modules by `scripts/control-plane.sh` — for the tests and for
+//! `tether sandbox`. It starts on free loopback ports in a temporary
+//! directory, with generated certificates and static tokens for four
+//! identities (admin, the controller's ServiceAccount user, and two
+//! ordinary users), installs Tether's CRDs and the rendered chart with the
+//! real `kubectl`, and hands out clients and kubeconfigs.
 //!
-//! One control plane serves a whole test binary (`ControlPlane::shared()`);
-//! each test takes its own namespace. Processes are stopped — and the
-//! directory removed — by a reaper process that watches the test binary, so
-//! cleanup happens even when a test panics or the binary is killed.
+//! Processes are stopped — and the directory removed — by a reaper process
+//! that watches the process that started them, so cleanup happens however
+//! that process ends (a panicking test, Ctrl-C, SIGKILL).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -36,21 +38,28 @@ pub struct ControlPlane {
 
 static SHARED: OnceLock<ControlPlane> = OnceLock::new();
 
-fn free_port() -> u16 {
+fn free_port() -> Result<u16, String> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("no free loopback port")
+        .map_err(|e| format!("no free loopback port: {e}"))
 }
 
 impl ControlPlane {
-    /// The control plane of this test binary, started on first use.
+    /// One control plane per process, started on first use: what a test
+    /// binary shares between its tests (each takes its own namespace).
+    /// Panics when it cannot start, with the reason: tests cannot go on.
     pub fn shared() -> &'static ControlPlane {
-        SHARED.get_or_init(|| ControlPlane::start().unwrap_or_else(|e| panic!("control plane did not start: {e}")))
+        SHARED.get_or_init(|| {
+            let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            ControlPlane::start(&repo).unwrap_or_else(|e| panic!("control plane did not start: {e}"))
+        })
     }
 
-    fn start() -> Result<ControlPlane, String> {
-        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    /// Starts a control plane with the CRDs and chart of the checkout at
+    /// `repo` installed.
+    pub fn start(repo: &Path) -> Result<ControlPlane, String> {
+        let repo = repo.to_path_buf();
         let bin_dir = build_binaries(&repo)?;
         let dir = tempfile::Builder::new()
             .prefix("tether-cp-")
@@ -59,7 +68,7 @@ impl ControlPlane {
             .keep();
         write_credentials(&dir)?;
 
-        let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let etcd = spawn(
@@ -229,13 +238,22 @@ impl ControlPlane {
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("kubectl could not start");
-        if let Some(input) = stdin {
+        let failed = |e: std::io::Error| Output {
+            status: std::process::ExitStatus::default(),
+            stdout: vec![],
+            stderr: format!("running kubectl: {e}").into_bytes(),
+        };
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => return failed(e),
+        };
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
             use std::io::Write;
-            let mut pipe = child.stdin.take().expect("kubectl stdin");
-            pipe.write_all(input.as_bytes()).expect("writing to kubectl");
+            if let Err(e) = pipe.write_all(input.as_bytes()) {
+                return failed(e);
+            }
         }
-        child.wait_with_output().expect("kubectl did not finish")
+        child.wait_with_output().unwrap_or_else(failed)
     }
 
     /// `kubectl apply -f -` of a manifest as `who`.
@@ -243,17 +261,25 @@ impl ControlPlane {
         self.kubectl_as(who, &["apply", "-n", namespace, "-f", "-"], Some(manifest))
     }
 
-    /// A client for `who` (`admin` or `controller`).
-    pub async fn client(&self, who: &str) -> kube::Client {
-        tether::install_crypto_provider();
-        let kubeconfig = Kubeconfig::read_from(self.kubeconfig(who)).expect("reading kubeconfig");
+    /// A client for `who` (`admin`, `controller`, `alice`, `bob`).
+    pub async fn try_client(&self, who: &str) -> Result<kube::Client, String> {
+        crate::install_crypto_provider();
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig(who)).map_err(|e| e.to_string())?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
-            .expect("kubeconfig is valid");
-        kube::Client::try_from(config).expect("building client")
+            .map_err(|e| e.to_string())?;
+        kube::Client::try_from(config).map_err(|e| e.to_string())
     }
 
-    /// Creates a fresh namespace for one test.
+    /// A client for `who`, for tests: panics with the reason.
+    pub async fn client(&self, who: &str) -> kube::Client {
+        self.try_client(who)
+            .await
+            .unwrap_or_else(|e| panic!("client for {who}: {e}"))
+    }
+
+    /// Creates a fresh namespace `<prefix>-<random>` (one per test); panics
+    /// with kubectl's message when it cannot.
     pub fn namespace(&self, prefix: &str) -> String {
         let name = format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let out = self.kubectl(&["create", "namespace", &name]);

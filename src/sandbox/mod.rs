@@ -1,0 +1,148 @@
+//! `tether sandbox`: everything on one machine, for trying Tether and for
+//! demos. It starts a real control plane ([`ControlPlane`]), the simulator
+//! on `127.0.0.1:8090` (the examples' TargetSystem points there, bearer
+//! token `demo-token`), and `tether run` in-process as the controller's
+//! ServiceAccount identity; applies `examples/`; and shows `kubectl get
+//! tether` as the resources converge, until Ctrl-C.
+
+pub mod control_plane;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+pub use control_plane::ControlPlane;
+
+use crate::run::{RunOptions, run_with_client};
+use crate::sim;
+
+/// Bearer token the sandbox's simulator accepts (the examples' Secret).
+pub const DEMO_TOKEN: &str = "demo-token";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SandboxOptions {
+    /// The Tether checkout (its crds/, deploy/, scripts/ and examples/).
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// Namespace the examples go to.
+    #[arg(long, default_value = "tether-demo")]
+    pub namespace: String,
+    /// Address of the simulator (the examples expect 127.0.0.1:8090).
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub sim_addr: SocketAddr,
+    /// Exit (0) once every ExternalResource in the namespace is Ready,
+    /// instead of running until Ctrl-C; exit 1 if that takes longer than
+    /// this many seconds.
+    #[arg(long)]
+    pub exit_when_ready: Option<u64>,
+}
+
+pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
+    let repo = options
+        .repo
+        .canonicalize()
+        .with_context(|| format!("{} is not a Tether checkout", options.repo.display()))?;
+    eprintln!("==> starting a local control plane (first run builds it: several minutes)");
+    let cp = tokio::task::spawn_blocking({
+        let repo = repo.clone();
+        move || ControlPlane::start(&repo)
+    })
+    .await?
+    .map_err(anyhow::Error::msg)?;
+    eprintln!("    export KUBECONFIG={}", cp.admin_kubeconfig().display());
+    eprintln!("    kubectl: {}", cp.bin_dir.join("kubectl").display());
+
+    eprintln!(
+        "==> starting the simulator on {} (token {DEMO_TOKEN})",
+        options.sim_addr
+    );
+    let simulator = sim::start(
+        options.sim_addr,
+        sim::Credentials {
+            bearer_tokens: vec![DEMO_TOKEN.into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .with_context(|| format!("binding the simulator to {}", options.sim_addr))?;
+
+    let ns = options.namespace.clone();
+    check(&cp.kubectl(&["create", "namespace", &ns]), "creating the namespace")?;
+    eprintln!(
+        "==> starting tether run (namespace {ns}) as {}",
+        control_plane::CONTROLLER_USER
+    );
+    let client = cp.try_client("controller").await.map_err(anyhow::Error::msg)?;
+    let run_options = RunOptions {
+        namespace: Some(ns.clone()),
+        concurrency: 16,
+        metrics_addr: "127.0.0.1:0".parse()?,
+        webhook_addr: "127.0.0.1:0".parse()?,
+        leader_election: false,
+        lease_name: "tether-controller".into(),
+        lease_namespace: None,
+        lease_duration: Duration::from_secs(15),
+        identity: Some("sandbox".into()),
+    };
+    let controller = tokio::spawn(run_with_client(client, run_options));
+
+    eprintln!("==> kubectl apply -f examples/");
+    check(
+        &cp.kubectl(&["apply", "-n", &ns, "-f", &repo.join("examples").to_string_lossy()]),
+        "applying examples/",
+    )?;
+
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let table = String::from_utf8_lossy(&cp.kubectl(&["get", "tether", "-n", &ns]).stdout).into_owned();
+        if table != last {
+            println!(
+                "\n$ kubectl get tether -n {ns}   ({}s)\n{table}",
+                started.elapsed().as_secs()
+            );
+            last = table;
+        }
+        if let Some(limit) = options.exit_when_ready {
+            let ready = cp.kubectl(&[
+                "wait",
+                "-n",
+                &ns,
+                "--for=condition=Ready",
+                "--all",
+                "xr",
+                "--timeout=1s",
+            ]);
+            if ready.status.success() {
+                eprintln!(
+                    "==> every ExternalResource is Ready after {}s; simulator holds {} contact(s)",
+                    started.elapsed().as_secs(),
+                    simulator.objects("contacts").len()
+                );
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(limit) {
+                anyhow::bail!("ExternalResources not Ready after {limit}s");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        if controller.is_finished() {
+            anyhow::bail!("the controller stopped");
+        }
+    }
+    eprintln!("==> stopping (the control plane is removed once this process exits)");
+    Ok(())
+}
+
+fn check(out: &std::process::Output, what: &str) -> anyhow::Result<()> {
+    if out.status.success() {
+        Ok(())
+    } else {
+        anyhow::bail!("{what}: {}", String::from_utf8_lossy(&out.stderr))
+    }
+}

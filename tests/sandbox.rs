@@ -1,0 +1,25 @@
+//! The README's main command works: `tether sandbox` starts a control plane,
+//! the simulator and the controller, applies examples/, and the example
+//! ExternalResource converges.
+
+#[test]
+fn the_sandbox_brings_the_examples_to_ready() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args([
+            "sandbox",
+            "--repo",
+            env!("CARGO_MANIFEST_DIR"),
+            "--exit-when-ready",
+            "120",
+        ])
+        .output()
+        .expect("tether sandbox runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "tether sandbox failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("externalresource.tether.dev/ada"), "{stdout}");
+    assert!(stderr.contains("every ExternalResource is Ready"), "{stderr}");
+    assert!(stderr.contains("simulator holds 1 contact(s)"), "{stderr}");
+}
