@@ -7,8 +7,9 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, so that source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
-    && cargo build --release --locked \
+RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
+    && echo 'fn main() {}' > benches/convergence.rs \
+    && cargo build --release --locked --bin tether \
     && rm -rf src
 COPY src ./src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin tether \

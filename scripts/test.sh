@@ -17,7 +17,7 @@ echo "==> cargo clippy"; cargo clippy --all-targets --locked -- -D warnings
 echo "==> cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --all-targets --locked 2>&1 | tee "$log"
+cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
 echo "==> done in $(( $(date +%s) - start ))s"
 echo "tests: ${passed} passed, ${failed} failed"

@@ -10,6 +10,7 @@
 //! - [`adapter`]: the port to external systems (REST mapping, adapter service).
 //! - [`controller`]: the reconcilers; [`run`]: `tether run`; [`leader`]: Lease
 //!   election; [`metrics`]: Prometheus metrics.
+//! - [`engine`]: the workflow engine, a pure state machine.
 //! - [`sandbox`]: a local control plane for the tests and `tether sandbox`.
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod diff;
+pub mod engine;
 pub mod expr;
 pub mod leader;
 pub mod metrics;

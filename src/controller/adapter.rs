@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use serde_json::json;
 
-use super::{Context, FIELD_MANAGER};
+use super::Context;
 use crate::api::Adapter;
 use crate::api::adapter::AdapterStatus;
 use crate::api::common::condition::READY;
@@ -63,21 +62,12 @@ pub async fn reconcile(adapter: Arc<Adapter>, ctx: Arc<Context>) -> Result<Actio
     };
     if adapter.status.as_ref() != Some(&next) {
         let api: Api<Adapter> = Api::all(ctx.client.clone());
-        let patch = json!({"apiVersion": "tether.dev/v1alpha1", "kind": KIND, "status": next});
-        api.patch_status(
-            &adapter.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|source| Error::WriteStatus {
-            name: adapter.name_any(),
-            source,
-        })?;
-        ctx.metrics
-            .status_writes
-            .get_or_create(&crate::metrics::KindLabels { kind: KIND })
-            .inc();
+        ctx.apply_status(&api, &adapter.name_any(), KIND, &next)
+            .await
+            .map_err(|source| Error::WriteStatus {
+                name: adapter.name_any(),
+                source,
+            })?;
     }
     ctx.metrics.observe_reconcile(KIND, started.elapsed());
     Ok(Action::await_change())

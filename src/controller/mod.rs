@@ -44,6 +44,20 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A reference to an object Tether does not see (yet): retried with
+    /// backoff rather than left to a watch event, because the referencing
+    /// object and the referenced one arrive through different watches and
+    /// the event that would wake it can come first.
+    pub fn missing(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            permanent: false,
+            retry_after: None,
+            create_not_applied: false,
+        }
+    }
+
     pub fn permanent(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             reason,
@@ -179,7 +193,7 @@ impl Context {
     pub async fn adapter_for(&self, ts: &TargetSystem) -> Result<AnyAdapter, Failure> {
         let adapter_name = &ts.spec.adapter_ref.name;
         let adapter = self.adapter(adapter_name).ok_or_else(|| {
-            Failure::permanent(
+            Failure::missing(
                 "AdapterNotFound",
                 format!(
                     "Adapter {adapter_name:?} (named by TargetSystem {}) does not exist",
@@ -227,6 +241,33 @@ impl Context {
 
     pub fn succeeded(&self, key: &str) {
         lock(&self.failures).remove(key);
+    }
+
+    /// Server-side applies `status` to the `/status` of `name` with Tether's
+    /// field manager, and counts the write.
+    pub async fn apply_status<K>(
+        &self,
+        api: &kube::Api<K>,
+        name: &str,
+        kind: &'static str,
+        status: &impl serde::Serialize,
+    ) -> Result<(), kube::Error>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
+        api.patch_status(name, &params, &kube::api::Patch::Apply(&patch))
+            .await?;
+        self.metrics
+            .status_writes
+            .get_or_create(&crate::metrics::KindLabels { kind })
+            .inc();
+        Ok(())
     }
 
     /// Publishes an Event; failures to publish are logged, never fatal.

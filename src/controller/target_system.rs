@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use serde_json::json;
 
-use super::{Context, FIELD_MANAGER};
+use super::Context;
 use crate::api::TargetSystem;
 use crate::api::adapter::HttpMethod;
 use crate::api::common::condition::READY;
@@ -112,21 +111,12 @@ pub async fn reconcile(ts: Arc<TargetSystem>, ctx: Arc<Context>) -> Result<Actio
             ..next
         };
         let api: Api<TargetSystem> = Api::namespaced(ctx.client.clone(), &ts.namespace().unwrap_or_default());
-        let patch = json!({"apiVersion": "tether.dev/v1alpha1", "kind": KIND, "status": next});
-        api.patch_status(
-            &ts.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|source| Error::WriteStatus {
-            name: ts.name_any(),
-            source,
-        })?;
-        ctx.metrics
-            .status_writes
-            .get_or_create(&crate::metrics::KindLabels { kind: KIND })
-            .inc();
+        ctx.apply_status(&api, &ts.name_any(), KIND, &next)
+            .await
+            .map_err(|source| Error::WriteStatus {
+                name: ts.name_any(),
+                source,
+            })?;
     }
     ctx.metrics.observe_reconcile(KIND, started.elapsed());
     Ok(Action::requeue(interval))

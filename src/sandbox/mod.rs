@@ -124,6 +124,8 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
                 return Ok(());
             }
             if started.elapsed() > Duration::from_secs(limit) {
+                let details = cp.kubectl(&["get", "tts,xr", "-n", &ns, "-o", "yaml"]);
+                eprintln!("{}", String::from_utf8_lossy(&details.stdout));
                 anyhow::bail!("ExternalResources not Ready after {limit}s");
             }
         }

@@ -166,28 +166,11 @@ impl KubectlExt for ControlPlane {
     /// `kubectl wait --for=<condition> <object>`, failing the test with
     /// the object's YAML and the controller's log when it times out.
     fn wait_for(&self, namespace: &str, object: &str, condition: &str, timeout: &str, controller: Option<&Controller>) {
-        let out = self.kubectl(&[
-            "wait",
-            "-n",
-            namespace,
-            &format!("--for={condition}"),
-            &format!("--timeout={timeout}"),
-            object,
-        ]);
-        if !out.status.success() {
-            let yaml = self.kubectl(&["get", "-n", namespace, object, "-o", "yaml"]);
-            panic!(
-                "{object} did not reach {condition} within {timeout}: {}\n--- object ---\n{}\n--- controller log ---\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&yaml.stdout),
-                controller.map(|c| c.logs()).unwrap_or_default()
-            );
-        }
+        wait(self, namespace, &[object], condition, timeout, controller);
     }
 
     /// `kubectl wait --all` for every object of a kind, with the same
-    /// diagnostics as [`ControlPlane::wait_for`]. Returns how many objects
-    /// met the condition.
+    /// diagnostics. Returns how many objects met the condition.
     fn wait_all(
         &self,
         namespace: &str,
@@ -196,31 +179,7 @@ impl KubectlExt for ControlPlane {
         timeout: &str,
         controller: Option<&Controller>,
     ) -> usize {
-        let out = self.kubectl(&[
-            "wait",
-            "-n",
-            namespace,
-            &format!("--for={condition}"),
-            &format!("--timeout={timeout}"),
-            "--all",
-            kind,
-        ]);
-        if !out.status.success() {
-            let yaml = self.kubectl(&["get", "-n", namespace, kind, "-o", "yaml"]);
-            let yaml = String::from_utf8_lossy(&yaml.stdout);
-            panic!(
-                "not every {kind} reached {condition} within {timeout}: {}\n--- objects (first 6000 bytes) ---\n{}\n--- controller log (last 6000 bytes) ---\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                &yaml[..yaml.len().min(6000)],
-                controller
-                    .map(|c| {
-                        let l = c.logs();
-                        l[l.len().saturating_sub(6000)..].to_owned()
-                    })
-                    .unwrap_or_default()
-            );
-        }
-        String::from_utf8_lossy(&out.stdout).lines().count()
+        wait(self, namespace, &["--all", kind], condition, timeout, controller)
     }
 
     /// One field of an object, by JSONPath.
@@ -228,4 +187,34 @@ impl KubectlExt for ControlPlane {
         let out = self.kubectl(&["get", "-n", namespace, object, "-o", &format!("jsonpath={path}")]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// Runs `kubectl wait`; on failure panics with what was waited for, the
+/// objects' YAML and the controller's log (both cut to 6,000 bytes).
+fn wait(
+    cp: &ControlPlane,
+    namespace: &str,
+    what: &[&str],
+    condition: &str,
+    timeout: &str,
+    controller: Option<&Controller>,
+) -> usize {
+    let (for_, timeout_) = (format!("--for={condition}"), format!("--timeout={timeout}"));
+    let mut args = vec!["wait", "-n", namespace, for_.as_str(), timeout_.as_str()];
+    args.extend_from_slice(what);
+    let out = cp.kubectl(&args);
+    if !out.status.success() {
+        let object = what.last().copied().unwrap_or_default();
+        let yaml = cp.kubectl(&["get", "-n", namespace, object, "-o", "yaml"]);
+        let yaml = String::from_utf8_lossy(&yaml.stdout);
+        let log = controller.map(Controller::logs).unwrap_or_default();
+        panic!(
+            "{} did not reach {condition} within {timeout}: {}\n--- objects ---\n{}\n--- controller log ---\n{}",
+            what.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            &yaml[..yaml.len().min(6000)],
+            &log[log.len().saturating_sub(6000)..]
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).lines().count()
 }

@@ -215,7 +215,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
 
     let mut writer = StatusWriter::new(er, ctx);
     let result = match target {
-        None => Err(Failure::permanent(
+        None => Err(Failure::missing(
             "TargetNotFound",
             format!(
                 "TargetSystem {:?} does not exist in namespace {namespace}",

@@ -206,6 +206,16 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// A transient failure; `create_not_applied` as the target proved it.
+    fn failed(reason: &'static str, create_not_applied: bool) -> Outcome<'static> {
+        Outcome::Failed {
+            reason,
+            message: format!("{reason} happened"),
+            permanent: false,
+            create_not_applied,
+        }
+    }
+
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(seconds, 0).unwrap_or_default()
     }
@@ -278,12 +288,7 @@ mod tests {
             &Outcome::Creating { idempotency_key: "k1" },
             at(10),
         );
-        let failed = Outcome::Failed {
-            reason: "TargetUnavailable",
-            message: "HTTP 503".into(),
-            permanent: false,
-            create_not_applied: false,
-        };
+        let failed = failed("TargetUnavailable", false);
         let after = compute(Some(&creating), &spec(), Some(1), &failed, at(20));
         assert_eq!(after.pending_create.map(|p| p.idempotency_key), Some("k1".into()));
     }
@@ -297,12 +302,7 @@ mod tests {
             &Outcome::Creating { idempotency_key: "k1" },
             at(10),
         );
-        let throttled = Outcome::Failed {
-            reason: "Throttled",
-            message: "429".into(),
-            permanent: false,
-            create_not_applied: true,
-        };
+        let throttled = failed("Throttled", true);
         let after = compute(Some(&creating), &spec(), Some(1), &throttled, at(20));
         assert_eq!(
             after.pending_create, None,
@@ -319,12 +319,7 @@ mod tests {
             &Outcome::Creating { idempotency_key: "k1" },
             at(10),
         );
-        let rejected = Outcome::Failed {
-            reason: "CredentialsRejected",
-            message: "401".into(),
-            permanent: false,
-            create_not_applied: true,
-        };
+        let rejected = failed("CredentialsRejected", true);
         let failed = compute(Some(&creating), &spec(), Some(1), &rejected, at(20));
         let retry = compute(
             Some(&failed),
@@ -360,12 +355,7 @@ mod tests {
             },
             at(10),
         );
-        let failed = Outcome::Failed {
-            reason: "TargetUnavailable",
-            message: "HTTP 503".into(),
-            permanent: false,
-            create_not_applied: false,
-        };
+        let failed = failed("TargetUnavailable", false);
         let after = compute(Some(&ready), &spec(), Some(1), &failed, at(20));
         assert!(conditions::is_true(&after.conditions, READY));
         assert!(!conditions::is_true(&after.conditions, SYNCED));
