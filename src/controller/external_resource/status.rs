@@ -216,6 +216,32 @@ mod tests {
         }
     }
 
+    fn contact_object(id: &str) -> ExternalObject {
+        ExternalObject {
+            id: id.into(),
+            state: json!({"email": "a@b"}),
+        }
+    }
+
+    /// The status after one pass with `outcome` over `previous`.
+    fn step(
+        previous: Option<&ExternalResourceStatus>,
+        outcome: &Outcome<'_>,
+        now: DateTime<Utc>,
+    ) -> ExternalResourceStatus {
+        compute(previous, &spec(), Some(1), outcome, now)
+    }
+
+    /// The status after a pass that found `object` in sync (`how`).
+    fn synced(
+        previous: Option<&ExternalResourceStatus>,
+        object: &ExternalObject,
+        how: &'static str,
+        now: DateTime<Utc>,
+    ) -> ExternalResourceStatus {
+        step(previous, &Outcome::Synced { object, how }, now)
+    }
+
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(seconds, 0).unwrap_or_default()
     }
@@ -226,84 +252,33 @@ mod tests {
             id: "c-1".into(),
             state: json!({"email": "a@b", "version": 1}),
         };
-        let first = compute(
-            None,
-            &spec(),
-            Some(1),
-            &Outcome::Synced {
-                object: &object,
-                how: "Created",
-            },
-            at(10),
-        );
-        let again = compute(
-            Some(&first),
-            &spec(),
-            Some(1),
-            &Outcome::Synced {
-                object: &object,
-                how: "Created",
-            },
-            at(99),
-        );
+        let first = synced(None, &object, "Created", at(10));
+        let again = synced(Some(&first), &object, "Created", at(99));
         assert!(!differs(Some(&first), &again), "{first:?}\n{again:?}");
         assert_eq!(observed_of(&again), Some(&json!({"email": "a@b"})));
     }
 
     #[test]
     fn the_first_resync_after_a_create_writes_nothing() {
-        let object = ExternalObject {
-            id: "c-1".into(),
-            state: json!({"email": "a@b"}),
-        };
-        let created = compute(
-            None,
-            &spec(),
-            Some(1),
-            &Outcome::Synced {
-                object: &object,
-                how: "Created",
-            },
-            at(10),
-        );
-        let resync = compute(
-            Some(&created),
-            &spec(),
-            Some(1),
-            &Outcome::Synced {
-                object: &object,
-                how: "InSync",
-            },
-            at(70),
-        );
+        let object = contact_object("c-1");
+        let created = synced(None, &object, "Created", at(10));
+        let resync = synced(Some(&created), &object, "InSync", at(70));
         assert!(!differs(Some(&created), &resync));
     }
 
     #[test]
     fn the_create_intent_survives_a_failure() {
-        let creating = compute(
-            None,
-            &spec(),
-            Some(1),
-            &Outcome::Creating { idempotency_key: "k1" },
-            at(10),
-        );
+        let creating = step(None, &Outcome::Creating { idempotency_key: "k1" }, at(10));
         let failed = failed("TargetUnavailable", false);
-        let after = compute(Some(&creating), &spec(), Some(1), &failed, at(20));
+        let after = step(Some(&creating), &failed, at(20));
         assert_eq!(after.pending_create.map(|p| p.idempotency_key), Some("k1".into()));
     }
 
     #[test]
     fn a_create_refused_by_the_target_drops_its_intent() {
-        let creating = compute(
-            None,
-            &spec(),
-            Some(1),
-            &Outcome::Creating { idempotency_key: "k1" },
-            at(10),
-        );
+        let creating = step(None, &Outcome::Creating { idempotency_key: "k1" }, at(10));
         let throttled = failed("Throttled", true);
-        let after = compute(Some(&creating), &spec(), Some(1), &throttled, at(20));
+        let after = step(Some(&creating), &throttled, at(20));
         assert_eq!(
             after.pending_create, None,
             "nothing was created: the next pass creates without a lookup"
@@ -312,27 +287,15 @@ mod tests {
 
     #[test]
     fn retrying_a_create_keeps_the_last_failure_visible_and_writes_nothing_new() {
-        let creating = compute(
-            None,
-            &spec(),
-            Some(1),
-            &Outcome::Creating { idempotency_key: "k1" },
-            at(10),
-        );
+        let creating = step(None, &Outcome::Creating { idempotency_key: "k1" }, at(10));
         let rejected = failed("CredentialsRejected", true);
-        let failed = compute(Some(&creating), &spec(), Some(1), &rejected, at(20));
-        let retry = compute(
-            Some(&failed),
-            &spec(),
-            Some(1),
-            &Outcome::Creating { idempotency_key: "k2" },
-            at(30),
-        );
+        let failed = step(Some(&creating), &rejected, at(20));
+        let retry = step(Some(&failed), &Outcome::Creating { idempotency_key: "k2" }, at(30));
         assert_eq!(
             conditions::find(&retry.conditions, SYNCED).map(|c| c.reason.as_str()),
             Some("CredentialsRejected")
         );
-        let failed_again = compute(Some(&retry), &spec(), Some(1), &rejected, at(40));
+        let failed_again = step(Some(&retry), &rejected, at(40));
         assert!(
             !differs(Some(&failed), &failed_again),
             "a repeated failure is no new status"
@@ -341,32 +304,18 @@ mod tests {
 
     #[test]
     fn a_transient_failure_keeps_ready_but_marks_not_synced() {
-        let object = ExternalObject {
-            id: "c-1".into(),
-            state: json!({"email": "a@b"}),
-        };
-        let ready = compute(
-            None,
-            &spec(),
-            Some(1),
-            &Outcome::Synced {
-                object: &object,
-                how: "InSync",
-            },
-            at(10),
-        );
+        let object = contact_object("c-1");
+        let ready = synced(None, &object, "InSync", at(10));
         let failed = failed("TargetUnavailable", false);
-        let after = compute(Some(&ready), &spec(), Some(1), &failed, at(20));
+        let after = step(Some(&ready), &failed, at(20));
         assert!(conditions::is_true(&after.conditions, READY));
         assert!(!conditions::is_true(&after.conditions, SYNCED));
     }
 
     #[test]
     fn conflict_sets_a_conflict_condition_and_clears_it_later() {
-        let conflict = compute(
+        let conflict = step(
             None,
-            &spec(),
-            Some(1),
             &Outcome::Conflict {
                 id: "c-1",
                 owner: "ns/first",
@@ -374,20 +323,8 @@ mod tests {
             at(10),
         );
         assert!(conditions::is_true(&conflict.conditions, CONFLICT));
-        let object = ExternalObject {
-            id: "c-2".into(),
-            state: json!({"email": "a@b"}),
-        };
-        let later = compute(
-            Some(&conflict),
-            &spec(),
-            Some(1),
-            &Outcome::Synced {
-                object: &object,
-                how: "Created",
-            },
-            at(20),
-        );
+        let object = contact_object("c-2");
+        let later = synced(Some(&conflict), &object, "Created", at(20));
         assert!(conditions::find(&later.conditions, CONFLICT).is_none());
     }
 }
