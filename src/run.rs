@@ -42,7 +42,8 @@ pub struct RunOptions {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub metrics_addr: SocketAddr,
-    /// Address of workflow webhooks and callbacks (used by workflows).
+    /// Address for workflow webhooks and step callbacks. Reserved: nothing
+    /// is served on it until the workflow controllers exist.
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub webhook_addr: SocketAddr,
     /// Take part in leader election; only the holder of the Lease acts.

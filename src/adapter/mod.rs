@@ -12,8 +12,10 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::expr::ExprError;
-use crate::target::CallError;
+use std::sync::Arc;
+
 pub(crate) use crate::target::error_message;
+use crate::target::{CallError, Target};
 
 /// What a call about one object concerns.
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +191,16 @@ macro_rules! dispatch {
             AnyAdapter::Service($a) => $call,
         }
     };
+}
+
+impl AnyAdapter {
+    /// The shared target the adapter calls through (its circuit, limits).
+    pub fn target(&self) -> &Arc<Target> {
+        match self {
+            AnyAdapter::Rest(a) => a.target(),
+            AnyAdapter::Service(a) => a.target(),
+        }
+    }
 }
 
 impl ExternalSystem for AnyAdapter {

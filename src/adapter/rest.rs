@@ -33,26 +33,21 @@ impl CompiledRequest {
         let mut errors = Vec::new();
         let mut keep = |r: Result<Expr, ExprError>| r.map_err(|e| errors.push(e)).ok();
         let path = keep(Expr::template(&format!("{field}.path"), &template.path, vars, true));
-        let query: Vec<_> = template
-            .query
-            .iter()
-            .filter_map(|(k, v)| {
-                Some((
-                    k.clone(),
-                    keep(Expr::template(&format!("{field}.query.{k}"), v, vars, false))?,
-                ))
-            })
-            .collect();
-        let headers: Vec<_> = template
-            .headers
-            .iter()
-            .filter_map(|(k, v)| {
-                Some((
-                    k.clone(),
-                    keep(Expr::template(&format!("{field}.headers.{k}"), v, vars, false))?,
-                ))
-            })
-            .collect();
+        // Query and header values are plain templates (reqwest encodes them).
+        let mut text_templates =
+            |part: &str, values: &std::collections::BTreeMap<String, String>| -> Vec<(String, Expr)> {
+                values
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((
+                            k.clone(),
+                            keep(Expr::template(&format!("{field}.{part}.{k}"), v, vars, false))?,
+                        ))
+                    })
+                    .collect()
+            };
+        let query = text_templates("query", &template.query);
+        let headers = text_templates("headers", &template.headers);
         let body = template
             .body
             .as_ref()
@@ -246,6 +241,10 @@ pub struct RestAdapter {
 impl RestAdapter {
     pub fn new(mapping: Arc<CompiledMapping>, target: Arc<Target>) -> Self {
         Self { mapping, target }
+    }
+
+    pub fn target(&self) -> &Arc<Target> {
+        &self.target
     }
 
     async fn call(

@@ -63,6 +63,10 @@ impl ServiceAdapter {
         Self { url, target }
     }
 
+    pub fn target(&self) -> &Arc<Target> {
+        &self.target
+    }
+
     fn payload(&self, request: &ObjectRequest<'_>) -> Value {
         json!({
             "protocolVersion": PROTOCOL_VERSION,

@@ -41,10 +41,10 @@ pub async fn reconcile(ts: Arc<TargetSystem>, ctx: Arc<Context>) -> Result<Actio
         .max(Duration::from_secs(1));
     let (ready, degraded, circuit) = match ctx.adapter_for(&ts).await {
         Err(failure) => (Desired::new(READY, false, failure.reason, failure.message), None, None),
-        Ok(_) => {
-            let target = ctx.registry.get(&ts).await.ok();
-            let probe = match (&ts.spec.health_check, &target) {
-                (Some(check), Some(target)) => Some(
+        Ok(adapter) => {
+            let target = adapter.target();
+            let probe = match &ts.spec.health_check {
+                Some(check) => Some(
                     target
                         .send(HttpCall {
                             operation: "health".into(),
@@ -57,9 +57,9 @@ pub async fn reconcile(ts: Arc<TargetSystem>, ctx: Arc<Context>) -> Result<Actio
                         })
                         .await,
                 ),
-                _ => None,
+                None => None,
             };
-            let circuit = target.as_ref().map(|t| t.circuit_state());
+            let circuit = Some(target.circuit_state());
             let ready = match &probe {
                 Some(Ok(answer)) if answer.is_success() => {
                     Desired::new(READY, true, "Reachable", "the health check answered")

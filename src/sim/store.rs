@@ -120,12 +120,11 @@ impl Store {
                 .range::<str, _>((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded)),
             None => col.objects.range::<str, _>(..),
         };
-        for (id, object) in range.filter(|(_, o)| matches(o, filters)) {
+        for object in range.map(|(_, o)| o).filter(|o| matches(o, filters)) {
             if items.len() == limit {
                 next_cursor = items.last().and_then(|o: &Value| o["id"].as_str()).map(str::to_owned);
                 break;
             }
-            let _ = id;
             items.push(object.clone());
         }
         Page { items, next_cursor }

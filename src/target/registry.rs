@@ -129,11 +129,6 @@ impl Registry {
         Ok(target)
     }
 
-    /// Forgets a target (its TargetSystem was deleted).
-    pub fn remove(&self, namespace: &str, name: &str) {
-        lock(&self.targets).remove(&format!("{namespace}/{name}"));
-    }
-
     async fn build(&self, key: &str, namespace: &str, spec: &TargetSystemSpec) -> Result<Target, RegistryError> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let read = |name: String, key: String, field: &'static str| {

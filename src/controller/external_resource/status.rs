@@ -3,7 +3,6 @@
 //! give the same status, so a no-op resync writes nothing.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 use super::plan::applied_hash;
 use crate::adapter::ExternalObject;
@@ -191,11 +190,6 @@ pub fn differs(a: Option<&ExternalResourceStatus>, b: &ExternalResourceStatus) -
     a != Some(b)
 }
 
-/// The observed value for tests and callers that need it raw.
-pub fn observed_of(status: &ExternalResourceStatus) -> Option<&Value> {
-    status.observed.as_ref()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,7 +249,7 @@ mod tests {
         let first = synced(None, &object, "Created", at(10));
         let again = synced(Some(&first), &object, "Created", at(99));
         assert!(!differs(Some(&first), &again), "{first:?}\n{again:?}");
-        assert_eq!(observed_of(&again), Some(&json!({"email": "a@b"})));
+        assert_eq!(again.observed, Some(json!({"email": "a@b"})));
     }
 
     #[test]
