@@ -385,7 +385,8 @@ async fn status_written_with_server_side_apply_reads_back_and_merges_conditions_
 
 /// Approval gates are only as good as the RBAC behind them: the chart's
 /// `tether-approver` role lets its subjects create Approvals; nobody else
-/// can, not even the controller.
+/// can, not even the controller. Who decided is what the API server
+/// authenticated, whatever the client claims, and it cannot be edited.
 #[test]
 fn only_subjects_bound_to_the_approver_role_can_create_approvals() {
     let cp = ControlPlane::shared();
@@ -401,10 +402,35 @@ fn only_subjects_bound_to_the_approver_role_can_create_approvals() {
     ]));
     let approval = |name: &str| {
         json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Approval", "metadata": {"name": name},
-               "spec": {"runRef": {"name": "run"}, "step": "gate", "decision": "Approve"}})
+               "spec": {"runRef": {"name": "run"}, "step": "gate", "decision": "Approve", "decidedBy": "mallory"}})
         .to_string()
     };
     assert_ok(&cp.apply_as("bob", &ns, &approval("by-bob")));
+    let decided_by = cp.kubectl(&[
+        "get",
+        "approval",
+        "by-bob",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.spec.decidedBy}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&decided_by.stdout),
+        "bob",
+        "the authenticated user, not the claim"
+    );
+    let edit = cp.kubectl(&[
+        "patch",
+        "approval",
+        "by-bob",
+        "-n",
+        &ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"decidedBy":"mallory"}}"#,
+    ]);
+    assert!(!edit.status.success(), "decidedBy cannot be edited");
     for who in ["alice", "controller"] {
         let out = cp.apply_as(who, &ns, &approval(&format!("by-{who}")));
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -24,7 +24,7 @@ use super::common::{ObjectRef, conditions_schema};
     printcolumn = r#"{"name":"Run","type":"string","jsonPath":".spec.runRef.name"}"#,
     printcolumn = r#"{"name":"Step","type":"string","jsonPath":".spec.step"}"#,
     printcolumn = r#"{"name":"Decision","type":"string","jsonPath":".spec.decision"}"#,
-    printcolumn = r#"{"name":"By","type":"string","jsonPath":".status.decidedBy"}"#,
+    printcolumn = r#"{"name":"By","type":"string","jsonPath":".spec.decidedBy"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("an Approval cannot be changed once made: delete it and create a new one"))]
@@ -41,6 +41,12 @@ pub struct ApprovalSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub reason: Option<String>,
+    /// The user who created the Approval. Set by the API server's admission
+    /// (the `tether-approval-decided-by` MutatingAdmissionPolicy) from the
+    /// authenticated request, whatever the client sent; immutable after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub decided_by: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -54,9 +60,6 @@ pub enum Decision {
 pub struct ApprovalStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// The user who created the Approval, as authenticated by the API server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decided_by: Option<String>,
     /// When the run took the decision into account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<DateTime<Utc>>,

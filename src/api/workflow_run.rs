@@ -98,9 +98,16 @@ pub struct PinnedDefinition {
 #[serde(rename_all = "camelCase")]
 pub struct ItemCounts {
     pub total: i32,
+    /// Items started so far, in index order.
+    #[serde(default)]
+    pub started: i32,
     pub running: i32,
     pub succeeded: i32,
     pub failed: i32,
+    /// Items whose compensation started, in index order (failed items are
+    /// skipped: they have nothing to undo).
+    #[serde(default)]
+    pub compensation_started: i32,
     pub compensated: i32,
 }
 
@@ -112,6 +119,9 @@ pub struct ItemStatus {
     pub phase: StepPhase,
     #[serde(default)]
     pub attempt: i32,
+    /// When the next retry of this item is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

@@ -17,10 +17,32 @@ fn def(steps: &[(&str, &[&str], u32, bool)], on_failure: FailurePolicy) -> Defin
             .map(|(_, _, retries, compensable)| StepInfo {
                 retries: *retries,
                 compensable: *compensable,
+                retry_on: vec![RetryOn::All],
+                ..StepInfo::default()
             })
             .collect(),
         on_failure,
+        timeout: None,
     }
+}
+
+fn plain(_: usize, _: &WorkflowRunStatus) -> Result<Start, String> {
+    Ok(Start::Run)
+}
+
+/// `advance` with every step running once.
+fn step(
+    d: &Definition,
+    run: &str,
+    status: &WorkflowRunStatus,
+    observations: &[Observation],
+    now: DateTime<Utc>,
+) -> (WorkflowRunStatus, Vec<Action>) {
+    advance(d, run, status, observations, now, &plain)
+}
+
+fn later(seconds: i64) -> DateTime<Utc> {
+    now() + chrono::Duration::seconds(seconds)
 }
 
 fn now() -> DateTime<Utc> {
@@ -31,8 +53,23 @@ fn ran(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .map(|a| match a {
-            Action::Run { step, attempt, .. } => format!("run {step}#{attempt}"),
-            Action::Compensate { step, .. } => format!("undo {step}"),
+            Action::Run {
+                step,
+                item: None,
+                attempt,
+                ..
+            } => format!("run {step}#{attempt}"),
+            Action::Run {
+                step,
+                item: Some(i),
+                attempt,
+                ..
+            } => format!("run {step}[{i}]#{attempt}"),
+            Action::Compensate { step, item: None, .. } => format!("undo {step}"),
+            Action::Compensate {
+                step, item: Some(i), ..
+            } => format!("undo {step}[{i}]"),
+            Action::Check { step, .. } => format!("check {step}"),
         })
         .collect()
 }
@@ -40,6 +77,7 @@ fn ran(actions: &[Action]) -> Vec<String> {
 fn ok(step: &str) -> Observation {
     Observation::Succeeded {
         step: step.into(),
+        item: None,
         outputs: json!({}),
     }
 }
@@ -47,12 +85,17 @@ fn ok(step: &str) -> Observation {
 fn fail(step: &str) -> Observation {
     Observation::Failed {
         step: step.into(),
+        item: None,
         message: "boom".into(),
+        class: FailureClass::Transient,
     }
 }
 
 fn undone(step: &str) -> Observation {
-    Observation::Compensated { step: step.into() }
+    Observation::Compensated {
+        step: step.into(),
+        item: None,
+    }
 }
 
 #[test]
@@ -61,13 +104,13 @@ fn a_chain_runs_in_order_and_succeeds() {
         &[("a", &[], 0, true), ("b", &["a"], 0, true), ("c", &["b"], 0, true)],
         FailurePolicy::Compensate,
     );
-    let (s, a) = advance(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let (s, a) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
     assert_eq!(ran(&a), ["run a#1"]);
-    let (s, a) = advance(&d, "r", &s, &[ok("a")], now());
+    let (s, a) = step(&d, "r", &s, &[ok("a")], now());
     assert_eq!(ran(&a), ["run b#1"]);
-    let (s, a) = advance(&d, "r", &s, &[ok("b")], now());
+    let (s, a) = step(&d, "r", &s, &[ok("b")], now());
     assert_eq!(ran(&a), ["run c#1"]);
-    let (s, a) = advance(&d, "r", &s, &[ok("c")], now());
+    let (s, a) = step(&d, "r", &s, &[ok("c")], now());
     assert!(a.is_empty());
     assert_eq!(s.phase, RunPhase::Succeeded);
     assert_eq!(s.progress.as_deref(), Some("3/3"));
@@ -84,60 +127,297 @@ fn step_three_of_four_fails_and_two_then_one_are_compensated() {
         ],
         FailurePolicy::Compensate,
     );
-    let (s, _) = advance(&d, "r", &WorkflowRunStatus::default(), &[], now());
-    let (s, _) = advance(&d, "r", &s, &[ok("one")], now());
-    let (s, _) = advance(&d, "r", &s, &[ok("two")], now());
-    let (s, a) = advance(&d, "r", &s, &[fail("three")], now());
+    let (s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let (s, _) = step(&d, "r", &s, &[ok("one")], now());
+    let (s, _) = step(&d, "r", &s, &[ok("two")], now());
+    let (s, a) = step(&d, "r", &s, &[fail("three")], now());
     assert_eq!(ran(&a), ["undo two"]);
     assert_eq!(s.phase, RunPhase::Compensating);
-    let (s, a) = advance(&d, "r", &s, &[undone("two")], now());
+    let (s, a) = step(&d, "r", &s, &[undone("two")], now());
     assert_eq!(ran(&a), ["undo one"]);
-    let (s, a) = advance(&d, "r", &s, &[undone("one")], now());
+    let (s, a) = step(&d, "r", &s, &[undone("one")], now());
     assert!(a.is_empty());
     assert_eq!(s.phase, RunPhase::Compensated);
     assert_eq!(s.steps[3].phase, StepPhase::Pending, "four never ran");
 }
 
 #[test]
-fn a_failed_attempt_is_retried_with_a_new_idempotency_key() {
+fn a_failed_attempt_is_retried_after_a_backoff_with_a_new_idempotency_key() {
     let d = def(&[("a", &[], 2, false)], FailurePolicy::Compensate);
-    let (s, first) = advance(&d, "run-1", &WorkflowRunStatus::default(), &[], now());
-    let (s, second) = advance(&d, "run-1", &s, &[fail("a")], now());
-    let (s, third) = advance(&d, "run-1", &s, &[fail("a")], now());
+    let (s, first) = step(&d, "run-1", &WorkflowRunStatus::default(), &[], now());
+    let (s, none) = step(&d, "run-1", &s, &[fail("a")], now());
+    assert!(none.is_empty(), "the retry waits for its backoff: {none:?}");
+    let due = s.steps[0].next_at.expect("a retry time");
+    assert!(
+        due > now() && due <= later(1),
+        "first retry within the 1s backoff: {due}"
+    );
+    assert_eq!(next_wakeup(&s), Some(due));
+    let (s, second) = step(&d, "run-1", &s, &[], due);
+    let (s, _) = step(&d, "run-1", &s, &[fail("a")], due);
+    let due = s.steps[0].next_at.expect("a retry time");
+    let (s, third) = step(&d, "run-1", &s, &[], due);
     let keys: Vec<_> = [first, second, third]
         .iter()
         .flat_map(|a| {
             a.iter().map(|x| match x {
                 Action::Run { idempotency_key, .. } => idempotency_key.clone(),
-                Action::Compensate { .. } => String::new(),
+                _ => String::new(),
             })
         })
         .collect();
     assert_eq!(keys, ["run-1/a/1", "run-1/a/2", "run-1/a/3"]);
-    let (s, _) = advance(&d, "run-1", &s, &[ok("a")], now());
+    let (s, _) = step(&d, "run-1", &s, &[ok("a")], due);
     assert_eq!(s.phase, RunPhase::Succeeded);
 }
 
 #[test]
-fn cancelling_compensates_what_completed_and_waits_for_what_runs() {
+fn an_attempt_not_yet_observed_is_sent_again_with_the_same_key() {
+    let d = def(&[("a", &[], 0, false)], FailurePolicy::Compensate);
+    let (s, first) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    // The controller died after sending: the next pass starts from status.
+    let (_, again) = step(&d, "r", &s, &[], later(5));
+    assert_eq!(first, again);
+}
+
+#[test]
+fn only_the_failures_a_step_names_are_retried() {
+    let mut d = def(&[("a", &[], 3, false)], FailurePolicy::Stop);
+    d.steps[0].retry_on = vec![RetryOn::Transient];
+    let (s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let rejected = Observation::Failed {
+        step: "a".into(),
+        item: None,
+        message: "HTTP 422".into(),
+        class: FailureClass::Permanent,
+    };
+    let (s, a) = step(&d, "r", &s, &[rejected], now());
+    assert!(a.is_empty());
+    assert_eq!(s.phase, RunPhase::Failed);
+    assert_eq!(s.steps[0].message.as_deref(), Some("HTTP 422"));
+}
+
+#[test]
+fn cancelling_compensates_what_completed_and_asks_what_was_sent_for_its_outcome() {
     let d = def(&[("a", &[], 0, true), ("b", &[], 0, true)], FailurePolicy::Compensate);
-    let (s, _) = advance(&d, "r", &WorkflowRunStatus::default(), &[], now());
-    let (s, a) = advance(&d, "r", &s, &[ok("a"), Observation::Cancelled], now());
-    assert!(a.is_empty(), "b still runs: nothing is undone yet");
-    let (s, a) = advance(&d, "r", &s, &[ok("b")], now());
+    let (s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let (s, a) = step(&d, "r", &s, &[ok("a"), Observation::Cancelled], now());
+    assert_eq!(
+        ran(&a),
+        ["run b#1"],
+        "b was sent: its outcome decides whether it is undone"
+    );
+    assert_eq!(s.phase, RunPhase::Compensating);
+    let (s, a) = step(&d, "r", &s, &[ok("b")], now());
     let mut undo = ran(&a);
     undo.sort();
     assert_eq!(undo, ["undo a", "undo b"]);
-    let (s, _) = advance(&d, "r", &s, &[undone("a"), undone("b")], now());
+    let (s, _) = step(&d, "r", &s, &[undone("a"), undone("b")], now());
     assert_eq!(s.phase, RunPhase::Compensated);
+}
+
+#[test]
+fn a_step_with_a_false_condition_is_skipped_and_its_dependents_run() {
+    let d = def(&[("a", &[], 0, false), ("b", &["a"], 0, false)], FailurePolicy::Stop);
+    let skip_a = |i: usize, _: &WorkflowRunStatus| Ok(if i == 0 { Start::Skip } else { Start::Run });
+    let (s, a) = advance(&d, "r", &WorkflowRunStatus::default(), &[], now(), &skip_a);
+    assert_eq!(ran(&a), ["run b#1"]);
+    assert_eq!(s.steps[0].phase, StepPhase::Skipped);
+    let (s, _) = advance(&d, "r", &s, &[ok("b")], now(), &skip_a);
+    assert_eq!(s.phase, RunPhase::Succeeded);
+    assert_eq!(s.progress.as_deref(), Some("2/2"));
+}
+
+#[test]
+fn a_step_that_cannot_start_fails_with_the_reason() {
+    let d = def(&[("a", &[], 0, false)], FailurePolicy::Stop);
+    let broken = |_: usize, _: &WorkflowRunStatus| Err("forEach: `.x[]` did not yield an array".to_owned());
+    let (s, a) = advance(&d, "r", &WorkflowRunStatus::default(), &[], now(), &broken);
+    assert!(a.is_empty());
+    assert_eq!(s.phase, RunPhase::Failed);
+    assert_eq!(
+        s.steps[0].message.as_deref(),
+        Some("forEach: `.x[]` did not yield an array")
+    );
+}
+
+fn item_ok(step: &str, i: i32) -> Observation {
+    Observation::Succeeded {
+        step: step.into(),
+        item: Some(i),
+        outputs: json!({}),
+    }
+}
+
+fn fan_out(
+    total: u32,
+    parallelism: u32,
+    compensable: bool,
+) -> (Definition, impl Fn(usize, &WorkflowRunStatus) -> Result<Start, String>) {
+    let mut d = def(
+        &[("each", &[], 0, compensable), ("after", &["each"], 0, false)],
+        FailurePolicy::Compensate,
+    );
+    d.steps[0].parallelism = Some(parallelism);
+    (d, move |i: usize, _: &WorkflowRunStatus| {
+        Ok(if i == 0 { Start::Items(total) } else { Start::Run })
+    })
+}
+
+#[test]
+fn a_fan_out_runs_at_most_parallelism_items_at_once_and_fans_in() {
+    let (d, start) = fan_out(25, 10, false);
+    let (mut s, mut a) = advance(&d, "r", &WorkflowRunStatus::default(), &[], now(), &start);
+    let mut peak = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    while !a.iter().any(|x| matches!(x, Action::Run { item: None, .. })) {
+        peak = peak.max(a.len());
+        let done: Vec<Observation> = a
+            .iter()
+            .map(|x| match x {
+                Action::Run {
+                    step, item: Some(i), ..
+                } => {
+                    assert!(seen.insert(*i), "item {i} runs once");
+                    item_ok(step, *i)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        (s, a) = advance(&d, "r", &s, &done, now(), &start);
+    }
+    assert_eq!(peak, 10);
+    assert_eq!(seen.len(), 25);
+    assert_eq!(ran(&a), ["run after#1"], "the dependent starts once every item is done");
+    let counts = s.steps[0].items.clone().expect("counts");
+    assert_eq!((counts.total, counts.succeeded, counts.running), (25, 25, 0));
+    assert!(s.steps[0].item_details.is_empty(), "succeeded items keep no detail");
+}
+
+#[test]
+fn a_failed_item_stops_the_fan_out_and_the_completed_items_are_undone() {
+    let (d, start) = fan_out(30, 10, true);
+    let (s, a) = advance(&d, "r", &WorkflowRunStatus::default(), &[], now(), &start);
+    assert_eq!(a.len(), 10);
+    let mut outcomes: Vec<Observation> = (0..10).map(|i| item_ok("each", i)).collect();
+    outcomes[3] = Observation::Failed {
+        step: "each".into(),
+        item: Some(3),
+        message: "HTTP 500".into(),
+        class: FailureClass::Transient,
+    };
+    let (s, a) = advance(&d, "r", &s, &outcomes, now(), &start);
+    assert_eq!(s.phase, RunPhase::Compensating);
+    let mut undo = ran(&a);
+    undo.sort();
+    let expected: Vec<String> = [0, 1, 2, 4, 5, 6, 7, 8, 9]
+        .iter()
+        .map(|i| format!("undo each[{i}]"))
+        .collect();
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort();
+    assert_eq!(undo, expected_sorted, "the nine completed items, never the failed one");
+    let undone: Vec<Observation> = [0, 1, 2, 4, 5, 6, 7, 8, 9]
+        .iter()
+        .map(|&i| Observation::Compensated {
+            step: "each".into(),
+            item: Some(i),
+        })
+        .collect();
+    let (s, a) = advance(&d, "r", &s, &undone, now(), &start);
+    assert!(a.is_empty());
+    assert_eq!(s.phase, RunPhase::Compensated);
+    assert_eq!(s.steps[0].items.as_ref().map(|c| c.compensated), Some(9));
+}
+
+#[test]
+fn a_thousand_item_fan_out_keeps_its_status_small() {
+    let (d, start) = fan_out(1000, 50, false);
+    let (mut s, mut a) = advance(&d, "r", &WorkflowRunStatus::default(), &[], now(), &start);
+    let mut largest = 0;
+    while !a.iter().any(|x| matches!(x, Action::Run { item: None, .. })) {
+        largest = largest.max(serde_json::to_vec(&s).map(|v| v.len()).unwrap_or(usize::MAX));
+        let done: Vec<Observation> = a
+            .iter()
+            .filter_map(|x| match x {
+                Action::Run {
+                    step, item: Some(i), ..
+                } => Some(item_ok(step, *i)),
+                _ => None,
+            })
+            .collect();
+        (s, a) = advance(&d, "r", &s, &done, now(), &start);
+    }
+    assert!(largest < 16 * 1024, "status peaked at {largest} bytes");
+}
+
+#[test]
+fn a_step_timeout_fails_the_step_and_a_run_timeout_stops_the_run() {
+    let mut d = def(&[("slow", &[], 0, false)], FailurePolicy::Stop);
+    d.steps[0].timeout = Some(chrono::Duration::seconds(30));
+    let waiting = Observation::Waiting {
+        step: "slow".into(),
+        until: Some(later(10)),
+        outputs: None,
+    };
+    let (s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let (s, _) = step(&d, "r", &s, &[waiting], now());
+    assert_eq!(s.steps[0].phase, StepPhase::Waiting);
+    let (s, _) = step(&d, "r", &s, &[], later(31));
+    assert_eq!(s.phase, RunPhase::Failed);
+    assert_eq!(s.steps[0].message.as_deref(), Some("timed out after 30s"));
+
+    let mut d = def(&[("slow", &[], 0, false)], FailurePolicy::Stop);
+    d.timeout = Some(chrono::Duration::seconds(60));
+    let waiting = Observation::Waiting {
+        step: "slow".into(),
+        until: None,
+        outputs: None,
+    };
+    let (s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let (s, _) = step(&d, "r", &s, &[waiting], now());
+    let (s, _) = step(&d, "r", &s, &[], later(61));
+    assert_eq!(s.phase, RunPhase::Cancelled);
+    assert_eq!(
+        s.steps[0].message.as_deref(),
+        Some("abandoned: the run timed out after 60s")
+    );
+}
+
+#[test]
+fn a_run_waiting_only_on_an_approval_says_so_and_a_rejection_compensates() {
+    let mut d = def(
+        &[("a", &[], 0, true), ("gate", &["a"], 0, false)],
+        FailurePolicy::Compensate,
+    );
+    d.steps[1].approval = true;
+    let (s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let (s, _) = step(&d, "r", &s, &[ok("a")], now());
+    let parked = Observation::Waiting {
+        step: "gate".into(),
+        until: None,
+        outputs: None,
+    };
+    let (s, a) = step(&d, "r", &s, &[parked], now());
+    assert_eq!(s.phase, RunPhase::WaitingForApproval);
+    assert_eq!(ran(&a), ["check gate"]);
+    let rejected = Observation::Failed {
+        step: "gate".into(),
+        item: None,
+        message: "rejected by alice".into(),
+        class: FailureClass::Final,
+    };
+    let (s, a) = step(&d, "r", &s, &[rejected], now());
+    assert_eq!(s.phase, RunPhase::Compensating);
+    assert_eq!(ran(&a), ["undo a"]);
 }
 
 #[test]
 fn the_stop_policy_leaves_completed_steps_alone() {
     let d = def(&[("a", &[], 0, true), ("b", &["a"], 0, true)], FailurePolicy::Stop);
-    let (s, _) = advance(&d, "r", &WorkflowRunStatus::default(), &[], now());
-    let (s, _) = advance(&d, "r", &s, &[ok("a")], now());
-    let (s, a) = advance(&d, "r", &s, &[fail("b")], now());
+    let (s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let (s, _) = step(&d, "r", &s, &[ok("a")], now());
+    let (s, a) = step(&d, "r", &s, &[fail("b")], now());
     assert!(a.is_empty());
     assert_eq!(s.phase, RunPhase::Failed);
     assert_eq!(s.steps[0].phase, StepPhase::Succeeded);
@@ -149,14 +429,15 @@ fn a_failed_compensation_ends_the_run_with_what_is_left_to_clean_up() {
         &[("a", &[], 0, true), ("b", &["a"], 0, true)],
         FailurePolicy::Compensate,
     );
-    let (s, _) = advance(&d, "r", &WorkflowRunStatus::default(), &[], now());
-    let (s, _) = advance(&d, "r", &s, &[ok("a")], now());
-    let (s, _) = advance(&d, "r", &s, &[fail("b")], now());
+    let (s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let (s, _) = step(&d, "r", &s, &[ok("a")], now());
+    let (s, _) = step(&d, "r", &s, &[fail("b")], now());
     let failed = Observation::CompensationFailed {
         step: "a".into(),
+        item: None,
         message: "HTTP 500".into(),
     };
-    let (s, _) = advance(&d, "r", &s, &[failed], now());
+    let (s, _) = step(&d, "r", &s, &[failed], now());
     assert_eq!(s.phase, RunPhase::CompensationFailed);
     assert_eq!(s.left_to_clean_up, ["a: HTTP 500"]);
 }
@@ -166,8 +447,8 @@ fn a_failed_compensation_ends_the_run_with_what_is_left_to_clean_up() {
 #[test]
 fn a_retry_dropped_because_the_run_compensates_ends_its_step() {
     let d = def(&[("a", &[], 0, false), ("b", &[], 1, false)], FailurePolicy::Compensate);
-    let (s, _) = advance(&d, "r", &WorkflowRunStatus::default(), &[], now());
-    let (s, a) = advance(&d, "r", &s, &[fail("a"), fail("b")], now());
+    let (s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let (s, a) = step(&d, "r", &s, &[fail("a"), fail("b")], now());
     assert!(a.is_empty(), "no retry is sent while compensating: {a:?}");
     assert_eq!(s.steps[1].phase, StepPhase::Failed);
     assert_eq!(s.phase, RunPhase::Compensated);
@@ -176,9 +457,9 @@ fn a_retry_dropped_because_the_run_compensates_ends_its_step() {
 #[test]
 fn a_finished_run_ignores_late_observations() {
     let d = def(&[("a", &[], 0, true)], FailurePolicy::Compensate);
-    let (s, _) = advance(&d, "r", &WorkflowRunStatus::default(), &[], now());
-    let (s, _) = advance(&d, "r", &s, &[ok("a")], now());
-    let (again, actions) = advance(&d, "r", &s, &[fail("a"), Observation::Cancelled], now());
+    let (s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let (s, _) = step(&d, "r", &s, &[ok("a")], now());
+    let (again, actions) = step(&d, "r", &s, &[fail("a"), Observation::Cancelled], now());
     assert_eq!(again, s);
     assert!(actions.is_empty());
 }
@@ -207,13 +488,19 @@ fn arb_definition() -> impl Strategy<Value = Definition> {
                 dag: Dag::new(&steps).unwrap_or_else(|e| panic!("generated DAG: {e}")),
                 steps: infos
                     .into_iter()
-                    .map(|(retries, compensable)| StepInfo { retries, compensable })
+                    .map(|(retries, compensable)| StepInfo {
+                        retries,
+                        compensable,
+                        retry_on: vec![RetryOn::All],
+                        ..StepInfo::default()
+                    })
                     .collect(),
                 on_failure: if compensate {
                     FailurePolicy::Compensate
                 } else {
                     FailurePolicy::Stop
                 },
+                timeout: None,
             }
         })
 }
@@ -234,8 +521,10 @@ proptest! {
         let mut succeeded: Vec<String> = Vec::new();
         let mut compensated: Vec<String> = Vec::new();
         let mut dice = outcomes.into_iter().cycle();
+        let mut clock = now();
         for _ in 0..200 {
-            let (next, actions) = advance(&d, "run", &status, &observations, now());
+            clock += chrono::Duration::minutes(10);
+            let (next, actions) = step(&d, "run", &status, &observations, clock);
             status = next;
             observations.clear();
             if actions.is_empty() && is_terminal(status.phase) {
@@ -243,6 +532,7 @@ proptest! {
             }
             for action in actions {
                 match action {
+                    Action::Check { .. } => prop_assert!(false, "no step waits here"),
                     Action::Run { step, attempt, .. } => {
                         let i = d.dag.index(&step).unwrap_or_default();
                         for &dep in &d.dag.deps[i] {
@@ -272,7 +562,7 @@ proptest! {
                 }
             }
         }
-        prop_assert!(is_terminal(status.phase), "the run ends: {:?}", status.phase);
+        prop_assert!(is_terminal(status.phase), "the run ends: {:?}", status);
         if status.phase == RunPhase::Compensated {
             let mut expected: Vec<&String> = succeeded.iter().filter(|s| d.steps[d.dag.index(s).unwrap_or_default()].compensable).collect();
             let mut actual: Vec<&String> = compensated.iter().collect();
