@@ -156,7 +156,8 @@ impl Expr {
         Ok(!matches!(self.eval(input, vars)?, Value::Null | Value::Bool(false)))
     }
 
-    fn type_error(&self, expected: &'static str, got: &Value) -> ExprError {
+    /// The error of a value of the wrong type.
+    pub fn type_error(&self, expected: &'static str, got: &Value) -> ExprError {
         let mut got = got.to_string();
         got.truncate(80);
         ExprError::Type {

@@ -10,7 +10,8 @@
 //! - [`adapter`]: the port to external systems (REST mapping, adapter service).
 //! - [`controller`]: the reconcilers; [`run`]: `tether run`; [`leader`]: Lease
 //!   election; [`metrics`]: Prometheus metrics.
-//! - [`engine`]: the workflow engine, a pure state machine.
+//! - [`engine`]: the workflow engine, a pure state machine; [`webhook`]: the
+//!   signed endpoint that starts runs.
 //! - [`sandbox`]: a local control plane for the tests and `tether sandbox`.
 #![forbid(unsafe_code)]
 
@@ -28,6 +29,7 @@ pub mod run;
 pub mod sandbox;
 pub mod sim;
 pub mod target;
+pub mod webhook;
 
 /// Selects ring as the process-wide TLS crypto provider (kube and reqwest
 /// both use rustls). Safe to call more than once.

@@ -34,6 +34,16 @@ pub struct TargetLabels {
     pub target: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+}
+
 /// Every metric `tether run` exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -45,6 +55,10 @@ pub struct Metrics {
     pub circuit_open: Family<TargetLabels, Gauge>,
     pub status_writes: Family<KindLabels, Counter>,
     pub leader: Gauge,
+    pub runs: Family<PhaseLabels, Counter>,
+    pub step_duration: Family<OutcomeLabels, Histogram>,
+    pub compensations: Family<OutcomeLabels, Counter>,
+    pub webhook_requests: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -62,6 +76,28 @@ impl Default for Metrics {
         let circuit_open = Family::<TargetLabels, Gauge>::default();
         let status_writes = Family::<KindLabels, Counter>::default();
         let leader = Gauge::default();
+        let runs = Family::<PhaseLabels, Counter>::default();
+        let step_duration = Family::<OutcomeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 20))
+        });
+        let compensations = Family::<OutcomeLabels, Counter>::default();
+        let webhook_requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register("workflow_runs", "Workflow runs entering each phase", runs.clone());
+        registry.register(
+            "workflow_step_duration_seconds",
+            "Time from a step's start to its end, by outcome",
+            step_duration.clone(),
+        );
+        registry.register(
+            "workflow_compensations",
+            "Compensated steps, by outcome",
+            compensations.clone(),
+        );
+        registry.register(
+            "webhook_requests",
+            "Webhook trigger requests, by outcome (bad_signature: refused)",
+            webhook_requests.clone(),
+        );
         registry.register("reconciles", "Reconciles run, by kind", reconciles.clone());
         registry.register(
             "reconcile_duration_seconds",
@@ -104,6 +140,10 @@ impl Default for Metrics {
             circuit_open,
             status_writes,
             leader,
+            runs,
+            step_duration,
+            compensations,
+            webhook_requests,
         }
     }
 }

@@ -25,7 +25,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
-use crate::api::{Adapter, ExternalResource, TargetSystem};
+use crate::api::{Adapter, Approval, ExternalResource, TargetSystem, Workflow, WorkflowRun};
 use crate::controller::{self as ctrl, Context};
 use crate::leader::{self, LeaderElector};
 use crate::metrics::Metrics;
@@ -42,8 +42,7 @@ pub struct RunOptions {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub metrics_addr: SocketAddr,
-    /// Address for workflow webhooks and step callbacks. Reserved: nothing
-    /// is served on it until the workflow controllers exist.
+    /// Address of the workflow webhook endpoint (`/webhooks/<ns>/<workflow>`).
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub webhook_addr: SocketAddr,
     /// Take part in leader election; only the holder of the Lease acts.
@@ -199,6 +198,11 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     // Secret versions from memory.
     let (targets, targets_writer) = reflector::store();
     let (adapters, adapters_writer) = reflector::store();
+    let (workflows, workflows_writer) = reflector::store();
+    let (approvals, approvals_writer) = reflector::store();
+    let workflow_api: Api<Workflow> = scoped(&client, options.namespace.as_deref());
+    let approval_api: Api<Approval> = scoped(&client, options.namespace.as_deref());
+    let run_api: Api<WorkflowRun> = scoped(&client, options.namespace.as_deref());
     let target_api: Api<TargetSystem> = scoped(&client, options.namespace.as_deref());
     let adapter_api: Api<Adapter> = Api::all(client.clone());
     let er_api: Api<ExternalResource> = scoped(&client, options.namespace.as_deref());
@@ -218,11 +222,27 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
             .default_backoff()
             .map(|_| ())
             .boxed(),
+        reflector::reflector(
+            workflows_writer,
+            watcher(workflow_api.clone(), watcher::Config::default()),
+        )
+        .default_backoff()
+        .map(|_| ())
+        .boxed(),
+        reflector::reflector(
+            approvals_writer,
+            watcher(approval_api.clone(), watcher::Config::default()),
+        )
+        .default_backoff()
+        .map(|_| ())
+        .boxed(),
     ] {
         tokio::spawn(stream.for_each(|()| async {}));
     }
     targets.wait_until_ready().await.context("TargetSystem reflector")?;
     adapters.wait_until_ready().await.context("Adapter reflector")?;
+    workflows.wait_until_ready().await.context("Workflow reflector")?;
+    approvals.wait_until_ready().await.context("Approval reflector")?;
     // Targets are fingerprinted by their Secrets' versions: know them before
     // the first target is built, or every target is built twice.
     secrets_ready
@@ -235,7 +255,8 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         instance: Some(identity.clone()),
     };
     let config = controller::Config::default().concurrency(options.concurrency);
-    let er_controller = Controller::new(er_api, watcher::Config::default()).with_config(config.clone());
+    let er_controller = Controller::new(er_api.clone(), watcher::Config::default()).with_config(config.clone());
+    let run_controller = Controller::new(run_api.clone(), watcher::Config::default()).with_config(config.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         registry,
@@ -247,7 +268,19 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         metrics: metrics.clone(),
         fresh: Default::default(),
         failures: Default::default(),
+        workflows: workflows.clone(),
+        runs: run_controller.store(),
+        approvals,
+        compiled: Default::default(),
+        written: Default::default(),
     });
+
+    let webhook_listener = tokio::net::TcpListener::bind(options.webhook_addr)
+        .await
+        .with_context(|| format!("binding {}", options.webhook_addr))?;
+    tracing::info!(addr = %webhook_listener.local_addr()?, "serving workflow webhooks");
+    let webhook_router = crate::webhook::router(ctx.clone());
+    tokio::spawn(async move { axum::serve(webhook_listener, webhook_router).await });
 
     let store = er_controller.store();
     let target_generations = ctrl::GenerationFilter::default();
@@ -293,15 +326,57 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         )
         .for_each(|_| async {});
     let adapters_controller = Controller::new(adapter_api, watcher::Config::default())
-        .with_config(config)
+        .with_config(config.clone())
         .graceful_shutdown_on(stopped())
         .run(ctrl::adapter::reconcile, ctrl::adapter::error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    // A decision wakes the run it names.
+    let by_approval = |approval: Approval| {
+        Some(
+            ObjectRef::<WorkflowRun>::new(&approval.spec.run_ref.name)
+                .within(&approval.namespace().unwrap_or_default()),
+        )
+    };
+    let workflow_runs = run_controller
+        .owns(er_api, watcher::Config::default())
+        .watches(approval_api, watcher::Config::default(), by_approval)
+        .graceful_shutdown_on(stopped())
+        .run(
+            ctrl::workflow_run::reconcile,
+            ctrl::workflow_run::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    // A run of a schedule that finishes wakes its workflow (history limits,
+    // concurrency policy).
+    let by_run = |run: WorkflowRun| {
+        let finished = run.status.as_ref().is_some_and(|s| crate::engine::is_terminal(s.phase));
+        let workflow = run
+            .labels()
+            .get(ctrl::workflow::SCHEDULE_LABEL)
+            .map(|_| run.spec.workflow_ref.name.clone());
+        workflow
+            .filter(|_| finished)
+            .map(|w| ObjectRef::<Workflow>::new(&w).within(&run.namespace().unwrap_or_default()))
+    };
+    let workflows_controller = Controller::new(workflow_api, watcher::Config::default())
+        .with_config(config.clone())
+        .watches(run_api, watcher::Config::default(), by_run)
+        .graceful_shutdown_on(stopped())
+        .run(ctrl::workflow::reconcile, ctrl::workflow::error_policy, ctx.clone())
         .for_each(|_| async {});
 
     ready.store(true, Ordering::Relaxed);
     tracing::info!(namespace = ?options.namespace, concurrency = options.concurrency, "controllers running");
     let controllers = async {
-        tokio::join!(external_resources, target_systems, adapters_controller);
+        tokio::join!(
+            external_resources,
+            target_systems,
+            adapters_controller,
+            workflow_runs,
+            workflows_controller
+        );
     };
     match lost_leadership {
         Some(lost) => tokio::select! {

@@ -337,7 +337,8 @@ pub struct Triggers {
 pub struct ScheduleTrigger {
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z][a-z0-9-]*$"))]
     pub name: String,
-    /// Standard five-field cron expression (`*/5 * * * *`).
+    /// Cron expression: five fields (`*/5 * * * *`), or six with seconds
+    /// first (`*/30 * * * * *`).
     #[schemars(length(min = 9, max = 256))]
     pub cron: String,
     /// IANA time zone of the schedule.
@@ -369,6 +370,24 @@ fn default_success_history() -> i32 {
 }
 fn default_failed_history() -> i32 {
     1
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleStatus {
+    pub name: String,
+    /// The last time the schedule was due (whether it created a run or its
+    /// concurrency policy skipped it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<DateTime<Utc>>,
+    /// The run it last created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<String>,
+    /// Times the concurrency policy `Forbid` skipped a run.
+    #[serde(default)]
+    pub skipped: i64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -412,9 +431,10 @@ pub struct WorkflowStatus {
     /// Name of the newest run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<String>,
-    /// When a schedule last created a run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_schedule_time: Option<DateTime<Utc>>,
+    /// Per schedule: when it last fired, when it fires next, its last run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub schedules: Vec<ScheduleStatus>,
     /// The webhook path, when a webhook trigger is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_path: Option<String>,

@@ -6,6 +6,8 @@
 pub mod adapter;
 pub mod external_resource;
 pub mod target_system;
+pub mod workflow;
+pub mod workflow_run;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,10 +20,11 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use crate::adapter::AnyAdapter;
 use crate::adapter::rest::{CompiledMapping, RestAdapter};
 use crate::adapter::service::ServiceAdapter;
-use crate::api::{Adapter, ExternalResource, TargetSystem};
+use crate::api::{Adapter, Approval, ExternalResource, TargetSystem, Workflow, WorkflowRun};
 use crate::metrics::Metrics;
 use crate::target::backoff;
 use crate::target::registry::Registry;
+use workflow::compile::Compiled as CompiledWorkflow;
 
 /// Field manager of every status Tether writes (server-side apply).
 pub const FIELD_MANAGER: &str = "tether";
@@ -177,6 +180,13 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub fresh: Mutex<HashMap<String, Freshness>>,
     pub failures: Mutex<HashMap<String, u32>>,
+    pub workflows: Store<Workflow>,
+    pub runs: Store<WorkflowRun>,
+    pub approvals: Store<Approval>,
+    /// Compiled definitions by pinned hash: runs of one version share one.
+    pub compiled: Mutex<HashMap<String, Arc<CompiledWorkflow>>>,
+    /// The resourceVersion of each run's last write by this process.
+    pub written: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -220,6 +230,20 @@ impl Context {
             .get(&adapter)
             .map_err(|message| Failure::permanent("AdapterInvalid", format!("Adapter {adapter_name:?}: {message}")))?;
         Ok(AnyAdapter::Rest(RestAdapter::new(mapping, target)))
+    }
+
+    /// The compiled definition of a pinned spec (compiled once per hash).
+    pub fn compiled(
+        &self,
+        hash: &str,
+        spec: &crate::api::workflow::WorkflowSpec,
+    ) -> Result<Arc<CompiledWorkflow>, String> {
+        if let Some(compiled) = lock(&self.compiled).get(hash) {
+            return Ok(compiled.clone());
+        }
+        let compiled = Arc::new(CompiledWorkflow::compile(spec).map_err(|errors| errors.join("; "))?);
+        lock(&self.compiled).insert(hash.to_owned(), compiled.clone());
+        Ok(compiled)
     }
 
     /// The delay before retrying `key` after one more failure.

@@ -344,7 +344,7 @@ async fn read(
         Ok(guard) => guard,
         Err(response) => return response,
     };
-    let found = state.lock().store.get(&collection, &id);
+    let found = state.lock().store.read(&collection, &id);
     found_or_404(found, &collection, &id)
 }
 

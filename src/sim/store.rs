@@ -76,6 +76,25 @@ impl Store {
         self.collections.get(collection)?.objects.get(id).cloned()
     }
 
+    /// A GET of one object. Objects can model asynchronous jobs: one
+    /// created with `"state": "running"` and `"readsUntilDone": n` turns
+    /// `"done"` on its n-th read, the way a provisioning API finishes work
+    /// that a client polls.
+    pub fn read(&mut self, collection: &str, id: &str) -> Option<Value> {
+        let tick = self.tick();
+        let object = self.collections.get_mut(collection)?.objects.get_mut(id)?;
+        let remaining = object.get("readsUntilDone").and_then(Value::as_u64);
+        if let (Some(remaining), Some("running")) = (remaining, object.get("state").and_then(Value::as_str)) {
+            let remaining = remaining.saturating_sub(1);
+            object["readsUntilDone"] = json!(remaining);
+            if remaining == 0 {
+                object["state"] = json!("done");
+                object["updatedAt"] = json!(tick);
+            }
+        }
+        Some(object.clone())
+    }
+
     /// Replaces the client-owned fields of an object (PUT).
     pub fn replace(&mut self, collection: &str, id: &str, body: Value) -> Option<Value> {
         let tick = self.tick();
@@ -200,6 +219,21 @@ fn matches(object: &Value, filters: &[(String, String)]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_running_job_is_done_after_its_reads() {
+        let mut store = Store::default();
+        let Created::New(job) = store.create("jobs", json!({"state": "running", "readsUntilDone": 2}), None) else {
+            panic!("created")
+        };
+        let id = job["id"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(
+            store.read("jobs", &id).map(|j| j["state"].clone()),
+            Some(json!("running"))
+        );
+        assert_eq!(store.read("jobs", &id).map(|j| j["state"].clone()), Some(json!("done")));
+        assert_eq!(store.read("jobs", &id).map(|j| j["state"].clone()), Some(json!("done")));
+    }
+
     use super::*;
 
     #[test]

@@ -15,6 +15,7 @@ pub struct Controller {
     child: Option<Child>,
     pub log: PathBuf,
     pub metrics_port: u16,
+    pub webhook_port: u16,
     args: Vec<String>,
 }
 
@@ -37,6 +38,7 @@ impl Controller {
             child: None,
             log,
             metrics_port: 0,
+            webhook_port: 0,
             args,
         };
         controller.restart(cp);
@@ -46,6 +48,7 @@ impl Controller {
     /// Starts the process again (after `kill`), appending to the same log.
     pub fn restart(&mut self, cp: &ControlPlane) {
         self.metrics_port = free_port();
+        self.webhook_port = free_port();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -59,6 +62,7 @@ impl Controller {
             .arg(env!("CARGO_BIN_EXE_tether"))
             .args(&self.args)
             .args(["--metrics-addr", &format!("127.0.0.1:{}", self.metrics_port)])
+            .args(["--webhook-addr", &format!("127.0.0.1:{}", self.webhook_port)])
             .env("KUBECONFIG", cp.kubeconfig("controller"))
             .env("RUST_LOG", "info,tether=debug")
             .stdin(Stdio::null())

@@ -1,0 +1,646 @@
+//! Reconciling a WorkflowRun: pin the definition, then rounds of
+//! `engine::advance` -> write status -> perform actions -> observations,
+//! until nothing is due now; requeue when the next retry, poll or delay is.
+//!
+//! The write comes before the actions of a round, conditional on the
+//! resourceVersion last read or written, so an attempt is recorded (with
+//! its idempotency key) before it leaves, a stale controller cannot act,
+//! and a controller killed at any instant resends only attempts whose
+//! outcome it never recorded, with the same key.
+
+pub mod steps;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::StreamExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use super::workflow::compile::{Compiled, StepKind, resolve_parameters, spec_hash, steps_value};
+use super::{Context, FIELD_MANAGER, lock};
+use crate::api::workflow::WorkflowSpec;
+use crate::api::workflow_run::{PinnedDefinition, RunPhase, StepPhase, WorkflowRunStatus};
+use crate::api::{Workflow, WorkflowRun};
+use crate::conditions::{self, Desired};
+use crate::engine::{self, Observation};
+use steps::Scope;
+
+pub const KIND: &str = "WorkflowRun";
+/// Finalizer of runs that have not finished: deleting such a run cancels
+/// it, and the finalizer lets go once compensation is done.
+pub const FINALIZER: &str = "tether.dev/workflow-run";
+/// Rounds (status write + actions) one reconcile performs at most before it
+/// yields to other runs.
+const MAX_ROUNDS: usize = 64;
+/// Actions of one round performed at once (the engine bounds each step's
+/// items by its parallelism; this bounds a round).
+const ROUND_CONCURRENCY: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing the status of {name}: {source}")]
+    WriteStatus {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("updating the finalizer of {name}: {source}")]
+    Finalizer {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading {name}: {source}")]
+    Read {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    fn is_stale_read(&self) -> bool {
+        match self {
+            Error::WriteStatus { source, .. } | Error::Finalizer { source, .. } => {
+                matches!(source, kube::Error::Api(s) if s.code == 409 || s.code == 422)
+            }
+            Error::Read { .. } => false,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::WriteStatus { .. } => "WriteStatusFailed",
+            Error::Finalizer { .. } => "FinalizerFailed",
+            Error::Read { .. } => "ReadFailed",
+        }
+    }
+}
+
+pub fn error_policy(run: Arc<WorkflowRun>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_stale_read() {
+        tracing::debug!(name = %run.name_any(), %error, "stale read; retrying with fresh data");
+        return Action::requeue(Duration::from_millis(200));
+    }
+    ctx.metrics.reconcile_error(KIND, error.reason());
+    tracing::warn!(name = %run.name_any(), namespace = ?run.namespace(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
+
+pub async fn reconcile(run: Arc<WorkflowRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_run(run, &ctx).await;
+    ctx.metrics.observe_reconcile(KIND, started.elapsed());
+    result
+}
+
+/// The run as of the last write this controller made, or fresher: a watch
+/// cache that is behind our own write would replay finished steps.
+async fn fresh(run: Arc<WorkflowRun>, ctx: &Context, api: &Api<WorkflowRun>) -> Result<Arc<WorkflowRun>, Error> {
+    let uid = run.uid().unwrap_or_default();
+    let last = lock(&ctx.written).get(&uid).cloned();
+    if last.is_none() || last == run.resource_version() {
+        return Ok(run);
+    }
+    match api.get_opt(&run.name_any()).await {
+        Ok(Some(fresh)) => Ok(Arc::new(fresh)),
+        Ok(None) => Ok(run),
+        Err(source) => Err(Error::Read {
+            name: run.name_any(),
+            source,
+        }),
+    }
+}
+
+async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, Error> {
+    let namespace = run.namespace().unwrap_or_default();
+    let api: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &namespace);
+    let run = fresh(run, ctx, &api).await?;
+    let mut writer = Writer {
+        api: api.clone(),
+        name: run.name_any(),
+        uid: run.uid().unwrap_or_default(),
+        resource_version: run.resource_version(),
+        ctx,
+    };
+    let mut status = run.status.clone().unwrap_or_default();
+    let deleting = run.meta().deletion_timestamp.is_some();
+    let finished = engine::is_terminal(status.phase);
+    let has_finalizer = run.finalizers().iter().any(|f| f == FINALIZER);
+
+    if finished || (deleting && status.pinned.is_none()) {
+        if has_finalizer {
+            writer.set_finalizer(&run, false).await?;
+        }
+        lock(&ctx.written).remove(&writer.uid);
+        return Ok(Action::await_change());
+    }
+    if !has_finalizer && !deleting {
+        writer.set_finalizer(&run, true).await?;
+    }
+
+    // Pin the definition the run starts with.
+    let spec: WorkflowSpec = match &status.pinned {
+        Some(pinned) => match serde_json::from_value(pinned.spec.clone()) {
+            Ok(spec) => spec,
+            Err(e) => {
+                return fail_before_start(
+                    &run,
+                    ctx,
+                    &mut writer,
+                    status,
+                    "InvalidPin",
+                    format!("the pinned definition cannot be read: {e}"),
+                )
+                .await;
+            }
+        },
+        None => {
+            let workflow_name = &run.spec.workflow_ref.name;
+            let Some(workflow) = ctx
+                .workflows
+                .get(&ObjectRef::<Workflow>::new(workflow_name).within(&namespace))
+            else {
+                let message = format!("Workflow {workflow_name:?} does not exist in namespace {namespace:?}");
+                let mut next = status.clone();
+                next.conditions = conditions::merge(
+                    &status.conditions,
+                    &[
+                        Desired::new("Ready", false, "WorkflowNotFound", message.clone()),
+                        Desired::new("Succeeded", false, "WorkflowNotFound", message),
+                    ],
+                    run.meta().generation,
+                    Utc::now(),
+                );
+                writer.write(&status, &next).await?;
+                return Ok(Action::requeue(Duration::from_secs(5)));
+            };
+            let spec_value = serde_json::to_value(&workflow.spec).unwrap_or(Value::Null);
+            status.pinned = Some(PinnedDefinition {
+                generation: workflow.meta().generation.unwrap_or_default(),
+                hash: spec_hash(&spec_value),
+                spec: spec_value,
+            });
+            workflow.spec.clone()
+        }
+    };
+    let hash = status.pinned.as_ref().map(|p| p.hash.clone()).unwrap_or_default();
+    let compiled = match ctx.compiled(&hash, &spec) {
+        Ok(compiled) => compiled,
+        Err(message) => return fail_before_start(&run, ctx, &mut writer, status, "InvalidWorkflow", message).await,
+    };
+    let params = match resolve_parameters(&spec, &run.spec.parameters) {
+        Ok(params) => params,
+        Err(message) => return fail_before_start(&run, ctx, &mut writer, status, "InvalidParameters", message).await,
+    };
+
+    let cancelled = run.spec.cancel || deleting;
+    let mut observations: Vec<Observation> = if cancelled {
+        vec![Observation::Cancelled]
+    } else {
+        vec![]
+    };
+    let mut checked: HashSet<String> = HashSet::new();
+    let mut previous = run.status.clone().unwrap_or_default();
+    let mut idle = false;
+    for _ in 0..MAX_ROUNDS {
+        let now = Utc::now();
+        let uid = writer.uid.clone();
+        let vars = |s: &WorkflowRunStatus| {
+            [
+                params.clone(),
+                steps_value(s),
+                Value::Null,
+                Value::Null,
+                json!({"name": run.name_any(), "namespace": namespace, "uid": uid}),
+            ]
+        };
+        let start = |i: usize, s: &WorkflowRunStatus| steps::start(&compiled, vars, i, s);
+        let (mut next, actions) = engine::advance(&compiled.def, &writer.uid, &status, &observations, now, &start);
+        if cancelled {
+            observations = vec![Observation::Cancelled];
+        } else {
+            observations.clear();
+        }
+        finish(&run, &compiled, &params, &mut next, cancelled, now);
+        writer.write(&previous, &next).await?;
+        announce(&run, ctx, &previous, &next, &compiled).await;
+        previous = next.clone();
+        status = next;
+        let actions: Vec<engine::Action> = actions
+            .into_iter()
+            .filter(|a| match a {
+                engine::Action::Check { step, .. } => checked.insert(step.clone()),
+                _ => true,
+            })
+            .collect();
+        if actions.is_empty() {
+            break;
+        }
+        let mut scope = Scope {
+            ctx,
+            run: &run,
+            compiled: &compiled,
+            params: params.clone(),
+            status: &status,
+            now,
+            items: Default::default(),
+        };
+        if let Err(message) = scope.prepare(&actions) {
+            // The items of a fan-out could not be computed again (their
+            // inputs are pinned, so this is a broken definition).
+            tracing::warn!(name = %run.name_any(), %message, "forEach items");
+        }
+        let scope = &scope;
+        let pending: Vec<_> = actions.iter().map(|a| scope.perform(a)).collect();
+        let results: Vec<Option<Observation>> = futures::stream::iter(pending)
+            .buffer_unordered(ROUND_CONCURRENCY)
+            .collect()
+            .await;
+        observations.extend(results.into_iter().flatten());
+        if observations.iter().all(|o| matches!(o, Observation::Cancelled)) {
+            idle = true;
+            break;
+        }
+    }
+    Ok(requeue(&compiled, &status, idle))
+}
+
+/// When to come back on our own: the next retry, poll or delay, an
+/// approval's deadline, or soon when something is being waited for that
+/// no watch reports.
+fn requeue(compiled: &Compiled, status: &WorkflowRunStatus, idle: bool) -> Action {
+    if engine::is_terminal(status.phase) {
+        return Action::await_change();
+    }
+    let now = Utc::now();
+    let mut at = engine::next_wakeup(status);
+    for (i, s) in status.steps.iter().enumerate() {
+        if s.phase != StepPhase::Waiting {
+            continue;
+        }
+        if let Some(StepKind::Approval { timeout: Some(t), .. }) = compiled.steps.get(i).map(|c| &c.kind) {
+            let deadline =
+                s.started_at.unwrap_or(now) + chrono::Duration::from_std(*t).unwrap_or(chrono::Duration::MAX);
+            at = Some(at.map_or(deadline, |a| a.min(deadline)));
+        }
+    }
+    let mut wait = at.map(|at| (at - now).to_std().unwrap_or(Duration::ZERO));
+    // Resources becoming Ready and deletions finishing are watched; this is
+    // a safety net.
+    let fallback = if idle {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(30)
+    };
+    wait = Some(wait.map_or(fallback, |w| w.min(fallback)));
+    Action::requeue(wait.unwrap_or(fallback).max(Duration::from_millis(50)))
+}
+
+/// Conditions, outputs and timestamps that follow from the phase.
+fn finish(
+    run: &WorkflowRun,
+    compiled: &Compiled,
+    params: &Value,
+    next: &mut WorkflowRunStatus,
+    cancelled: bool,
+    now: chrono::DateTime<Utc>,
+) {
+    next.observed_generation = run.meta().generation;
+    let failed_step = next
+        .steps
+        .iter()
+        .find(|s| s.phase == StepPhase::Failed)
+        .map(|s| format!("step {} failed: {}", s.name, s.message.as_deref().unwrap_or("failed")));
+    let why = if cancelled {
+        "the run was cancelled".to_owned()
+    } else {
+        failed_step.unwrap_or_else(|| "the run stopped".into())
+    };
+    let (ready, succeeded): (Desired, Desired) = match next.phase {
+        RunPhase::Succeeded => (
+            Desired::new("Ready", true, "Succeeded", "every step succeeded"),
+            Desired::new("Succeeded", true, "Succeeded", "every step succeeded"),
+        ),
+        RunPhase::Running | RunPhase::Pending => {
+            let message = format!("running {}", next.current_step.as_deref().unwrap_or("-"));
+            (
+                Desired::new("Ready", false, "Running", message.clone()),
+                Desired::new("Succeeded", false, "Running", message),
+            )
+        }
+        RunPhase::WaitingForApproval => {
+            let waiting: Vec<&str> = next
+                .steps
+                .iter()
+                .filter(|s| s.phase == StepPhase::Waiting)
+                .map(|s| s.name.as_str())
+                .collect();
+            let message = format!(
+                "waiting for an Approval of step {} (kubectl create an Approval with runRef {} )",
+                waiting.join(", "),
+                run.name_any()
+            );
+            (
+                Desired::new("Ready", false, "WaitingForApproval", message.clone()),
+                Desired::new("Succeeded", false, "WaitingForApproval", message),
+            )
+        }
+        RunPhase::Compensating => (
+            Desired::new(
+                "Ready",
+                false,
+                "Compensating",
+                format!("{why}; undoing completed steps"),
+            ),
+            Desired::new("Succeeded", false, "Compensating", why.clone()),
+        ),
+        RunPhase::Compensated => (
+            Desired::new(
+                "Ready",
+                false,
+                "Compensated",
+                format!("{why}; completed steps were undone"),
+            ),
+            Desired::new(
+                "Succeeded",
+                false,
+                if cancelled { "Cancelled" } else { "Compensated" },
+                why.clone(),
+            ),
+        ),
+        RunPhase::CompensationFailed => {
+            let message = format!("{why}; left to clean up: {}", next.left_to_clean_up.join("; "));
+            (
+                Desired::new("Ready", false, "CompensationFailed", message.clone()),
+                Desired::new("Succeeded", false, "CompensationFailed", message),
+            )
+        }
+        RunPhase::Failed | RunPhase::Cancelled => {
+            let reason = if next.phase == RunPhase::Cancelled {
+                "Cancelled"
+            } else {
+                "Failed"
+            };
+            (
+                Desired::new("Ready", false, reason, why.clone()),
+                Desired::new("Succeeded", false, reason, why.clone()),
+            )
+        }
+    };
+    next.conditions = conditions::merge(&next.conditions, &[ready, succeeded], run.meta().generation, now);
+    if next.phase == RunPhase::Succeeded && next.outputs.is_empty() && !compiled.outputs.is_empty() {
+        let vars = [
+            params.clone(),
+            steps_value(next),
+            Value::Null,
+            Value::Null,
+            json!({"name": run.name_any(), "namespace": run.namespace()}),
+        ];
+        for (name, expr) in &compiled.outputs {
+            let value = expr
+                .eval(&Value::Null, &steps::refs(&vars))
+                .unwrap_or_else(|e| json!({ "error": e.to_string() }));
+            next.outputs.insert(name.clone(), value);
+        }
+    }
+    for s in &mut next.steps {
+        for d in &mut s.item_details {
+            if let Some(m) = d.message.as_mut() {
+                m.truncate(256);
+            }
+        }
+    }
+}
+
+/// A run that cannot start: the reason in its conditions, phase Failed.
+async fn fail_before_start(
+    run: &WorkflowRun,
+    ctx: &Context,
+    writer: &mut Writer<'_>,
+    status: WorkflowRunStatus,
+    reason: &'static str,
+    message: String,
+) -> Result<Action, Error> {
+    let now = Utc::now();
+    let mut next = status.clone();
+    next.phase = RunPhase::Failed;
+    next.finished_at = Some(now);
+    next.observed_generation = run.meta().generation;
+    next.conditions = conditions::merge(
+        &status.conditions,
+        &[
+            Desired::new("Ready", false, reason, message.clone()),
+            Desired::new("Succeeded", false, reason, message.clone()),
+        ],
+        run.meta().generation,
+        now,
+    );
+    writer.write(&run.status.clone().unwrap_or_default(), &next).await?;
+    ctx.publish(run, EventType::Warning, reason, "Start", message).await;
+    if run.finalizers().iter().any(|f| f == FINALIZER) {
+        writer.set_finalizer(run, false).await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// Events and metrics for what changed between two statuses.
+async fn announce(
+    run: &WorkflowRun,
+    ctx: &Context,
+    before: &WorkflowRunStatus,
+    after: &WorkflowRunStatus,
+    compiled: &Compiled,
+) {
+    for (i, s) in after.steps.iter().enumerate() {
+        let old = before.steps.iter().find(|b| b.name == s.name).map(|b| b.phase);
+        if old == Some(s.phase) {
+            continue;
+        }
+        let message = s.message.clone().unwrap_or_default();
+        let (type_, reason, note) = match s.phase {
+            StepPhase::Running if old != Some(StepPhase::Running) => (
+                EventType::Normal,
+                "StepStarted",
+                match &s.items {
+                    Some(items) => format!("step {} started: {} items", s.name, items.total),
+                    None => format!("step {} started", s.name),
+                },
+            ),
+            StepPhase::Waiting => match compiled.steps.get(i).map(|c| &c.kind) {
+                Some(StepKind::Approval { message, .. }) => (
+                    EventType::Normal,
+                    "ApprovalRequested",
+                    format!(
+                        "step {} waits for an Approval: {}",
+                        s.name,
+                        message.as_deref().unwrap_or("approve or reject")
+                    ),
+                ),
+                _ => (
+                    EventType::Normal,
+                    "StepWaiting",
+                    format!("step {} is under way", s.name),
+                ),
+            },
+            StepPhase::Succeeded => (EventType::Normal, "StepSucceeded", format!("step {} succeeded", s.name)),
+            StepPhase::Skipped => (
+                EventType::Normal,
+                "StepSkipped",
+                format!("step {} skipped: {message}", s.name),
+            ),
+            StepPhase::Failed => (
+                EventType::Warning,
+                "StepFailed",
+                format!("step {} failed: {message}", s.name),
+            ),
+            StepPhase::Compensating => (EventType::Normal, "Compensating", format!("undoing step {}", s.name)),
+            StepPhase::Compensated => {
+                ctx.metrics
+                    .compensations
+                    .get_or_create(&crate::metrics::OutcomeLabels { outcome: "compensated" })
+                    .inc();
+                (EventType::Normal, "Compensated", format!("step {} undone", s.name))
+            }
+            StepPhase::CompensationFailed => {
+                ctx.metrics
+                    .compensations
+                    .get_or_create(&crate::metrics::OutcomeLabels { outcome: "failed" })
+                    .inc();
+                (
+                    EventType::Warning,
+                    "CompensationFailed",
+                    format!("undoing step {} failed: {message}", s.name),
+                )
+            }
+            _ => continue,
+        };
+        if matches!(s.phase, StepPhase::Succeeded | StepPhase::Failed)
+            && let (Some(start), Some(end)) = (s.started_at, s.finished_at)
+        {
+            let outcome = if s.phase == StepPhase::Succeeded {
+                "succeeded"
+            } else {
+                "failed"
+            };
+            ctx.metrics
+                .step_duration
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+                .observe((end - start).num_milliseconds().max(0) as f64 / 1000.0);
+        }
+        ctx.publish(run, type_, reason, "Step", note).await;
+    }
+    if before.phase != after.phase {
+        let phase = serde_json::to_value(after.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        ctx.metrics
+            .runs
+            .get_or_create(&crate::metrics::PhaseLabels { phase: phase.clone() })
+            .inc();
+        let type_ = match after.phase {
+            RunPhase::Failed | RunPhase::CompensationFailed | RunPhase::Compensating => EventType::Warning,
+            _ => EventType::Normal,
+        };
+        let message = conditions::find(&after.conditions, "Succeeded")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        let pinned = after
+            .pinned
+            .as_ref()
+            .map(|p| format!(" (workflow generation {}, {})", p.generation, p.hash))
+            .unwrap_or_default();
+        ctx.publish(
+            run,
+            type_,
+            &format!("Run{phase}"),
+            "Run",
+            format!("run is {phase}{pinned}: {message}"),
+        )
+        .await;
+    }
+}
+
+/// Writes status with server-side apply, conditional on the resourceVersion
+/// last read or written, and only when it changed.
+struct Writer<'a> {
+    api: Api<WorkflowRun>,
+    name: String,
+    uid: String,
+    resource_version: Option<String>,
+    ctx: &'a Context,
+}
+
+impl Writer<'_> {
+    async fn write(&mut self, current: &WorkflowRunStatus, next: &WorkflowRunStatus) -> Result<(), Error> {
+        if current == next {
+            return Ok(());
+        }
+        let patch = json!({
+            "apiVersion": WorkflowRun::api_version(&()),
+            "kind": KIND,
+            "metadata": { "name": self.name, "resourceVersion": self.resource_version },
+            "status": next,
+        });
+        let written = self
+            .api
+            .patch_status(
+                &self.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|source| Error::WriteStatus {
+                name: self.name.clone(),
+                source,
+            })?;
+        self.ctx
+            .metrics
+            .status_writes
+            .get_or_create(&crate::metrics::KindLabels { kind: KIND })
+            .inc();
+        self.remember(written.resource_version());
+        Ok(())
+    }
+
+    fn remember(&mut self, resource_version: Option<String>) {
+        if let Some(rv) = &resource_version {
+            lock(&self.ctx.written).insert(self.uid.clone(), rv.clone());
+        }
+        self.resource_version = resource_version;
+    }
+
+    /// Adds or removes the finalizer, conditional on the resourceVersion.
+    async fn set_finalizer(&mut self, run: &WorkflowRun, present: bool) -> Result<(), Error> {
+        let mut finalizers: Vec<String> = run.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+        if present {
+            finalizers.push(FINALIZER.to_owned());
+        }
+        let patch = json!({
+            "metadata": { "resourceVersion": self.resource_version, "finalizers": finalizers }
+        });
+        let written = self
+            .api
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        match written {
+            Ok(written) => {
+                self.remember(written.resource_version());
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 && !present => Ok(()),
+            Err(source) => Err(Error::Finalizer {
+                name: self.name.clone(),
+                source,
+            }),
+        }
+    }
+}

@@ -1,0 +1,597 @@
+//! Performing the engine's actions for one run: calls through the adapter
+//! port and the shared targets, owned ExternalResources, approvals and
+//! delays. Each action returns the observation the engine needs, or `None`
+//! while there is nothing new (an approval not decided yet, a resource not
+//! Ready yet).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::{Map, Value, json};
+
+use crate::adapter::{AdapterError, ExternalSystem};
+use crate::api::approval::Decision;
+use crate::api::workflow_run::{StepStatus, WorkflowRunStatus};
+use crate::api::{Approval, ExternalResource, WorkflowRun};
+use crate::conditions;
+use crate::controller::Context;
+use crate::controller::workflow::compile::{Compiled, CompiledCall, CompiledStep, StepKind, steps_value};
+use crate::engine::{Action, FailureClass, Observation, Start};
+use crate::expr::Expr;
+use crate::target::{CallError, HttpCall};
+
+/// Field manager of the ExternalResources that `resource` steps own.
+pub const RESOURCE_MANAGER: &str = "tether-workflow";
+/// Label naming the run that owns an ExternalResource.
+pub const RUN_LABEL: &str = "tether.dev/run";
+
+/// Everything the actions of one round need, read once.
+pub struct Scope<'a> {
+    pub ctx: &'a Context,
+    pub run: &'a WorkflowRun,
+    pub compiled: &'a Compiled,
+    pub params: Value,
+    pub status: &'a WorkflowRunStatus,
+    pub now: DateTime<Utc>,
+    /// `forEach` items per step, evaluated once per round.
+    pub items: HashMap<String, Arc<Vec<Value>>>,
+}
+
+type Failure = (String, FailureClass);
+
+impl<'a> Scope<'a> {
+    fn namespace(&self) -> String {
+        self.run.namespace().unwrap_or_default()
+    }
+
+    fn run_value(&self) -> Value {
+        json!({
+            "name": self.run.name_any(),
+            "namespace": self.namespace(),
+            "uid": self.run.uid(),
+        })
+    }
+
+    fn vars(&self, item: Option<i32>, step: &str) -> [Value; 5] {
+        let (value, index) = match item {
+            Some(i) => (
+                self.items
+                    .get(step)
+                    .and_then(|items| items.get(usize::try_from(i).ok()?).cloned())
+                    .unwrap_or(Value::Null),
+                json!(i),
+            ),
+            None => (Value::Null, Value::Null),
+        };
+        [
+            self.params.clone(),
+            steps_value(self.status),
+            value,
+            index,
+            self.run_value(),
+        ]
+    }
+
+    fn step(&self, name: &str) -> Option<(&'a CompiledStep, &'a StepStatus)> {
+        let i = self.compiled.def.dag.index(name)?;
+        Some((self.compiled.steps.get(i)?, self.status.steps.get(i)?))
+    }
+
+    /// Evaluates the items of every forEach step an action refers to.
+    pub fn prepare(&mut self, actions: &[Action]) -> Result<(), String> {
+        for action in actions {
+            let (Action::Run {
+                step, item: Some(_), ..
+            }
+            | Action::Compensate {
+                step, item: Some(_), ..
+            }) = action
+            else {
+                continue;
+            };
+            if self.items.contains_key(step) {
+                continue;
+            }
+            let Some((compiled, _)) = self.step(step) else { continue };
+            let Some(for_each) = &compiled.for_each else { continue };
+            let vars = self.vars(None, step);
+            let items = eval_items(for_each, &vars)?;
+            self.items.insert(step.clone(), Arc::new(items));
+        }
+        Ok(())
+    }
+
+    pub async fn perform(&self, action: &Action) -> Option<Observation> {
+        match action {
+            Action::Run {
+                step,
+                item,
+                idempotency_key,
+                ..
+            } => Some(self.run_step(step, *item, idempotency_key).await),
+            Action::Check { step, .. } => self.check(step).await,
+            Action::Compensate {
+                step,
+                item,
+                idempotency_key,
+            } => self.compensate(step, *item, idempotency_key).await,
+        }
+    }
+
+    async fn run_step(&self, name: &str, item: Option<i32>, key: &str) -> Observation {
+        let failed = |(message, class): Failure| Observation::Failed {
+            step: name.to_owned(),
+            item,
+            message,
+            class,
+        };
+        let Some((compiled, status)) = self.step(name) else {
+            return failed((
+                format!("step {name:?} is not in the pinned definition"),
+                FailureClass::Final,
+            ));
+        };
+        let vars = self.vars(item, name);
+        match &compiled.kind {
+            StepKind::Call(call) => match self.call(call, &vars, key, &format!("step:{name}")).await {
+                Err(failure) => failed(failure),
+                Ok((_, outputs)) => match &call.poll {
+                    Some(poll) if item.is_none() => Observation::Waiting {
+                        step: name.to_owned(),
+                        until: Some(self.now + chrono_duration(poll.interval)),
+                        outputs: Some(Value::Object(outputs)),
+                    },
+                    _ => Observation::Succeeded {
+                        step: name.to_owned(),
+                        item,
+                        outputs: Value::Object(outputs),
+                    },
+                },
+            },
+            StepKind::Resource {
+                target,
+                resource_type,
+                properties,
+                ..
+            } => {
+                let properties = match properties.eval(&Value::Null, &refs(&vars)) {
+                    Ok(p) => p,
+                    Err(e) => return failed((e.to_string(), FailureClass::Permanent)),
+                };
+                match self
+                    .ensure_resource(name, item, target, resource_type, properties)
+                    .await
+                {
+                    Ok(()) if item.is_none() => Observation::Waiting {
+                        step: name.to_owned(),
+                        until: None,
+                        outputs: None,
+                    },
+                    // Items of a fan-out do not wait one by one: the item
+                    // is done once its ExternalResource is accepted.
+                    Ok(()) => Observation::Succeeded {
+                        step: name.to_owned(),
+                        item,
+                        outputs: Value::Null,
+                    },
+                    Err(e) => failed((
+                        format!("cannot create the ExternalResource: {e}"),
+                        FailureClass::Transient,
+                    )),
+                }
+            }
+            StepKind::Approval { .. } => Observation::Waiting {
+                step: name.to_owned(),
+                until: None,
+                outputs: None,
+            },
+            StepKind::Wait(delay) => Observation::Waiting {
+                step: name.to_owned(),
+                until: Some(status.started_at.unwrap_or(self.now) + chrono_duration(*delay)),
+                outputs: None,
+            },
+        }
+    }
+
+    async fn check(&self, name: &str) -> Option<Observation> {
+        let (compiled, status) = self.step(name)?;
+        let started = status.started_at.unwrap_or(self.now);
+        let succeeded = |outputs: Value| Observation::Succeeded {
+            step: name.to_owned(),
+            item: None,
+            outputs,
+        };
+        let failed = |message: String, class: FailureClass| Observation::Failed {
+            step: name.to_owned(),
+            item: None,
+            message,
+            class,
+        };
+        match &compiled.kind {
+            StepKind::Wait(_) => Some(succeeded(json!({}))),
+            StepKind::Approval {
+                timeout,
+                default_decision,
+                ..
+            } => {
+                if let Some(approval) = self.approval_for(name) {
+                    let who = approval.spec.decided_by.clone().unwrap_or_else(|| "unknown".into());
+                    let why = approval.spec.reason.clone().unwrap_or_default();
+                    return Some(match approval.spec.decision {
+                        Decision::Approve => succeeded(json!({
+                            "decision": "Approve", "decidedBy": who, "reason": why, "approval": approval.name_any(),
+                        })),
+                        Decision::Reject => failed(
+                            format!(
+                                "rejected by {who}{}",
+                                if why.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(": {why}")
+                                }
+                            ),
+                            FailureClass::Final,
+                        ),
+                    });
+                }
+                let deadline = timeout.map(|t| started + chrono_duration(t))?;
+                if deadline > self.now {
+                    return None;
+                }
+                Some(match default_decision {
+                    Decision::Approve => succeeded(json!({"decision": "Approve", "decidedBy": "timeout"})),
+                    Decision::Reject => failed("no decision before the approval timeout".into(), FailureClass::Final),
+                })
+            }
+            StepKind::Resource { ready_timeout, .. } => {
+                let er = self
+                    .ctx
+                    .resources
+                    .get(&ObjectRef::new(&resource_name(self.run, name, None)).within(&self.namespace()));
+                let ready = er.as_ref().and_then(|er| er.status.as_ref());
+                if let Some(status) = ready
+                    && conditions::is_true(&status.conditions, "Ready")
+                {
+                    return Some(succeeded(json!({
+                        "name": resource_name(self.run, name, None),
+                        "externalId": status.external_id,
+                        "observed": status.observed,
+                    })));
+                }
+                if started + chrono_duration(*ready_timeout) <= self.now {
+                    let why = ready
+                        .and_then(|s| conditions::find(&s.conditions, "Ready"))
+                        .map(|c| c.message.clone())
+                        .unwrap_or_default();
+                    return Some(failed(
+                        format!("the ExternalResource was not Ready in time: {why}"),
+                        FailureClass::Final,
+                    ));
+                }
+                None
+            }
+            StepKind::Call(call) => {
+                let poll = call.poll.as_ref()?;
+                let vars = self.vars(None, name);
+                let outputs = status.outputs.clone().unwrap_or(Value::Null);
+                let next = Observation::Waiting {
+                    step: name.to_owned(),
+                    until: Some(self.now + chrono_duration(poll.interval)),
+                    outputs: None,
+                };
+                if started + chrono_duration(poll.timeout) <= self.now {
+                    return Some(failed(
+                        format!("still not done after the poll timeout ({}s)", poll.timeout.as_secs()),
+                        FailureClass::Final,
+                    ));
+                }
+                let request = match poll.request.render(&format!("poll:{name}"), &outputs, &refs(&vars)) {
+                    Ok(r) => r,
+                    Err(e) => return Some(failed(e.to_string(), FailureClass::Permanent)),
+                };
+                let response = match self.send(&call.target, request).await {
+                    Ok(response) => response,
+                    // A transient failure of one poll is not the step's:
+                    // poll again.
+                    Err((_, FailureClass::Transient)) => return Some(next),
+                    Err(failure) => return Some(failed(failure.0, failure.1)),
+                };
+                let eval = |e: &Expr| e.eval_bool(&response, &refs(&vars));
+                match poll.fail_when.as_ref().map(eval).transpose() {
+                    Err(e) => return Some(failed(e.to_string(), FailureClass::Permanent)),
+                    Ok(Some(true)) => {
+                        return Some(failed(
+                            format!("failWhen held: {}", summary(&response)),
+                            FailureClass::Condition,
+                        ));
+                    }
+                    _ => {}
+                }
+                match eval(&poll.condition) {
+                    Err(e) => Some(failed(e.to_string(), FailureClass::Permanent)),
+                    Ok(true) => {
+                        let mut done = match outputs {
+                            Value::Object(map) => map,
+                            _ => Map::new(),
+                        };
+                        done.insert("result".into(), response.get("body").cloned().unwrap_or(Value::Null));
+                        Some(succeeded(Value::Object(done)))
+                    }
+                    Ok(false) => Some(next),
+                }
+            }
+        }
+    }
+
+    async fn compensate(&self, name: &str, item: Option<i32>, key: &str) -> Option<Observation> {
+        let (compiled, _) = self.step(name)?;
+        let done = Observation::Compensated {
+            step: name.to_owned(),
+            item,
+        };
+        let failed = |message: String| Observation::CompensationFailed {
+            step: name.to_owned(),
+            item,
+            message,
+        };
+        if let StepKind::Resource { keep: false, .. } = &compiled.kind {
+            return match self.delete_resource(name, item).await {
+                Ok(true) => Some(done),
+                Ok(false) => None,
+                Err(e) => Some(failed(format!("cannot delete the ExternalResource: {e}"))),
+            };
+        }
+        let Some(call) = &compiled.compensate else {
+            return Some(done);
+        };
+        let vars = self.vars(item, name);
+        let mut last = String::new();
+        // A compensation that fails transiently is tried a few times before
+        // the run gives up and reports what is left to clean up.
+        for pause in [0u64, 500, 1000, 2000] {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            match self.call(call, &vars, key, &format!("compensate:{name}")).await {
+                Ok(_) => return Some(done),
+                Err((message, FailureClass::Transient)) => last = message,
+                Err((message, _)) => return Some(failed(message)),
+            }
+        }
+        Some(failed(last))
+    }
+
+    fn approval_for(&self, step: &str) -> Option<Arc<Approval>> {
+        let namespace = self.namespace();
+        let run = self.run.name_any();
+        self.ctx
+            .approvals
+            .state()
+            .into_iter()
+            .filter(|a| {
+                a.namespace().as_deref() == Some(namespace.as_str())
+                    && a.spec.run_ref.name == run
+                    && a.spec.step == step
+            })
+            .min_by_key(|a| a.creation_timestamp())
+    }
+
+    /// One call: an adapter action or a raw request, with the idempotency
+    /// key; success by `successWhen` (default 2xx); outputs extracted.
+    async fn call(
+        &self,
+        call: &CompiledCall,
+        vars: &[Value; 5],
+        key: &str,
+        operation: &str,
+    ) -> Result<(Value, Map<String, Value>), Failure> {
+        let vars = refs(vars);
+        let input = match &call.input {
+            Some(input) => input
+                .eval(&Value::Null, &vars)
+                .map_err(|e| (e.to_string(), FailureClass::Permanent))?,
+            None => Value::Null,
+        };
+        let mut outputs = Map::new();
+        let (response, mut succeeded) = if let Some(action) = &call.action {
+            let adapter = self.adapter(&call.target).await?;
+            let outcome = adapter.act(action, &input, key).await.map_err(|e| classify(&e))?;
+            outputs.extend(outcome.outputs);
+            (
+                json!({"status": outcome.status, "body": outcome.body}),
+                outcome.succeeded,
+            )
+        } else if let Some(request) = &call.request {
+            let mut http = request
+                .render(operation, &input, &vars)
+                .map_err(|e| (e.to_string(), FailureClass::Permanent))?;
+            http.headers.push(("Idempotency-Key".into(), key.to_owned()));
+            let response = self.send(&call.target, http).await?;
+            let ok = response
+                .get("status")
+                .and_then(Value::as_u64)
+                .is_some_and(|s| (200..300).contains(&s));
+            (response, ok)
+        } else {
+            return Err((
+                "the call sets neither action nor request".into(),
+                FailureClass::Permanent,
+            ));
+        };
+        if let Some(condition) = &call.success_when {
+            succeeded = condition
+                .eval_bool(&response, &vars)
+                .map_err(|e| (e.to_string(), FailureClass::Permanent))?;
+        }
+        if !succeeded {
+            let class = match response.get("status").and_then(Value::as_u64) {
+                Some(s) if call.success_when.is_none() && (400..500).contains(&s) => FailureClass::Permanent,
+                _ => FailureClass::Condition,
+            };
+            return Err((format!("the call did not succeed: {}", summary(&response)), class));
+        }
+        for (name, expr) in &call.outputs {
+            let value = expr
+                .eval(&response, &vars)
+                .map_err(|e| (e.to_string(), FailureClass::Permanent))?;
+            outputs.insert(name.clone(), value);
+        }
+        Ok((response, outputs))
+    }
+
+    async fn adapter(&self, target: &str) -> Result<crate::adapter::AnyAdapter, Failure> {
+        let ts = self.ctx.target_system(&self.namespace(), target).ok_or_else(|| {
+            (
+                format!(
+                    "TargetSystem {target:?} does not exist in namespace {:?}",
+                    self.namespace()
+                ),
+                FailureClass::Transient,
+            )
+        })?;
+        self.ctx.adapter_for(&ts).await.map_err(|f| {
+            (
+                f.message,
+                if f.permanent {
+                    FailureClass::Permanent
+                } else {
+                    FailureClass::Transient
+                },
+            )
+        })
+    }
+
+    async fn send(&self, target: &str, call: HttpCall) -> Result<Value, Failure> {
+        let adapter = self.adapter(target).await?;
+        let answer = adapter
+            .target()
+            .send(call)
+            .await
+            .map_err(|e| classify(&AdapterError::Call(e)))?;
+        Ok(answer.as_value())
+    }
+
+    async fn ensure_resource(
+        &self,
+        step: &str,
+        item: Option<i32>,
+        target: &str,
+        resource_type: &str,
+        properties: Value,
+    ) -> Result<(), kube::Error> {
+        let name = resource_name(self.run, step, item);
+        let owner = self.run.controller_owner_ref(&()).map(|mut o| {
+            o.block_owner_deletion = None;
+            o
+        });
+        let er = json!({
+            "apiVersion": ExternalResource::api_version(&()),
+            "kind": ExternalResource::kind(&()),
+            "metadata": {
+                "name": name,
+                "labels": { RUN_LABEL: self.run.name_any(), "tether.dev/step": step },
+                "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+            },
+            "spec": {
+                "targetRef": { "name": target },
+                "type": resource_type,
+                "properties": properties,
+            },
+        });
+        let api: Api<ExternalResource> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
+        api.patch(&name, &PatchParams::apply(RESOURCE_MANAGER).force(), &Patch::Apply(&er))
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the step's ExternalResource; true once it is gone (its own
+    /// finalizer deletes the external object first).
+    async fn delete_resource(&self, step: &str, item: Option<i32>) -> Result<bool, kube::Error> {
+        let name = resource_name(self.run, step, item);
+        let api: Api<ExternalResource> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(true),
+            Err(e) => return Err(e),
+        }
+        match api.get_opt(&name).await? {
+            None => Ok(true),
+            Some(_) => Ok(false),
+        }
+    }
+}
+
+/// The `forEach` items: the expression must yield an array.
+pub fn eval_items(for_each: &Expr, vars: &[Value; 5]) -> Result<Vec<Value>, String> {
+    match for_each.eval(&Value::Null, &refs(vars)) {
+        Ok(Value::Array(items)) => Ok(items),
+        Ok(other) => Err(for_each.type_error("an array", &other).to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The engine's `start` decision for step `i`: `when`, then `forEach`.
+pub fn start(
+    compiled: &Compiled,
+    vars: impl Fn(&WorkflowRunStatus) -> [Value; 5],
+    i: usize,
+    status: &WorkflowRunStatus,
+) -> Result<Start, String> {
+    let Some(step) = compiled.steps.get(i) else {
+        return Ok(Start::Run);
+    };
+    if step.when.is_none() && step.for_each.is_none() {
+        return Ok(Start::Run);
+    }
+    let vars = vars(status);
+    if let Some(when) = &step.when
+        && !when.eval_bool(&Value::Null, &refs(&vars)).map_err(|e| e.to_string())?
+    {
+        return Ok(Start::Skip);
+    }
+    match &step.for_each {
+        Some(for_each) => {
+            let items = eval_items(for_each, &vars)?;
+            Ok(Start::Items(u32::try_from(items.len()).unwrap_or(u32::MAX)))
+        }
+        None => Ok(Start::Run),
+    }
+}
+
+pub fn refs(vars: &[Value; 5]) -> [&Value; 5] {
+    [&vars[0], &vars[1], &vars[2], &vars[3], &vars[4]]
+}
+
+/// The name of the ExternalResource a `resource` step owns.
+pub fn resource_name(run: &WorkflowRun, step: &str, item: Option<i32>) -> String {
+    match item {
+        Some(i) => format!("{}-{step}-{i}", run.name_any()),
+        None => format!("{}-{step}", run.name_any()),
+    }
+}
+
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn classify(e: &AdapterError) -> Failure {
+    let class = match e {
+        AdapterError::Call(CallError::Url(_)) => FailureClass::Permanent,
+        AdapterError::Call(_) => FailureClass::Transient,
+        _ if e.is_permanent() => FailureClass::Permanent,
+        _ => FailureClass::Transient,
+    };
+    (e.to_string(), class)
+}
+
+/// `HTTP 503: message` for a response, short enough for a status.
+fn summary(response: &Value) -> String {
+    let status = response.get("status").and_then(Value::as_u64).unwrap_or_default();
+    let body = response.get("body").cloned().unwrap_or(Value::Null);
+    let mut text = format!("HTTP {status}: {}", crate::target::error_message(&body));
+    text.truncate(256);
+    text
+}

@@ -1,0 +1,725 @@
+//! Workflows across systems on a real control plane and real HTTP targets
+//! (simulators): DAGs, sagas, fan-out/fan-in, approvals, crashes, version
+//! pinning, triggers and malformed definitions — driven the way users
+//! drive them, with `kubectl apply` and `kubectl wait`.
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::tether::Controller;
+use support::{ControlPlane, KubectlExt, assert_ok};
+use tether::sim::{self, Credentials, Faults, SimHandle};
+
+const TOKEN: &str = "wf-token-7c1d";
+
+fn simulator() -> SimHandle {
+    tether::install_crypto_provider();
+    sim::start_on_own_thread(
+        "127.0.0.1:0".parse().expect("address"),
+        Credentials {
+            bearer_tokens: vec![TOKEN.into()],
+            ..Credentials::default()
+        },
+    )
+    .expect("simulator starts")
+}
+
+/// An Adapter for the simulator: a `contact` resource type and the actions
+/// `open-account` / `close-account`.
+fn adapter(name: &str) -> Value {
+    json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": name},
+        "spec": {"rest": {
+            "resourceTypes": [{
+                "name": "contact",
+                "read": {"method": "GET", "path": "/v1/contacts/\\(.id)"},
+                "create": {"method": "POST", "path": "/v1/contacts", "body": ".properties + {externalName: .name}"},
+                "delete": {"method": "DELETE", "path": "/v1/contacts/\\(.id)"},
+                "find": {"method": "GET", "path": "/v1/contacts", "query": {"externalName": "\\(.name)"}, "select": ".items[0]"}
+            }],
+            "actions": [
+                {"name": "open-account", "method": "POST", "path": "/v1/accounts",
+                 "body": "{owner: .input.email}", "outputs": {"accountId": ".body.id"}},
+                {"name": "close-account", "method": "DELETE", "path": "/v1/accounts/\\(.input.accountId)"}
+            ]
+        }}
+    })
+}
+
+/// A namespace with the adapter, a token Secret, one TargetSystem per
+/// `(name, simulator)`, and a controller watching it.
+fn setup(cp: &ControlPlane, prefix: &str, targets: &[(&str, &SimHandle)]) -> (String, Controller) {
+    let ns = cp.namespace(prefix);
+    let adapter_name = format!("wf-{ns}");
+    cp.apply_json(&ns, &adapter(&adapter_name));
+    let mut items = vec![
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token"},
+                                "stringData": {"token": TOKEN}}),
+    ];
+    for (name, sim) in targets {
+        items.push(json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "TargetSystem", "metadata": {"name": name},
+            "spec": {"adapterRef": {"name": adapter_name}, "baseUrl": sim.base_url(),
+                     "auth": {"bearer": {"tokenSecretRef": {"name": "token", "key": "token"}}},
+                     "maxConcurrency": 64}
+        }));
+    }
+    cp.apply_json(&ns, &json!({"apiVersion": "v1", "kind": "List", "items": items}));
+    let controller = Controller::start(cp, &ns, &[]);
+    (ns, controller)
+}
+
+fn workflow(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Workflow", "metadata": {"name": name}, "spec": spec})
+}
+
+fn run(name: &str, workflow: &str, parameters: Value) -> Value {
+    json!({"apiVersion": "tether.dev/v1alpha1", "kind": "WorkflowRun", "metadata": {"name": name},
+           "spec": {"workflowRef": {"name": workflow}, "parameters": parameters}})
+}
+
+/// A `call` step that POSTs `body` to `/v1/<collection>` on `target`.
+fn post(name: &str, target: &str, collection: &str, body: &str) -> Value {
+    json!({"name": name, "call": {"targetRef": {"name": target},
+           "request": {"method": "POST", "path": format!("/v1/{collection}"), "body": body},
+           "outputs": {"id": ".body.id"}}})
+}
+
+fn phase(cp: &ControlPlane, ns: &str, run: &str) -> String {
+    cp.jsonpath(ns, &format!("twr/{run}"), "{.status.phase}")
+}
+
+fn reasons(cp: &ControlPlane, ns: &str, name: &str) -> Vec<String> {
+    cp.jsonpath(ns, "events", "{range .items[*]}{.involvedObject.name}:{.reason} {end}")
+        .split_whitespace()
+        .filter_map(|e| e.strip_prefix(&format!("{name}:")).map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_across_three_systems_succeeds() {
+    let cp = ControlPlane::shared();
+    let (crm, billing, provisioning) = (simulator(), simulator(), simulator());
+    let (ns, controller) = setup(
+        cp,
+        "wf-three",
+        &[("crm", &crm), ("billing", &billing), ("provisioning", &provisioning)],
+    );
+    let spec = json!({
+        "parameters": [{"name": "email", "required": true}, {"name": "name", "required": true}],
+        "steps": [
+            {"name": "contact", "resource": {"targetRef": {"name": "crm"}, "type": "contact",
+             "properties": "{email: $params.email, name: $params.name}", "readyTimeout": "1m"}},
+            {"name": "account", "dependsOn": ["contact"], "call": {"targetRef": {"name": "billing"},
+             "action": "open-account", "input": "{email: $params.email}"},
+             "compensate": {"targetRef": {"name": "billing"}, "action": "close-account",
+                            "input": "{accountId: $steps.account.outputs.accountId}"}},
+            {"name": "provision", "dependsOn": ["account"], "call": {"targetRef": {"name": "provisioning"},
+             "request": {"method": "POST", "path": "/v1/jobs",
+                         "body": "{account: $steps.account.outputs.accountId, state: \"running\", readsUntilDone: 3}"},
+             "outputs": {"jobId": ".body.id"},
+             "pollUntil": {"request": {"method": "GET", "path": "/v1/jobs/\\(.jobId)"},
+                           "condition": ".body.state == \"done\"", "interval": "200ms", "timeout": "1m"}}}
+        ],
+        "outputs": {"accountId": "$steps.account.outputs.accountId", "contactId": "$steps.contact.outputs.externalId"}
+    });
+    cp.apply_json(&ns, &workflow("onboarding", spec));
+    cp.wait_for(&ns, "twf/onboarding", "condition=Ready", "30s", Some(&controller));
+    cp.apply_json(
+        &ns,
+        &run(
+            "grace",
+            "onboarding",
+            json!({"email": "grace@example.com", "name": "Grace"}),
+        ),
+    );
+    cp.wait_for(&ns, "twr/grace", "condition=Succeeded", "90s", Some(&controller));
+
+    let contacts = crm.objects("contacts");
+    assert_eq!(contacts.len(), 1, "one record in the CRM");
+    assert_eq!(contacts[0]["email"], "grace@example.com");
+    let accounts = billing.objects("accounts");
+    assert_eq!(accounts.len(), 1, "one account in billing");
+    let jobs = provisioning.objects("jobs");
+    assert_eq!(jobs.len(), 1, "one provisioning job");
+    assert_eq!(jobs[0]["state"], "done");
+    assert_eq!(jobs[0]["account"], accounts[0]["id"], "outputs flow between steps");
+    assert!(
+        provisioning.stats().count("read", "jobs") >= 3,
+        "the job was polled until done"
+    );
+    assert_eq!(
+        cp.jsonpath(&ns, "twr/grace", "{.status.outputs.accountId}"),
+        accounts[0]["id"].as_str().unwrap_or_default()
+    );
+    assert_eq!(
+        cp.jsonpath(&ns, "twr/grace", "{.status.outputs.contactId}"),
+        contacts[0]["id"].as_str().unwrap_or_default()
+    );
+    assert_eq!(cp.jsonpath(&ns, "twr/grace", "{.status.progress}"), "3/3");
+    // The owned ExternalResource of the resource step.
+    assert_eq!(
+        cp.jsonpath(&ns, "xr/grace-contact", "{.metadata.ownerReferences[0].name}"),
+        "grace"
+    );
+    let columns = assert_ok(&cp.kubectl(&["get", "twr", "grace", "-n", &ns]));
+    assert!(columns.contains("Succeeded") && columns.contains("3/3"), "{columns}");
+    let events = reasons(cp, &ns, "grace");
+    for reason in ["StepStarted", "StepSucceeded", "RunSucceeded"] {
+        assert!(events.iter().any(|e| e == reason), "{reason} in {events:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_three_of_four_fails_and_two_then_one_are_compensated_once_each() {
+    let cp = ControlPlane::shared();
+    let target = simulator();
+    let (ns, controller) = setup(cp, "wf-saga", &[("sim", &target)]);
+    let undo = |step: &str| {
+        json!({"targetRef": {"name": "sim"}, "request": {"method": "POST", "path": "/v1/undo",
+               "body": format!("{{step: \"{step}\", id: $steps.{step}.outputs.id}}")}})
+    };
+    let mut one = post("one", "sim", "one", "{n: 1}");
+    one["compensate"] = undo("one");
+    let mut two = post("two", "sim", "two", "{n: 2}");
+    two["dependsOn"] = json!(["one"]);
+    two["compensate"] = undo("two");
+    // The target refuses step three for good (404: no such object).
+    let three = json!({"name": "three", "dependsOn": ["two"], "call": {"targetRef": {"name": "sim"},
+                       "request": {"method": "PUT", "path": "/v1/three/missing", "body": "{n: 3}"}},
+                       "compensate": undo("three")});
+    let mut four = post("four", "sim", "four", "{n: 4}");
+    four["dependsOn"] = json!(["three"]);
+    four["compensate"] = undo("four");
+    cp.apply_json(&ns, &workflow("saga", json!({"steps": [one, two, three, four]})));
+    cp.apply_json(&ns, &run("saga-1", "saga", json!({})));
+    cp.wait_for(
+        &ns,
+        "twr/saga-1",
+        "jsonpath={.status.phase}=Compensated",
+        "60s",
+        Some(&controller),
+    );
+
+    let undone: Vec<String> = target
+        .objects("undo")
+        .iter()
+        .map(|o| o["step"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        undone,
+        ["two", "one"],
+        "reverse dependency order, one compensating call each"
+    );
+    assert_eq!(
+        target.stats().count("create", "undo"),
+        2,
+        "exactly one compensating call per step"
+    );
+    assert_eq!(target.objects("four").len(), 0, "step four never ran");
+    let reason = cp.jsonpath(
+        &ns,
+        "twr/saga-1",
+        "{.status.conditions[?(@.type==\"Succeeded\")].message}",
+    );
+    assert!(
+        reason.contains("step three failed") && reason.contains("404"),
+        "{reason}"
+    );
+    let events = reasons(cp, &ns, "saga-1");
+    assert!(events.iter().any(|e| e == "StepFailed"), "{events:?}");
+    assert!(events.iter().any(|e| e == "Compensated"), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_keeps_its_parallelism_fans_in_and_a_thousand_items_fit_in_status() {
+    let cp = ControlPlane::shared();
+    let target = simulator();
+    target.state.set_faults(Faults {
+        latency_ms: 40,
+        ..Faults::default()
+    });
+    let (ns, controller) = setup(cp, "wf-fan", &[("sim", &target)]);
+    let mut each = post("each", "sim", "items", "{n: $item}");
+    each["forEach"] = json!("[range($params.count)]");
+    each["parallelism"] = json!(10);
+    let mut after = post("after", "sim", "after", "{total: $steps.each.outputs.count}");
+    after["dependsOn"] = json!(["each"]);
+    let spec = json!({"parameters": [{"name": "count", "type": "number"}, {"name": "width", "type": "number"}],
+                      "steps": [each, after]});
+    cp.apply_json(&ns, &workflow("fan", spec));
+    cp.apply_json(&ns, &run("hundred", "fan", json!({"count": 100})));
+    cp.wait_for(&ns, "twr/hundred", "condition=Succeeded", "120s", Some(&controller));
+    let stats = target.stats();
+    assert_eq!(stats.count("create", "items"), 100);
+    assert!(
+        stats.peak_in_flight <= 10,
+        "never more than 10 calls in flight, saw {}",
+        stats.peak_in_flight
+    );
+    assert!(
+        stats.peak_in_flight >= 5,
+        "items ran in parallel, peak {}",
+        stats.peak_in_flight
+    );
+    let after = target.objects("after");
+    assert_eq!(after.len(), 1, "the dependent ran once");
+    assert_eq!(after[0]["total"], 100, "after every item (fan-in)");
+    assert_eq!(
+        cp.jsonpath(&ns, "twr/hundred", "{.status.steps[0].items.succeeded}"),
+        "100"
+    );
+
+    // 1,000 items: the status keeps counts, not one entry per item.
+    target.state.set_faults(Faults::default());
+    let mut wide = post("each", "sim", "wide", "{n: $item}");
+    wide["forEach"] = json!("[range($params.count)]");
+    wide["parallelism"] = json!(100);
+    cp.apply_json(
+        &ns,
+        &workflow(
+            "wide",
+            json!({"parameters": [{"name": "count", "type": "number"}], "steps": [wide]}),
+        ),
+    );
+    cp.apply_json(&ns, &run("thousand", "wide", json!({"count": 1000})));
+    let mut largest = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while phase(cp, &ns, "thousand") != "Succeeded" {
+        let json = cp.jsonpath(&ns, "twr/thousand", "{.status}");
+        largest = largest.max(json.len());
+        assert!(
+            Instant::now() < deadline,
+            "the 1,000-item run did not finish: {}",
+            controller.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let json = cp.jsonpath(&ns, "twr/thousand", "{.status}");
+    largest = largest.max(json.len());
+    assert_eq!(target.objects("wide").len(), 1000);
+    assert!(largest < 256 * 1024, "status peaked at {largest} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_gates_the_run_and_only_approvers_decide() {
+    let cp = ControlPlane::shared();
+    let target = simulator();
+    let (ns, controller) = setup(cp, "wf-approval", &[("sim", &target)]);
+    assert_ok(&cp.kubectl(&[
+        "create",
+        "rolebinding",
+        "approvers",
+        "-n",
+        &ns,
+        "--clusterrole=tether-approver",
+        "--user=bob",
+    ]));
+    let mut book = post("book", "sim", "bookings", "{what: \"room\"}");
+    book["compensate"] = json!({"targetRef": {"name": "sim"},
+        "request": {"method": "DELETE", "path": "/v1/bookings/\\($steps.book.outputs.id)"}});
+    let gate = json!({"name": "gate", "dependsOn": ["book"], "approval": {"message": "Confirm the booking?"}});
+    let mut confirm = post("confirm", "sim", "confirmations", "{booking: $steps.book.outputs.id}");
+    confirm["dependsOn"] = json!(["gate"]);
+    cp.apply_json(&ns, &workflow("booking", json!({"steps": [book, gate, confirm]})));
+    for name in ["yes", "no"] {
+        cp.apply_json(&ns, &run(name, "booking", json!({})));
+    }
+    for name in ["yes", "no"] {
+        cp.wait_for(
+            &ns,
+            &format!("twr/{name}"),
+            "jsonpath={.status.phase}=WaitingForApproval",
+            "60s",
+            Some(&controller),
+        );
+    }
+    let columns = assert_ok(&cp.kubectl(&["get", "twr", "yes", "-n", &ns]));
+    assert!(columns.contains("WaitingForApproval"), "{columns}");
+    assert!(reasons(cp, &ns, "yes").iter().any(|r| r == "ApprovalRequested"));
+    assert_eq!(target.objects("confirmations").len(), 0, "the run waits");
+
+    let approval = |name: &str, run: &str, decision: &str| {
+        json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Approval", "metadata": {"name": name},
+               "spec": {"runRef": {"name": run}, "step": "gate", "decision": decision, "reason": "checked"}})
+        .to_string()
+    };
+    let refused = cp.apply_as("alice", &ns, &approval("by-alice", "yes", "Approve"));
+    assert!(!refused.status.success(), "alice is no approver");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("forbidden"));
+
+    assert_ok(&cp.apply_as("bob", &ns, &approval("approve-yes", "yes", "Approve")));
+    cp.wait_for(&ns, "twr/yes", "condition=Succeeded", "60s", Some(&controller));
+    assert_eq!(target.objects("confirmations").len(), 1);
+    assert_eq!(
+        cp.jsonpath(&ns, "twr/yes", "{.status.steps[1].outputs.decidedBy}"),
+        "bob"
+    );
+
+    assert_ok(&cp.apply_as("bob", &ns, &approval("reject-no", "no", "Reject")));
+    cp.wait_for(
+        &ns,
+        "twr/no",
+        "jsonpath={.status.phase}=Compensated",
+        "60s",
+        Some(&controller),
+    );
+    let message = cp.jsonpath(&ns, "twr/no", "{.status.conditions[?(@.type==\"Succeeded\")].message}");
+    assert!(message.contains("rejected by bob: checked"), "{message}");
+    assert_eq!(
+        target.objects("bookings").len(),
+        1,
+        "the rejected run's booking was undone, the other kept"
+    );
+    assert_eq!(
+        target.objects("confirmations").len(),
+        1,
+        "no confirmation for the rejected run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_survives_five_sigkills_with_every_side_effect_once() {
+    let cp = ControlPlane::shared();
+    let target = simulator();
+    target.state.set_faults(Faults {
+        latency_ms: 150,
+        ..Faults::default()
+    });
+    let (ns, mut controller) = setup(cp, "wf-crash", &[("sim", &target)]);
+    let mut steps = vec![post("a", "sim", "a", "{step: \"a\"}")];
+    for (name, dep) in [("b", "a"), ("c", "b"), ("d", "c")] {
+        let mut step = post(
+            name,
+            "sim",
+            name,
+            &format!("{{step: \"{name}\", after: $steps.{dep}.outputs.id}}"),
+        );
+        step["dependsOn"] = json!([dep]);
+        steps.push(step);
+    }
+    let mut each = post("each", "sim", "items", "{n: $item}");
+    each["forEach"] = json!("[range(12)]");
+    each["parallelism"] = json!(3);
+    each["dependsOn"] = json!(["b"]);
+    steps.push(each);
+    cp.apply_json(&ns, &workflow("crashy", json!({"steps": steps})));
+    cp.apply_json(&ns, &run("crashy-1", "crashy", json!({})));
+
+    // Kill the controller five times, each at a different point of the run.
+    for delay_ms in [700u64, 1100, 450, 1300, 900] {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        controller.kill();
+        controller.restart(cp);
+    }
+    cp.wait_for(&ns, "twr/crashy-1", "condition=Succeeded", "120s", Some(&controller));
+    for collection in ["a", "b", "c", "d"] {
+        assert_eq!(target.objects(collection).len(), 1, "one {collection} object");
+    }
+    let items = target.objects("items");
+    assert_eq!(items.len(), 12, "every item once");
+    let mut seen: Vec<i64> = items.iter().filter_map(|o| o["n"].as_i64()).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..12).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_finishes_on_the_definition_it_pinned_when_the_workflow_is_edited() {
+    let cp = ControlPlane::shared();
+    let target = simulator();
+    let (ns, controller) = setup(cp, "wf-pin", &[("sim", &target)]);
+    let version = |marker: &str| {
+        let gate = json!({"name": "gate", "approval": {}});
+        let mut mark = post("mark", "sim", marker, "{}");
+        mark["dependsOn"] = json!(["gate"]);
+        workflow("versioned", json!({"steps": [gate, mark]}))
+    };
+    cp.apply_json(&ns, &version("first"));
+    cp.apply_json(&ns, &run("old", "versioned", json!({})));
+    cp.wait_for(
+        &ns,
+        "twr/old",
+        "jsonpath={.status.phase}=WaitingForApproval",
+        "60s",
+        Some(&controller),
+    );
+    cp.apply_json(&ns, &version("second"));
+    cp.apply_json(&ns, &run("new", "versioned", json!({})));
+    cp.wait_for(
+        &ns,
+        "twr/new",
+        "jsonpath={.status.phase}=WaitingForApproval",
+        "60s",
+        Some(&controller),
+    );
+    for name in ["old", "new"] {
+        let approval = json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Approval",
+            "metadata": {"name": format!("go-{name}")},
+            "spec": {"runRef": {"name": name}, "step": "gate", "decision": "Approve"}});
+        cp.apply_json(&ns, &approval);
+    }
+    cp.wait_for(&ns, "twr/old", "condition=Succeeded", "60s", Some(&controller));
+    cp.wait_for(&ns, "twr/new", "condition=Succeeded", "60s", Some(&controller));
+    assert_eq!(target.objects("first").len(), 1, "the old run kept its version");
+    assert_eq!(target.objects("second").len(), 1, "the new run took the new one");
+    assert_eq!(cp.jsonpath(&ns, "twr/old", "{.status.pinned.generation}"), "1");
+    assert_eq!(cp.jsonpath(&ns, "twr/new", "{.status.pinned.generation}"), "2");
+    assert_ne!(
+        cp.jsonpath(&ns, "twr/old", "{.status.pinned.hash}"),
+        cp.jsonpath(&ns, "twr/new", "{.status.pinned.hash}")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_webhook_starts_a_run_and_a_bad_signature_is_refused_and_counted() {
+    let cp = ControlPlane::shared();
+    let target = simulator();
+    let (ns, controller) = setup(cp, "wf-hook", &[("sim", &target)]);
+    let key = "hook-key-91f2";
+    cp.apply_json(
+        &ns,
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook"}, "stringData": {"key": key}}),
+    );
+    let spec = json!({
+        "parameters": [{"name": "email", "required": true}],
+        "steps": [post("greet", "sim", "greetings", "{to: $params.email}")],
+        "triggers": {"webhook": {"secretRef": {"name": "hook", "key": "key"}, "parameters": "{email: .customer.email}"}}
+    });
+    cp.apply_json(&ns, &workflow("greeter", spec));
+    cp.wait_for(&ns, "twf/greeter", "condition=Ready", "30s", Some(&controller));
+    let path = cp.jsonpath(&ns, "twf/greeter", "{.status.webhookPath}");
+    assert_eq!(path, format!("/webhooks/{ns}/greeter"));
+    let url = format!("http://127.0.0.1:{}{path}", controller.webhook_port);
+    let body = json!({"customer": {"email": "lin@example.com"}}).to_string();
+    let client = reqwest::Client::new();
+    let send = |signature: String, delivery: &'static str| {
+        client
+            .post(&url)
+            .header("X-Tether-Signature", signature)
+            .header("X-Tether-Delivery", delivery)
+            .body(body.clone())
+            .send()
+    };
+    let forged = send(tether::webhook::sign(b"wrong-key", body.as_bytes()), "d-1")
+        .await
+        .expect("webhook answers");
+    assert_eq!(forged.status(), 401);
+    let accepted = send(tether::webhook::sign(key.as_bytes(), body.as_bytes()), "d-2")
+        .await
+        .expect("webhook answers");
+    assert_eq!(accepted.status(), 202);
+    let answer: Value = accepted.json().await.unwrap_or_default();
+    let run_name = answer["run"].as_str().unwrap_or_default().to_owned();
+    // The sender retries the same delivery: the same run.
+    let again: Value = send(tether::webhook::sign(key.as_bytes(), body.as_bytes()), "d-2")
+        .await
+        .expect("webhook answers")
+        .json()
+        .await
+        .unwrap_or_default();
+    assert_eq!(again["run"], answer["run"]);
+    cp.wait_for(
+        &ns,
+        &format!("twr/{run_name}"),
+        "condition=Succeeded",
+        "60s",
+        Some(&controller),
+    );
+    let greetings = target.objects("greetings");
+    assert_eq!(greetings.len(), 1, "one run, one greeting");
+    assert_eq!(
+        greetings[0]["to"], "lin@example.com",
+        "the payload became the parameters"
+    );
+    assert_eq!(
+        cp.jsonpath(&ns, "twr", "{range .items[*]}{.metadata.name} {end}")
+            .split_whitespace()
+            .count(),
+        1,
+        "the forged request started nothing"
+    );
+    let metrics = controller.metrics().await;
+    assert!(
+        metrics.contains("tether_webhook_requests_total{outcome=\"bad_signature\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_schedule_fires_and_respects_its_concurrency_policy() {
+    let cp = ControlPlane::shared();
+    let target = simulator();
+    let (ns, controller) = setup(cp, "wf-cron", &[("sim", &target)]);
+    // Every 2 seconds; a run takes 5: Forbid skips, Replace cancels.
+    let scheduled = |name: &str, policy: &str| {
+        let mut tick = post("tick", "sim", name, "{}");
+        tick["dependsOn"] = json!(["slow"]);
+        workflow(
+            name,
+            json!({
+                "steps": [{"name": "slow", "wait": {"duration": "5s"}}, tick],
+                "triggers": {"schedules": [{"name": "often", "cron": "*/2 * * * * *", "concurrencyPolicy": policy,
+                                            "successfulRunsHistoryLimit": 5, "failedRunsHistoryLimit": 5}]}
+            }),
+        )
+    };
+    cp.apply_json(&ns, &scheduled("forbid", "Forbid"));
+    cp.apply_json(&ns, &scheduled("replace", "Replace"));
+    let runs_of = |workflow: &str| -> Vec<(String, String)> {
+        let out = cp.kubectl(&[
+            "get",
+            "twr",
+            "-n",
+            &ns,
+            "-l",
+            &format!("tether.dev/workflow={workflow}"),
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.status.phase}={.spec.cancel}{\"\\n\"}{end}",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.split('=');
+                Some((parts.next()?.to_owned(), format!("{}/{}", parts.next()?, parts.next()?)))
+            })
+            .collect()
+    };
+    let finished = |phase: &str| ["Succeeded/false", "Compensated/true", "Cancelled/true"].contains(&phase);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let forbid = runs_of("forbid");
+        let active = forbid.iter().filter(|(_, p)| !finished(p)).count();
+        assert!(active <= 1, "Forbid never runs two at once: {forbid:?}");
+        let skipped: i64 = cp
+            .jsonpath(&ns, "twf/forbid", "{.status.schedules[0].skipped}")
+            .parse()
+            .unwrap_or(0);
+        let done = forbid.iter().any(|(_, p)| p == "Succeeded/false");
+        let replaced = runs_of("replace").iter().any(|(_, p)| p.ends_with("/true"));
+        if done && skipped >= 1 && replaced {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "forbid {forbid:?} skipped {skipped}, replace {:?}\n{}",
+            runs_of("replace"),
+            controller.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(reasons(cp, &ns, "forbid").iter().any(|r| r == "ScheduleSkipped"));
+    assert!(reasons(cp, &ns, "replace").iter().any(|r| r == "RunReplaced"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_workflows_are_refused_or_named_in_a_condition() {
+    let cp = ControlPlane::shared();
+    let target = simulator();
+    let (ns, controller) = setup(cp, "wf-bad", &[("sim", &target)]);
+    // Unknown step references: refused by the API server.
+    let unknown = workflow(
+        "unknown",
+        json!({"steps": [{"name": "a", "dependsOn": ["ghost"], "wait": {"duration": "1s"}}]}),
+    );
+    let out = cp.apply_as("admin", &ns, &unknown.to_string());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("every dependsOn entry must name a step"));
+
+    // A cycle and a bad expression: accepted, then named in Ready=False.
+    let cycle = workflow(
+        "cycle",
+        json!({"steps": [
+            {"name": "a", "dependsOn": ["b"], "wait": {"duration": "1s"}},
+            {"name": "b", "dependsOn": ["a"], "wait": {"duration": "1s"}}
+        ]}),
+    );
+    let mut broken = post("send", "sim", "x", "{to: $params.email");
+    broken["when"] = json!("$params.enabled ==");
+    let expression = workflow("expression", json!({"steps": [broken]}));
+    cp.apply_json(&ns, &cycle);
+    cp.apply_json(&ns, &expression);
+    cp.wait_for(&ns, "twf/cycle", "condition=Ready=false", "30s", Some(&controller));
+    cp.wait_for(&ns, "twf/expression", "condition=Ready=false", "30s", Some(&controller));
+    let message = |name: &str| {
+        cp.jsonpath(
+            &ns,
+            &format!("twf/{name}"),
+            "{.status.conditions[?(@.type==\"Ready\")].message}",
+        )
+    };
+    assert!(
+        message("cycle").contains("the steps form a cycle: "),
+        "{}",
+        message("cycle")
+    );
+    let text = message("expression");
+    assert!(text.contains("spec.steps[send].when"), "{text}");
+    assert!(text.contains("spec.steps[send].call.request.body"), "{text}");
+
+    // A run of a broken workflow fails at once, saying why.
+    cp.apply_json(&ns, &run("doomed", "cycle", json!({})));
+    cp.wait_for(
+        &ns,
+        "twr/doomed",
+        "jsonpath={.status.phase}=Failed",
+        "30s",
+        Some(&controller),
+    );
+    let reason = cp.jsonpath(
+        &ns,
+        "twr/doomed",
+        "{.status.conditions[?(@.type==\"Succeeded\")].reason}",
+    );
+    assert_eq!(reason, "InvalidWorkflow");
+    // Wrong parameters too.
+    let fine = workflow(
+        "fine",
+        json!({"parameters": [{"name": "email", "required": true}], "steps": [{"name": "a", "wait": {"duration": "1s"}}]}),
+    );
+    cp.apply_json(&ns, &fine);
+    cp.apply_json(&ns, &run("no-params", "fine", json!({"colour": "red"})));
+    cp.wait_for(
+        &ns,
+        "twr/no-params",
+        "jsonpath={.status.phase}=Failed",
+        "30s",
+        Some(&controller),
+    );
+    let message = cp.jsonpath(
+        &ns,
+        "twr/no-params",
+        "{.status.conditions[?(@.type==\"Succeeded\")].message}",
+    );
+    assert!(
+        message.contains("\"email\" is required") && message.contains("\"colour\" is not a parameter"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_running_run_compensates_before_it_goes() {
+    let cp = ControlPlane::shared();
+    let target = simulator();
+    let (ns, controller) = setup(cp, "wf-delete", &[("sim", &target)]);
+    let mut hold = post("hold", "sim", "holds", "{}");
+    hold["compensate"] = json!({"targetRef": {"name": "sim"},
+        "request": {"method": "DELETE", "path": "/v1/holds/\\($steps.hold.outputs.id)"}});
+    let gate = json!({"name": "gate", "dependsOn": ["hold"], "approval": {}});
+    cp.apply_json(&ns, &workflow("held", json!({"steps": [hold, gate]})));
+    cp.apply_json(&ns, &run("doomed", "held", json!({})));
+    cp.wait_for(
+        &ns,
+        "twr/doomed",
+        "jsonpath={.status.phase}=WaitingForApproval",
+        "60s",
+        Some(&controller),
+    );
+    assert_eq!(target.objects("holds").len(), 1);
+    assert_ok(&cp.kubectl(&["delete", "twr", "doomed", "-n", &ns, "--wait=true", "--timeout=60s"]));
+    assert_eq!(
+        target.objects("holds").len(),
+        0,
+        "the finalizer let go after compensation"
+    );
+}
