@@ -12,6 +12,7 @@
 //!   election; [`metrics`]: Prometheus metrics.
 //! - [`engine`]: the workflow engine, a pure state machine; [`webhook`]: the
 //!   signed endpoint that starts runs.
+//! - [`describe`]: `tether runs describe`, a run's DAG in the terminal.
 //! - [`sandbox`]: a local control plane for the tests and `tether sandbox`.
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod api;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod describe;
 pub mod diff;
 pub mod engine;
 pub mod expr;

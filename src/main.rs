@@ -19,8 +19,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the controllers (Adapter, TargetSystem, ExternalResource).
+    /// Run the controllers (Adapter, TargetSystem, ExternalResource,
+    /// Workflow, WorkflowRun) and the webhook endpoint.
     Run(tether::run::RunOptions),
+    /// Inspect workflow runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
     /// Print every CustomResourceDefinition as YAML (or write one file per
     /// CRD into a directory).
     Crd {
@@ -46,6 +52,18 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Draw a run's DAG with the state of each step.
+    Describe {
+        /// The WorkflowRun's name.
+        name: String,
+        /// Its namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
 enum LogFormat {
     #[default]
@@ -68,6 +86,20 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(options) => tether::run::run(options).await?,
         Command::Sandbox(options) => tether::sandbox::run(options).await?,
+        Command::Runs {
+            command: RunsCommand::Describe { name, namespace },
+        } => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+            let api: kube::Api<tether::api::WorkflowRun> = kube::Api::namespaced(client, &namespace);
+            let run = api
+                .get(&name)
+                .await
+                .with_context(|| format!("reading WorkflowRun {namespace}/{name}"))?;
+            print!("{}", tether::describe::describe(&run, chrono::Utc::now()));
+        }
         Command::Crd { out_dir: None } => print!("{}", tether::crd::all_yaml()?),
         Command::Crd { out_dir: Some(dir) } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -1,6 +1,6 @@
 //! The README's main command works: `tether sandbox` starts a control plane,
 //! the simulator and the controller, applies examples/, and the example
-//! ExternalResource converges.
+//! ExternalResource converges and the example workflow run finishes.
 
 #[test]
 fn the_sandbox_brings_the_examples_to_ready() {
@@ -21,5 +21,7 @@ fn the_sandbox_brings_the_examples_to_ready() {
     assert!(out.status.success(), "tether sandbox failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("externalresource.tether.dev/ada"), "{stdout}");
     assert!(stderr.contains("every ExternalResource is Ready"), "{stderr}");
-    assert!(stderr.contains("simulator holds 1 contact(s)"), "{stderr}");
+    assert!(stderr.contains("every WorkflowRun settled (Succeeded)"), "{stderr}");
+    // The ExternalResource's contact and the one the workflow's resource step made.
+    assert!(stderr.contains("simulator holds 2 contact(s)"), "{stderr}");
 }

@@ -169,6 +169,17 @@ async fn a_workflow_across_three_systems_succeeds() {
     for reason in ["StepStarted", "StepSucceeded", "RunSucceeded"] {
         assert!(events.iter().any(|e| e == reason), "{reason} in {events:?}");
     }
+    // `tether runs describe` draws the DAG with each step's state.
+    let describe = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["runs", "describe", "grace", "-n", &ns])
+        .env("KUBECONFIG", cp.kubeconfig("admin"))
+        .output()
+        .expect("tether runs describe");
+    let text = assert_ok(&describe);
+    assert!(text.contains("✔ contact"), "{text}");
+    assert!(text.contains("  └─ ✔ account"), "{text}");
+    assert!(text.contains("    └─ ✔ provision"), "{text}");
+    assert!(text.contains("Phase: Succeeded"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,7 +32,8 @@ pub struct SandboxOptions {
     /// Address of the simulator (the examples expect 127.0.0.1:8090).
     #[arg(long, default_value = "127.0.0.1:8090")]
     pub sim_addr: SocketAddr,
-    /// Exit (0) once every ExternalResource in the namespace is Ready,
+    /// Exit (0) once every ExternalResource in the namespace is Ready and
+    /// every WorkflowRun has succeeded or waits for an approval,
     /// instead of running until Ctrl-C; exit 1 if that takes longer than
     /// this many seconds.
     #[arg(long)]
@@ -115,18 +116,24 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
                 "xr",
                 "--timeout=1s",
             ]);
-            if ready.status.success() {
+            let phases = cp.kubectl(&["get", "twr", "-n", &ns, "-o", "jsonpath={.items[*].status.phase}"]);
+            let phases = String::from_utf8_lossy(&phases.stdout).into_owned();
+            let runs_settled = phases
+                .split_whitespace()
+                .all(|p| p == "Succeeded" || p == "WaitingForApproval");
+            if ready.status.success() && runs_settled {
                 eprintln!(
-                    "==> every ExternalResource is Ready after {}s; simulator holds {} contact(s)",
+                    "==> every ExternalResource is Ready and every WorkflowRun settled ({phases}) after {}s; \
+                     simulator holds {} contact(s)",
                     started.elapsed().as_secs(),
                     simulator.objects("contacts").len()
                 );
                 return Ok(());
             }
             if started.elapsed() > Duration::from_secs(limit) {
-                let details = cp.kubectl(&["get", "tts,xr", "-n", &ns, "-o", "yaml"]);
+                let details = cp.kubectl(&["get", "tts,xr,twr", "-n", &ns, "-o", "yaml"]);
                 eprintln!("{}", String::from_utf8_lossy(&details.stdout));
-                anyhow::bail!("ExternalResources not Ready after {limit}s");
+                anyhow::bail!("ExternalResources not Ready or WorkflowRuns not settled after {limit}s");
             }
         }
         tokio::select! {
