@@ -6,19 +6,17 @@
 //!     cargo bench --bench convergence            # 1,000 then 10,000 resources
 //!     BENCH_SMALL=1 cargo bench --bench convergence   # 200 then 1,000 (quick check)
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::*;
 use futures::StreamExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tether::api::ExternalResource;
 use tether::sandbox::ControlPlane;
 use tether::sim;
-
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 const NS: &str = "bench";
 const TOKEN: &str = "bench-token";
@@ -35,25 +33,9 @@ async fn main() -> Result<()> {
     let machine = machine();
     println!("# Tether convergence benchmark\n\nmachine: {machine}\n");
 
-    // (a) The raw write ceiling: a plain client patching /status of small
-    // custom resources, as the controller's identity (same API Priority and
-    // Fairness treatment as the controller).
-    let api: Api<ExternalResource> = Api::namespaced(controller_client.clone(), NS);
+    // (a) The raw write ceiling.
+    let ceiling = write_ceilings(&controller_client, &admin, NS).await?;
     let admin_api: Api<ExternalResource> = Api::namespaced(admin.clone(), NS);
-    for i in 0..32 {
-        admin_api
-            .create(&PostParams::default(), &resource(&format!("ceiling-{i}"), "10s"))
-            .await?;
-    }
-    let mut ceiling = BTreeMap::new();
-    for concurrency in [1usize, 8, 32] {
-        let rate = write_ceiling(&api, concurrency, Duration::from_secs(5)).await;
-        println!("ceiling: {rate:.0} status writes/s at concurrency {concurrency}");
-        ceiling.insert(concurrency, rate);
-    }
-    for i in 0..32 {
-        admin_api.delete(&format!("ceiling-{i}"), &Default::default()).await?;
-    }
 
     // The target and the controller under test (release build, its own process).
     let simulator = sim::start_on_own_thread(
@@ -97,9 +79,9 @@ async fn main() -> Result<()> {
 
     // (b) N resources applied at once, time until every one is Ready; (c)
     // API writes per converged resource.
-    let writes_before = apiserver_writes(&cp)?;
+    let writes_before = apiserver_writes(&cp, "externalresources")?;
     let took = converge(&admin_api, 0, first, "10s").await?;
-    let writes = apiserver_writes(&cp)? - writes_before;
+    let writes = apiserver_writes(&cp, "externalresources")? - writes_before;
     let per_resource = writes.status_and_object as f64 / first as f64;
     let events_per_resource = writes.events as f64 / first as f64;
     let ideal = writes.status_and_object as f64 / ceiling[&32];
@@ -126,13 +108,13 @@ async fn main() -> Result<()> {
         &http_text(&controller_metrics).await,
         "tether_reconciles_total{kind=\"ExternalResource\"}",
     );
-    let writes_before = apiserver_writes(&cp)?;
+    let writes_before = apiserver_writes(&cp, "externalresources")?;
     tokio::time::sleep(Duration::from_secs(25)).await;
     let resyncs = metric(
         &http_text(&controller_metrics).await,
         "tether_reconciles_total{kind=\"ExternalResource\"}",
     ) - reconciles_before;
-    let resync_writes = apiserver_writes(&cp)? - writes_before;
+    let resync_writes = apiserver_writes(&cp, "externalresources")? - writes_before;
     println!(
         "\nno-op resyncs over 25s: {resyncs:.0} reconciles, {} status/object writes, {} Event writes ({:.3} writes per resync)",
         resync_writes.status_and_object,
@@ -170,7 +152,7 @@ async fn main() -> Result<()> {
             "tether_reconciles_total{kind=\"ExternalResource\"}",
         ),
     );
-    let writes_before = apiserver_writes(&cp)?;
+    let writes_before = apiserver_writes(&cp, "externalresources")?;
     let window = Duration::from_secs(60);
     tokio::time::sleep(window).await;
     let reconciles = metric(
@@ -178,7 +160,7 @@ async fn main() -> Result<()> {
         "tether_reconciles_total{kind=\"ExternalResource\"}",
     ) - reconciles_before;
     let cpu = cpu_seconds(pid) - cpu_before;
-    let steady_writes = apiserver_writes(&cp)? - writes_before;
+    let steady_writes = apiserver_writes(&cp, "externalresources")? - writes_before;
     println!(
         "steady state, {second} Ready resources, 60s poll: {:.1} reconciles/s (expected {:.1}), CPU {:.1}% of one core, {} API writes in {}s",
         reconciles / window.as_secs_f64(),
@@ -199,30 +181,6 @@ fn resource(name: &str, poll: &str) -> ExternalResource {
                  "properties": {"email": format!("{name}@example.com"), "plan": "pro"}}}),
     )
     .unwrap_or_else(|e| panic!("benchmark fixture: {e}"))
-}
-
-async fn write_ceiling(api: &Api<ExternalResource>, concurrency: usize, window: Duration) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + window;
-    let workers = (0..concurrency).map(|i| {
-        let (api, done) = (api.clone(), done.clone());
-        async move {
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                n += 1;
-                let patch = json!({"status": {"observedGeneration": n}});
-                if api
-                    .patch_status(&format!("ceiling-{i}"), &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .is_ok()
-                {
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    });
-    futures::future::join_all(workers).await;
-    done.load(Ordering::Relaxed) as f64 / window.as_secs_f64()
 }
 
 /// Creates resources `from..to` (32 at a time) and waits until all are Ready.
@@ -260,120 +218,5 @@ async fn converge(api: &Api<ExternalResource>, from: usize, to: usize, poll: &st
             return Err(format!("only {ready} of {to} Ready after 30 minutes").into());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-#[derive(Default, Clone, Copy)]
-struct Writes {
-    /// Successful PATCH/PUT/APPLY of externalresources (object and status).
-    status_and_object: u64,
-    /// Those refused with 409 Conflict (stale reads, retried).
-    conflicts: u64,
-    /// Event writes.
-    events: u64,
-}
-
-impl Writes {
-    fn total(&self) -> u64 {
-        self.status_and_object + self.events
-    }
-}
-
-impl std::ops::Sub for Writes {
-    type Output = Writes;
-    fn sub(self, o: Writes) -> Writes {
-        Writes {
-            status_and_object: self.status_and_object - o.status_and_object,
-            conflicts: self.conflicts - o.conflicts,
-            events: self.events - o.events,
-        }
-    }
-}
-
-/// Write requests (PATCH, PUT) the API server has served for
-/// externalresources (object and status), and Event writes (POST, PATCH).
-fn apiserver_writes(cp: &ControlPlane) -> Result<Writes> {
-    let out = cp.kubectl(&["get", "--raw", "/metrics"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut writes = Writes::default();
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let value: u64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64;
-        let write_verb =
-            line.contains("verb=\"PATCH\"") || line.contains("verb=\"PUT\"") || line.contains("verb=\"APPLY\"");
-        if line.contains("resource=\"externalresources\"") && write_verb && line.contains("code=\"409\"") {
-            writes.conflicts += value;
-        } else if line.contains("resource=\"externalresources\"") && write_verb && line.contains("code=\"20") {
-            writes.status_and_object += value;
-        } else if line.contains("resource=\"events\"") && (write_verb || line.contains("verb=\"POST\"")) {
-            writes.events += value;
-        }
-    }
-    Ok(writes)
-}
-
-async fn http_text(url: &str) -> String {
-    match reqwest::get(url).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
-}
-
-async fn wait_http(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reqwest::get(url).await.is_err() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces): utime is
-    // the 14th field, stime the 15th; clock ticks are 100 per second.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    format!("{cores} cores ({cpu}), Kubernetes v1.36.3, etcd v3.6.16 (--unsafe-no-fsync)")
-}
-
-fn ok(out: &std::process::Output) -> Result<()> {
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned().into())
     }
 }

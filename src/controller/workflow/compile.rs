@@ -15,7 +15,7 @@ use crate::api::approval::Decision;
 use crate::api::workflow::{CallStep, ParameterType, WorkflowSpec};
 use crate::api::workflow_run::WorkflowRunStatus;
 use crate::engine::Definition;
-use crate::expr::{Expr, ExprError};
+use crate::expr::Expr;
 
 /// The variables of every workflow expression.
 pub const VARS: &[&str] = &["$params", "$steps", "$item", "$index", "$run"];
@@ -83,7 +83,7 @@ impl Compiled {
     /// Compiles every expression and builds the DAG; on failure, every
     /// problem found, each naming its field.
     pub fn compile(spec: &WorkflowSpec) -> Result<Self, Vec<String>> {
-        let mut errors: Vec<ExprError> = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
         let mut dag_error = None;
         let def = Definition::from_spec(spec)
             .map_err(|e| dag_error = Some(e.to_string()))
@@ -143,11 +143,7 @@ impl Compiled {
             .iter()
             .filter_map(|(k, v)| expr(&mut errors, format!("spec.outputs.{k}"), v).map(|e| (k.clone(), e)))
             .collect();
-        let all: Vec<String> = dag_error
-            .into_iter()
-            .chain(kind_errors)
-            .chain(errors.iter().map(ToString::to_string))
-            .collect();
+        let all: Vec<String> = dag_error.into_iter().chain(kind_errors).chain(errors).collect();
         match def {
             Some(def) if all.is_empty() => Ok(Self { def, steps, outputs }),
             _ => Err(all),
@@ -155,11 +151,13 @@ impl Compiled {
     }
 }
 
-fn expr(errors: &mut Vec<ExprError>, field: String, source: &str) -> Option<Expr> {
-    Expr::compile(&field, source, VARS).map_err(|e| errors.push(e)).ok()
+fn expr(errors: &mut Vec<String>, field: String, source: &str) -> Option<Expr> {
+    Expr::compile(&field, source, VARS)
+        .map_err(|e| errors.push(e.to_string()))
+        .ok()
 }
 
-fn compile_call(field: &str, call: &CallStep, errors: &mut Vec<ExprError>) -> Option<CompiledCall> {
+fn compile_call(field: &str, call: &CallStep, errors: &mut Vec<String>) -> Option<CompiledCall> {
     let input = call.input.as_ref().map(|i| expr(errors, format!("{field}.input"), i));
     let success_when = call
         .success_when
@@ -187,14 +185,12 @@ fn compile_call(field: &str, call: &CallStep, errors: &mut Vec<ExprError>) -> Op
         });
         let request = match template {
             Some(t) => CompiledRequest::compile(&format!("{field}.pollUntil.request"), &t, VARS)
-                .map_err(|e| errors.extend(e))
+                .map_err(|e| errors.extend(e.iter().map(ToString::to_string)))
                 .ok(),
             None => {
-                errors.push(ExprError::Compile {
-                    field: format!("{field}.pollUntil.request"),
-                    expression: String::new(),
-                    message: "a call by action must say which request to poll".into(),
-                });
+                errors.push(format!(
+                    "{field}.pollUntil.request: a call by action must say which request to poll"
+                ));
                 None
             }
         };
@@ -206,9 +202,14 @@ fn compile_call(field: &str, call: &CallStep, errors: &mut Vec<ExprError>) -> Op
             timeout: duration(&p.timeout, Duration::from_secs(3600)),
         })
     });
+    if call.callback.is_some() {
+        errors.push(format!(
+            "{field}.callback: callbacks are not supported by this version of Tether; use pollUntil"
+        ));
+    }
     let request = call.request.as_ref().map(|r| {
         CompiledRequest::compile(&format!("{field}.request"), r, VARS)
-            .map_err(|e| errors.extend(e))
+            .map_err(|e| errors.extend(e.iter().map(ToString::to_string)))
             .ok()
     });
     Some(CompiledCall {
@@ -323,6 +324,26 @@ outputs:
         assert!(text.contains("spec.steps[a].when"), "{text}");
         assert!(text.contains("spec.steps[a].call.input"), "{text}");
         assert!(text.contains("spec.outputs.id"), "{text}");
+    }
+
+    #[test]
+    fn a_callback_step_is_refused_until_callbacks_exist() {
+        let errors = Compiled::compile(&spec(
+            r#"
+steps:
+  - name: a
+    call:
+      targetRef: {name: t}
+      request: {method: POST, path: /v1/jobs}
+      callback: {timeout: 1m}
+"#,
+        ))
+        .err()
+        .unwrap_or_default();
+        assert_eq!(
+            errors,
+            ["spec.steps[a].call.callback: callbacks are not supported by this version of Tether; use pollUntil"]
+        );
     }
 
     #[test]
