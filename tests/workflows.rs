@@ -367,6 +367,16 @@ async fn an_approval_gates_the_run_and_only_approvers_decide() {
         cp.jsonpath(&ns, "twr/yes", "{.status.steps[1].outputs.decidedBy}"),
         "bob"
     );
+    assert_eq!(
+        cp.jsonpath(
+            &ns,
+            "approval/approve-yes",
+            "{.status.conditions[?(@.type==\"Applied\")].status}"
+        ),
+        "True"
+    );
+    let columns = assert_ok(&cp.kubectl(&["get", "approval", "approve-yes", "-n", &ns]));
+    assert!(columns.contains("bob") && columns.contains("Approve"), "{columns}");
 
     assert_ok(&cp.apply_as("bob", &ns, &approval("reject-no", "no", "Reject")));
     cp.wait_for(

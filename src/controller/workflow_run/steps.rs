@@ -222,6 +222,7 @@ impl<'a> Scope<'a> {
                 if let Some(approval) = self.approval_for(name) {
                     let who = approval.spec.decided_by.clone().unwrap_or_else(|| "unknown".into());
                     let why = approval.spec.reason.clone().unwrap_or_default();
+                    self.mark_applied(&approval, name).await;
                     return Some(match approval.spec.decision {
                         Decision::Approve => succeeded(json!({
                             "decision": "Approve", "decidedBy": who, "reason": why, "approval": approval.name_any(),
@@ -377,6 +378,38 @@ impl<'a> Scope<'a> {
                     && a.spec.step == step
             })
             .min_by_key(|a| a.creation_timestamp())
+    }
+
+    /// Records on the Approval that the run took its decision.
+    async fn mark_applied(&self, approval: &Approval, step: &str) {
+        let now = self.now;
+        let status = crate::api::approval::ApprovalStatus {
+            observed_generation: approval.metadata.generation,
+            applied_at: Some(now),
+            conditions: conditions::merge(
+                &approval
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.clone())
+                    .unwrap_or_default(),
+                &[conditions::Desired::new(
+                    "Applied",
+                    true,
+                    "Applied",
+                    format!("run {} took the decision for step {step}", self.run.name_any()),
+                )],
+                approval.metadata.generation,
+                now,
+            ),
+        };
+        let api: Api<Approval> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
+        if let Err(err) = self
+            .ctx
+            .apply_status(&api, &approval.name_any(), "Approval", &status)
+            .await
+        {
+            tracing::warn!(approval = %approval.name_any(), %err, "cannot record that the decision was applied");
+        }
     }
 
     /// One call: an adapter action or a raw request, with the idempotency
