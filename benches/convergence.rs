@@ -11,12 +11,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures::StreamExt;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tether::api::ExternalResource;
 use tether::sandbox::ControlPlane;
-use tether::sim;
 
 const NS: &str = "bench";
 const TOKEN: &str = "bench-token";
@@ -38,13 +36,7 @@ async fn main() -> Result<()> {
     let admin_api: Api<ExternalResource> = Api::namespaced(admin.clone(), NS);
 
     // The target and the controller under test (release build, its own process).
-    let simulator = sim::start_on_own_thread(
-        "127.0.0.1:0".parse()?,
-        sim::Credentials {
-            bearer_tokens: vec![TOKEN.into()],
-            ..Default::default()
-        },
-    )?;
+    let simulator = simulator(TOKEN)?;
     let adapter = json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": "bench"},
         "spec": {"rest": {"resourceTypes": [{"name": "contact",
             "read": {"method": "GET", "path": "/v1/contacts/\\(.id)"},
@@ -185,38 +177,11 @@ fn resource(name: &str, poll: &str) -> ExternalResource {
 
 /// Creates resources `from..to` (32 at a time) and waits until all are Ready.
 async fn converge(api: &Api<ExternalResource>, from: usize, to: usize, poll: &str) -> Result<Duration> {
-    let started = Instant::now();
-    futures::stream::iter(from..to)
-        .map(|i| {
-            let api = api.clone();
-            let object = resource(&format!("r-{i:05}"), poll);
-            async move { api.create(&PostParams::default(), &object).await }
-        })
-        .buffer_unordered(32)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                eprintln!("create failed: {e}");
-            }
-        })
-        .await;
-    loop {
-        let list = api.list(&ListParams::default()).await?;
-        let ready = list
-            .items
-            .iter()
-            .filter(|r| r.metadata.name.as_deref().is_some_and(|n| n.starts_with("r-")))
-            .filter(|r| {
-                r.status
-                    .as_ref()
-                    .is_some_and(|s| tether::conditions::is_true(&s.conditions, "Ready"))
-            })
-            .count();
-        if ready >= to {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > Duration::from_secs(1800) {
-            return Err(format!("only {ready} of {to} Ready after 30 minutes").into());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let objects = (from..to).map(|i| resource(&format!("r-{i:05}"), poll)).collect();
+    create_and_wait(api, objects, "r-", to, |r: &ExternalResource| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| tether::conditions::is_true(&s.conditions, "Ready"))
+    })
+    .await
 }

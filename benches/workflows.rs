@@ -8,16 +8,14 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use futures::StreamExt;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::Api;
 use serde_json::{Value, json};
 use tether::api::WorkflowRun;
 use tether::api::workflow_run::RunPhase;
 use tether::sandbox::ControlPlane;
-use tether::sim;
 
 const NS: &str = "bench";
 const TOKEN: &str = "bench-token";
@@ -46,13 +44,7 @@ async fn main() -> Result<()> {
     let ceiling = write_ceilings(&controller_client, &admin, NS).await?;
     let at_ceiling = |writes: u64| writes as f64 / ceiling[&32];
 
-    let simulator = sim::start_on_own_thread(
-        "127.0.0.1:0".parse()?,
-        sim::Credentials {
-            bearer_tokens: vec![TOKEN.into()],
-            ..Default::default()
-        },
-    )?;
+    let simulator = simulator(TOKEN)?;
     let setup = json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": "bench"},
          "spec": {"rest": {"resourceTypes": [{"name": "item",
@@ -161,43 +153,17 @@ async fn main() -> Result<()> {
 /// Creates `count` runs of `workflow` (32 at a time) and waits until every
 /// one reaches `end`.
 async fn drain(api: &Api<WorkflowRun>, workflow: &str, prefix: &str, count: usize, end: RunPhase) -> Result<Duration> {
-    let started = Instant::now();
-    futures::stream::iter(0..count)
+    let runs = (0..count)
         .map(|i| {
-            let api = api.clone();
-            let run: WorkflowRun = serde_json::from_value(json!({
+            serde_json::from_value(json!({
                 "apiVersion": "tether.dev/v1alpha1", "kind": "WorkflowRun",
                 "metadata": {"name": format!("{prefix}-{i:05}")},
                 "spec": {"workflowRef": {"name": workflow}}}))
-            .unwrap_or_else(|e| panic!("benchmark fixture: {e}"));
-            async move { api.create(&PostParams::default(), &run).await }
+            .unwrap_or_else(|e| panic!("benchmark fixture: {e}"))
         })
-        .buffer_unordered(32)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                eprintln!("create failed: {e}");
-            }
-        })
-        .await;
-    loop {
-        let list = api.list(&ListParams::default()).await?;
-        let done = list
-            .items
-            .iter()
-            .filter(|r| {
-                r.metadata
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with(&format!("{prefix}-")))
-            })
-            .filter(|r| r.status.as_ref().is_some_and(|s| s.phase == end))
-            .count();
-        if done >= count {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > Duration::from_secs(1800) {
-            return Err(format!("only {done} of {count} runs {end:?} after 30 minutes").into());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        .collect();
+    create_and_wait(api, runs, &format!("{prefix}-"), count, |r: &WorkflowRun| {
+        r.status.as_ref().is_some_and(|s| s.phase == end)
+    })
+    .await
 }

@@ -116,18 +116,7 @@ pub fn describe(run: &WorkflowRun, now: DateTime<Utc>) -> String {
             .iter()
             .find(|s| s.name == step.name)
             .cloned()
-            .unwrap_or_else(|| StepStatus {
-                name: step.name.clone(),
-                phase: StepPhase::Pending,
-                attempt: 0,
-                started_at: None,
-                finished_at: None,
-                next_at: None,
-                message: None,
-                outputs: None,
-                items: None,
-                item_details: vec![],
-            });
+            .unwrap_or_else(|| StepStatus::pending(&step.name));
         let indent = "  ".repeat(depth[i]);
         let branch = if depth[i] == 0 { "" } else { "└─ " };
         let after = if dag.deps[i].is_empty() {
@@ -217,16 +206,11 @@ mod tests {
         );
         let at = DateTime::from_timestamp(1_000, 0).unwrap_or_default();
         let step = |name: &str, phase| StepStatus {
-            name: name.into(),
             phase,
             attempt: 1,
             started_at: Some(at),
             finished_at: Some(at + chrono::Duration::milliseconds(1500)),
-            next_at: None,
-            message: None,
-            outputs: None,
-            items: None,
-            item_details: vec![],
+            ..StepStatus::pending(name)
         };
         let mut each = step("each", StepPhase::Succeeded);
         each.items = Some(ItemCounts {

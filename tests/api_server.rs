@@ -391,15 +391,7 @@ async fn status_written_with_server_side_apply_reads_back_and_merges_conditions_
 fn only_subjects_bound_to_the_approver_role_can_create_approvals() {
     let cp = ControlPlane::shared();
     let ns = cp.namespace("approvers");
-    assert_ok(&cp.kubectl(&[
-        "create",
-        "rolebinding",
-        "approvers",
-        "-n",
-        &ns,
-        "--clusterrole=tether-approver",
-        "--user=bob",
-    ]));
+    support::bind_approver(cp, &ns, "bob");
     let approval = |name: &str| {
         json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Approval", "metadata": {"name": name},
                "spec": {"runRef": {"name": "run"}, "step": "gate", "decision": "Approve", "decidedBy": "mallory"}})

@@ -611,7 +611,7 @@ async fn a_status_write_with_a_stale_resource_version_is_refused() {
     use kube::api::{Api, Patch, PatchParams, PostParams};
     use tether::api::ExternalResource;
     use tether::api::external_resource::ExternalResourceStatus;
-    use tether::controller::external_resource::status_patch;
+    use tether::controller::status_body;
 
     let cp = ControlPlane::shared();
     let ns = cp.namespace("stale");
@@ -629,7 +629,11 @@ async fn a_status_write_with_a_stale_resource_version_is_refused() {
     api.patch_status(
         "ada",
         &params,
-        &Patch::Apply(status_patch("ada", stale_version.as_deref(), &leader)),
+        &Patch::Apply(status_body::<ExternalResource>(
+            "ada",
+            stale_version.as_deref(),
+            &leader,
+        )),
     )
     .await
     .expect("the first write with the current version succeeds");
@@ -641,7 +645,11 @@ async fn a_status_write_with_a_stale_resource_version_is_refused() {
         .patch_status(
             "ada",
             &params,
-            &Patch::Apply(status_patch("ada", stale_version.as_deref(), &deposed)),
+            &Patch::Apply(status_body::<ExternalResource>(
+                "ada",
+                stale_version.as_deref(),
+                &deposed,
+            )),
         )
         .await;
     match refused {

@@ -318,15 +318,7 @@ async fn an_approval_gates_the_run_and_only_approvers_decide() {
     let cp = ControlPlane::shared();
     let target = simulator();
     let (ns, controller) = setup(cp, "wf-approval", &[("sim", &target)]);
-    assert_ok(&cp.kubectl(&[
-        "create",
-        "rolebinding",
-        "approvers",
-        "-n",
-        &ns,
-        "--clusterrole=tether-approver",
-        "--user=bob",
-    ]));
+    support::bind_approver(cp, &ns, "bob");
     let mut book = post("book", "sim", "bookings", "{what: \"room\"}");
     book["compensate"] = json!({"targetRef": {"name": "sim"},
         "request": {"method": "DELETE", "path": "/v1/bookings/\\($steps.book.outputs.id)"}});

@@ -180,3 +180,59 @@ pub fn ok(out: &std::process::Output) -> Result<()> {
         Err(String::from_utf8_lossy(&out.stderr).into_owned().into())
     }
 }
+
+/// Creates `objects` (32 at a time), then waits until `count` objects whose
+/// name starts with `prefix` satisfy `done`; returns the time from the
+/// first create.
+pub async fn create_and_wait<K>(
+    api: &Api<K>,
+    objects: Vec<K>,
+    prefix: &str,
+    count: usize,
+    done: impl Fn(&K) -> bool,
+) -> Result<Duration>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use futures::StreamExt;
+    let started = Instant::now();
+    futures::stream::iter(objects)
+        .map(|object| {
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &object).await }
+        })
+        .buffer_unordered(32)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                eprintln!("create failed: {e}");
+            }
+        })
+        .await;
+    loop {
+        let list = api.list(&kube::api::ListParams::default()).await?;
+        let finished = list
+            .items
+            .iter()
+            .filter(|o| o.meta().name.as_deref().is_some_and(|n| n.starts_with(prefix)))
+            .filter(|o| done(o))
+            .count();
+        if finished >= count {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            return Err(format!("only {finished} of {count} done after 30 minutes").into());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The simulator on its own runtime thread, accepting `token`.
+pub fn simulator(token: &str) -> Result<tether::sim::SimHandle> {
+    Ok(tether::sim::start_on_own_thread(
+        "127.0.0.1:0".parse()?,
+        tether::sim::Credentials {
+            bearer_tokens: vec![token.into()],
+            ..Default::default()
+        },
+    )?)
+}

@@ -156,6 +156,24 @@ pub struct StepStatus {
     pub item_details: Vec<ItemStatus>,
 }
 
+impl StepStatus {
+    /// A step that has not started.
+    pub fn pending(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            phase: StepPhase::Pending,
+            attempt: 0,
+            started_at: None,
+            finished_at: None,
+            next_at: None,
+            message: None,
+            outputs: None,
+            items: None,
+            item_details: vec![],
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowRunStatus {

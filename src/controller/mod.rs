@@ -279,19 +279,34 @@ impl Context {
     where
         K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
-        let patch = serde_json::json!({
-            "apiVersion": K::api_version(&()),
-            "kind": K::kind(&()),
-            "status": status,
-        });
+        self.apply_status_at(api, name, kind, None, status).await.map(|_| ())
+    }
+
+    /// [`Self::apply_status`], conditional on `resource_version` when given:
+    /// a writer that read an older version (a stale cache, a deposed
+    /// leader) gets 409 Conflict instead of overwriting newer progress.
+    /// Returns the new resourceVersion.
+    pub async fn apply_status_at<K>(
+        &self,
+        api: &kube::Api<K>,
+        name: &str,
+        kind: &'static str,
+        resource_version: Option<&str>,
+        status: &impl serde::Serialize,
+    ) -> Result<Option<String>, kube::Error>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let patch = status_body::<K>(name, resource_version, status);
         let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
-        api.patch_status(name, &params, &kube::api::Patch::Apply(&patch))
+        let written = api
+            .patch_status(name, &params, &kube::api::Patch::Apply(&patch))
             .await?;
         self.metrics
             .status_writes
             .get_or_create(&crate::metrics::KindLabels { kind })
             .inc();
-        Ok(())
+        Ok(written.meta().resource_version.clone())
     }
 
     /// Publishes an Event; failures to publish are logged, never fatal.
@@ -314,6 +329,26 @@ impl Context {
             tracing::debug!(%err, reason, "could not publish an event");
         }
     }
+}
+
+/// The server-side apply body of a status write. With a resourceVersion it
+/// is conditional: a writer that read an older version (a stale leader, a
+/// stale cache) gets 409 Conflict instead of overwriting newer progress.
+pub fn status_body<K: kube::Resource<DynamicType = ()>>(
+    name: &str,
+    resource_version: Option<&str>,
+    status: &impl serde::Serialize,
+) -> serde_json::Value {
+    let metadata = match resource_version {
+        Some(rv) => serde_json::json!({ "name": name, "resourceVersion": rv }),
+        None => serde_json::json!({ "name": name }),
+    };
+    serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": metadata,
+        "status": status,
+    })
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

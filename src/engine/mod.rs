@@ -231,21 +231,6 @@ pub fn is_terminal(phase: RunPhase) -> bool {
     )
 }
 
-fn new_step(name: &str) -> StepStatus {
-    StepStatus {
-        name: name.to_owned(),
-        phase: StepPhase::Pending,
-        attempt: 0,
-        started_at: None,
-        finished_at: None,
-        next_at: None,
-        message: None,
-        outputs: None,
-        items: None,
-        item_details: vec![],
-    }
-}
-
 /// The delay before attempt `attempt` (2 = the first retry): exponential,
 /// capped, with a jitter in [50 %, 100 %] drawn from the key, so that the
 /// same status always yields the same time.
@@ -299,7 +284,7 @@ pub fn advance(
                 .iter()
                 .find(|s| &s.name == name)
                 .cloned()
-                .unwrap_or_else(|| new_step(name))
+                .unwrap_or_else(|| StepStatus::pending(name))
         })
         .collect();
     if next.phase == RunPhase::Pending {

@@ -19,3 +19,16 @@ pub fn assert_ok(out: &std::process::Output) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Binds `user` to the `tether-approver` ClusterRole in `namespace`.
+pub fn bind_approver(cp: &ControlPlane, namespace: &str, user: &str) {
+    assert_ok(&cp.kubectl(&[
+        "create",
+        "rolebinding",
+        &format!("approver-{user}"),
+        "-n",
+        namespace,
+        "--clusterrole=tether-approver",
+        &format!("--user={user}"),
+    ]));
+}

@@ -16,14 +16,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
-use super::{Context, EXTERNAL_RESOURCE_FINALIZER, FIELD_MANAGER, Failure, Freshness, RESYNC_ANNOTATION, lock};
+use super::{Context, EXTERNAL_RESOURCE_FINALIZER, Failure, Freshness, RESYNC_ANNOTATION, lock};
 use crate::adapter::{AnyAdapter, Deletion, ExternalObject, ExternalSystem, ObjectRequest, Observation};
 use crate::api::ExternalResource;
 use crate::api::external_resource::{DeletionPolicy, ExternalResourceStatus, ManagementPolicy};
@@ -132,19 +131,6 @@ fn poll_interval(er: &ExternalResource) -> Duration {
         .max(Duration::from_secs(1))
 }
 
-/// The server-side apply body of a status write. It carries the
-/// resourceVersion the reconcile read, which makes the write conditional: a
-/// stale leader (or a stale cache) gets 409 Conflict instead of overwriting
-/// newer progress.
-pub fn status_patch(name: &str, resource_version: Option<&str>, status: &ExternalResourceStatus) -> serde_json::Value {
-    json!({
-        "apiVersion": "tether.dev/v1alpha1",
-        "kind": KIND,
-        "metadata": { "name": name, "resourceVersion": resource_version },
-        "status": status,
-    })
-}
-
 /// Writes status with server-side apply, conditional on the resourceVersion
 /// last seen, and only when it changed.
 struct StatusWriter<'a> {
@@ -170,25 +156,21 @@ impl<'a> StatusWriter<'a> {
         if !status::differs(self.current.as_ref(), &next) {
             return Ok(());
         }
-        let patch = status_patch(&self.er.name_any(), self.resource_version.as_deref(), &next);
         let written = self
-            .api
-            .patch_status(
+            .ctx
+            .apply_status_at(
+                &self.api,
                 &self.er.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
+                KIND,
+                self.resource_version.as_deref(),
+                &next,
             )
             .await
             .map_err(|source| Error::WriteStatus {
                 name: self.er.name_any(),
                 source,
             })?;
-        self.ctx
-            .metrics
-            .status_writes
-            .get_or_create(&crate::metrics::KindLabels { kind: KIND })
-            .inc();
-        self.resource_version = written.resource_version();
+        self.resource_version = written;
         self.current = Some(next);
         Ok(())
     }

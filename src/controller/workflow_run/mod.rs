@@ -24,7 +24,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::workflow::compile::{Compiled, StepKind, resolve_parameters, spec_hash, steps_value};
-use super::{Context, FIELD_MANAGER, lock};
+use super::{Context, lock};
 use crate::api::workflow::WorkflowSpec;
 use crate::api::workflow_run::{PinnedDefinition, RunPhase, StepPhase, WorkflowRunStatus};
 use crate::api::{Workflow, WorkflowRun};
@@ -102,16 +102,21 @@ pub async fn reconcile(run: Arc<WorkflowRun>, ctx: Arc<Context>) -> Result<Actio
 }
 
 /// The run as of the last write this controller made, or fresher: a watch
-/// cache that is behind our own write would replay finished steps.
-async fn fresh(run: Arc<WorkflowRun>, ctx: &Context, api: &Api<WorkflowRun>) -> Result<Arc<WorkflowRun>, Error> {
+/// cache that is behind our own write would replay finished steps. The
+/// flag says whether the cache itself was current.
+async fn fresh(
+    run: Arc<WorkflowRun>,
+    ctx: &Context,
+    api: &Api<WorkflowRun>,
+) -> Result<(Arc<WorkflowRun>, bool), Error> {
     let uid = run.uid().unwrap_or_default();
     let last = lock(&ctx.written).get(&uid).cloned();
     if last.is_none() || last == run.resource_version() {
-        return Ok(run);
+        return Ok((run, true));
     }
     match api.get_opt(&run.name_any()).await {
-        Ok(Some(fresh)) => Ok(Arc::new(fresh)),
-        Ok(None) => Ok(run),
+        Ok(Some(fresh)) => Ok((Arc::new(fresh), false)),
+        Ok(None) => Ok((run, false)),
         Err(source) => Err(Error::Read {
             name: run.name_any(),
             source,
@@ -122,7 +127,7 @@ async fn fresh(run: Arc<WorkflowRun>, ctx: &Context, api: &Api<WorkflowRun>) -> 
 async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, Error> {
     let namespace = run.namespace().unwrap_or_default();
     let api: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &namespace);
-    let run = fresh(run, ctx, &api).await?;
+    let (run, cache_current) = fresh(run, ctx, &api).await?;
     let mut writer = Writer {
         api: api.clone(),
         name: run.name_any(),
@@ -138,8 +143,11 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
     if finished || (deleting && status.pinned.is_none()) {
         if has_finalizer {
             writer.set_finalizer(&run, false).await?;
+        } else if cache_current {
+            // The cache has caught up with this process's last write: no
+            // later pass can see an older version, so the memory can go.
+            lock(&ctx.written).remove(&writer.uid);
         }
-        lock(&ctx.written).remove(&writer.uid);
         return Ok(Action::await_change());
     }
     if !has_finalizer && !deleting {
@@ -584,30 +592,15 @@ impl Writer<'_> {
         if current == next {
             return Ok(());
         }
-        let patch = json!({
-            "apiVersion": WorkflowRun::api_version(&()),
-            "kind": KIND,
-            "metadata": { "name": self.name, "resourceVersion": self.resource_version },
-            "status": next,
-        });
         let written = self
-            .api
-            .patch_status(
-                &self.name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
+            .ctx
+            .apply_status_at(&self.api, &self.name, KIND, self.resource_version.as_deref(), next)
             .await
             .map_err(|source| Error::WriteStatus {
                 name: self.name.clone(),
                 source,
             })?;
-        self.ctx
-            .metrics
-            .status_writes
-            .get_or_create(&crate::metrics::KindLabels { kind: KIND })
-            .inc();
-        self.remember(written.resource_version());
+        self.remember(written);
         Ok(())
     }
 
