@@ -742,9 +742,7 @@ async fn an_undecided_approval_takes_its_default_decision_after_the_timeout() {
     let cp = ControlPlane::shared();
     let target = simulator();
     let (ns, controller) = setup(cp, "wf-timeout", &[("sim", &target)]);
-    let gate = |decision: &str| {
-        json!({"name": "gate", "approval": {"message": "Ship?", "timeout": "2s", "defaultDecision": decision}})
-    };
+    let gate = |decision: &str| json!({"name": "gate", "approval": {"message": "Ship?", "timeout": "2s", "defaultDecision": decision}});
     for (name, decision) in [("lenient", "Approve"), ("strict", "Reject")] {
         let mut ship = post("ship", "sim", name, "{}");
         ship["dependsOn"] = json!(["gate"]);
@@ -752,10 +750,23 @@ async fn an_undecided_approval_takes_its_default_decision_after_the_timeout() {
         cp.apply_json(&ns, &run(name, name, json!({})));
     }
     cp.wait_for(&ns, "twr/lenient", "condition=Succeeded", "60s", Some(&controller));
-    assert_eq!(cp.jsonpath(&ns, "twr/lenient", "{.status.steps[0].outputs.decidedBy}"), "timeout");
+    assert_eq!(
+        cp.jsonpath(&ns, "twr/lenient", "{.status.steps[0].outputs.decidedBy}"),
+        "timeout"
+    );
     assert_eq!(target.objects("lenient").len(), 1);
-    cp.wait_for(&ns, "twr/strict", "jsonpath={.status.phase}=Compensated", "60s", Some(&controller));
-    let message = cp.jsonpath(&ns, "twr/strict", "{.status.conditions[?(@.type==\"Succeeded\")].message}");
+    cp.wait_for(
+        &ns,
+        "twr/strict",
+        "jsonpath={.status.phase}=Compensated",
+        "60s",
+        Some(&controller),
+    );
+    let message = cp.jsonpath(
+        &ns,
+        "twr/strict",
+        "{.status.conditions[?(@.type==\"Succeeded\")].message}",
+    );
     assert!(message.contains("no decision before the approval timeout"), "{message}");
     assert_eq!(target.objects("strict").len(), 0);
 }

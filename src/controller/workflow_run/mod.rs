@@ -217,8 +217,9 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
     };
     let mut checked: HashSet<String> = HashSet::new();
     let mut previous = run.status.clone().unwrap_or_default();
-    let mut idle = false;
-    for _ in 0..MAX_ROUNDS {
+    let mut rounds_left = true;
+    for round in 0..MAX_ROUNDS {
+        rounds_left = round + 1 < MAX_ROUNDS;
         let now = Utc::now();
         let uid = writer.uid.clone();
         let vars = |s: &WorkflowRunStatus| {
@@ -274,17 +275,21 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
             .await;
         observations.extend(results.into_iter().flatten());
         if observations.iter().all(|o| matches!(o, Observation::Cancelled)) {
-            idle = true;
+            // Nothing new (an approval not decided, a resource not Ready):
+            // the watches on Approvals and owned ExternalResources say when.
             break;
         }
     }
-    Ok(requeue(&compiled, &status, idle))
+    if !rounds_left {
+        // More to do than one reconcile may take: yield, and come back.
+        return Ok(Action::requeue(Duration::from_millis(10)));
+    }
+    Ok(requeue(&compiled, &status))
 }
 
-/// When to come back on our own: the next retry, poll or delay, an
-/// approval's deadline, or soon when something is being waited for that
-/// no watch reports.
-fn requeue(compiled: &Compiled, status: &WorkflowRunStatus, idle: bool) -> Action {
+/// When to come back on our own: the next retry, poll or delay, or an
+/// approval's deadline; at the latest after 30 s.
+fn requeue(compiled: &Compiled, status: &WorkflowRunStatus) -> Action {
     if engine::is_terminal(status.phase) {
         return Action::await_change();
     }
@@ -300,16 +305,13 @@ fn requeue(compiled: &Compiled, status: &WorkflowRunStatus, idle: bool) -> Actio
             at = Some(at.map_or(deadline, |a| a.min(deadline)));
         }
     }
-    let mut wait = at.map(|at| (at - now).to_std().unwrap_or(Duration::ZERO));
-    // Resources becoming Ready and deletions finishing are watched; this is
-    // a safety net.
-    let fallback = if idle {
-        Duration::from_secs(2)
-    } else {
-        Duration::from_secs(30)
-    };
-    wait = Some(wait.map_or(fallback, |w| w.min(fallback)));
-    Action::requeue(wait.unwrap_or(fallback).max(Duration::from_millis(50)))
+    // Resources becoming Ready, deletions finishing and decisions are
+    // watched; the fallback is a safety net.
+    let fallback = Duration::from_secs(30);
+    let wait = at.map_or(fallback, |at| {
+        (at - now).to_std().unwrap_or(Duration::ZERO).min(fallback)
+    });
+    Action::requeue(wait.max(Duration::from_millis(50)))
 }
 
 /// Conditions, outputs and timestamps that follow from the phase.
