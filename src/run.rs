@@ -42,9 +42,15 @@ pub struct RunOptions {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub metrics_addr: SocketAddr,
-    /// Address of the workflow webhook endpoint (`/webhooks/<ns>/<workflow>`).
+    /// Address of the workflow webhook endpoint (`/webhooks/<ns>/<workflow>`)
+    /// and of step callbacks (`/callbacks/...`).
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub webhook_addr: SocketAddr,
+    /// Base URL at which targets reach the callback endpoint (in a cluster:
+    /// the Service, e.g. `http://tether.tether-system:8443`; default: the
+    /// `--webhook-addr` it listens on).
+    #[arg(long, env = "TETHER_CALLBACK_URL")]
+    pub callback_url: Option<String>,
     /// Take part in leader election; only the holder of the Lease acts.
     #[arg(long)]
     pub leader_election: bool,
@@ -250,6 +256,13 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         .await
         .context("Secret metadata reflector")?;
 
+    let webhook_listener = tokio::net::TcpListener::bind(options.webhook_addr)
+        .await
+        .with_context(|| format!("binding {}", options.webhook_addr))?;
+    let callback_base = match &options.callback_url {
+        Some(url) => url.clone(),
+        None => format!("http://{}", webhook_listener.local_addr()?),
+    };
     let reporter = Reporter {
         controller: "tether".into(),
         instance: Some(identity.clone()),
@@ -273,12 +286,10 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         approvals,
         compiled: Default::default(),
         written: Default::default(),
+        callback_base,
     });
 
-    let webhook_listener = tokio::net::TcpListener::bind(options.webhook_addr)
-        .await
-        .with_context(|| format!("binding {}", options.webhook_addr))?;
-    tracing::info!(addr = %webhook_listener.local_addr()?, "serving workflow webhooks");
+    tracing::info!(addr = %webhook_listener.local_addr()?, "serving workflow webhooks and callbacks");
     let webhook_router = crate::webhook::router(ctx.clone());
     tokio::spawn(async move { axum::serve(webhook_listener, webhook_router).await });
 

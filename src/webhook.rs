@@ -8,6 +8,13 @@
 //! parameters. A request with `X-Tether-Delivery: <id>` starts at most one
 //! run per id (the run's name derives from it), so a sender's retries do
 //! not start the workflow twice.
+//!
+//! Step callbacks: a `call` step with `callback` sends `$callback.url`
+//! (`/callbacks/<ns>/<run>/<step>/<attempt>?token=<token>`, the token an
+//! HMAC of run, step and attempt under the step's key) to the target, and
+//! waits. The first POST with the right token is recorded in an annotation
+//! of the run (conditional on its resourceVersion, so two cannot both win)
+//! and wakes it; any other is refused.
 
 use std::sync::Arc;
 
@@ -24,7 +31,9 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::api::Workflow;
+use crate::api::common::SecretKeyRef;
+use crate::api::workflow_run::StepPhase;
+use crate::api::{Workflow, WorkflowRun};
 use crate::controller::Context;
 use crate::controller::workflow::{TRIGGER_LABEL, create_run};
 use crate::expr::Expr;
@@ -68,11 +77,167 @@ pub fn verify(key: &[u8], body: &[u8], signature: &str) -> bool {
     mac.verify_slice(&digest).is_ok()
 }
 
+/// The path of one attempt's callback.
+pub fn callback_path(namespace: &str, run: &str, step: &str, attempt: i32) -> String {
+    format!("/callbacks/{namespace}/{run}/{step}/{attempt}")
+}
+
+/// The one-time token of one attempt's callback (hex).
+pub fn callback_token(key: &[u8], run_uid: &str, step: &str, attempt: i32) -> String {
+    let signature = sign(key, format!("{run_uid}/{step}/{attempt}").as_bytes());
+    signature.trim_start_matches("sha256=").to_owned()
+}
+
+/// The bytes of a key in a Secret, if the Secret and the key exist.
+pub async fn secret_key(client: &kube::Client, namespace: &str, secret: &SecretKeyRef) -> Option<Vec<u8>> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    match secrets.get_opt(&secret.name).await {
+        Ok(Some(found)) => found
+            .data
+            .and_then(|mut d| d.remove(&secret.key))
+            .map(|b| b.0)
+            .filter(|k| !k.is_empty()),
+        Ok(None) => None,
+        Err(err) => {
+            tracing::warn!(%err, secret = %secret.name, "reading a key Secret");
+            None
+        }
+    }
+}
+
+/// Largest callback body accepted.
+pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
+
 pub fn router(ctx: Arc<Context>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/webhooks/{namespace}/{workflow}", post(trigger))
+        .route("/callbacks/{namespace}/{run}/{step}/{attempt}", post(callback))
         .with_state(ctx)
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    #[serde(default)]
+    token: String,
+}
+
+async fn callback(
+    State(ctx): State<Arc<Context>>,
+    Path((namespace, run_name, step, attempt)): Path<(String, String, String, i32)>,
+    axum::extract::Query(query): axum::extract::Query<TokenQuery>,
+    body: Bytes,
+) -> Response {
+    let runs: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &namespace);
+    let run = match runs.get_opt(&run_name).await {
+        Ok(Some(run)) => run,
+        Ok(None) => {
+            return refuse(
+                &ctx,
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no WorkflowRun {namespace}/{run_name}"),
+            );
+        }
+        Err(e) => return refuse(&ctx, StatusCode::SERVICE_UNAVAILABLE, "error", e.to_string()),
+    };
+    let status = run.status.clone().unwrap_or_default();
+    let spec = status
+        .pinned
+        .as_ref()
+        .and_then(|p| serde_json::from_value::<crate::api::workflow::WorkflowSpec>(p.spec.clone()).ok());
+    let secret = spec
+        .as_ref()
+        .and_then(|s| s.steps.iter().find(|s| s.name == step))
+        .and_then(|s| s.call.as_ref())
+        .and_then(|c| c.callback.as_ref())
+        .map(|c| c.secret_ref.clone());
+    let Some(secret) = secret else {
+        return refuse(
+            &ctx,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("step {step:?} of {run_name} takes no callback"),
+        );
+    };
+    let Some(key) = secret_key(&ctx.client, &namespace, &secret).await else {
+        return refuse(
+            &ctx,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_key",
+            "the callback key is missing",
+        );
+    };
+    let uid = kube::ResourceExt::uid(&run).unwrap_or_default();
+    let expected = format!("{uid}/{step}/{attempt}");
+    if !verify(&key, expected.as_bytes(), &format!("sha256={}", query.token)) {
+        tracing::info!(run = %run_name, %step, "callback refused: bad token");
+        return refuse(&ctx, StatusCode::UNAUTHORIZED, "bad_token", "wrong or missing token");
+    }
+    let waiting = status
+        .steps
+        .iter()
+        .any(|s| s.name == step && s.phase == StepPhase::Waiting && s.attempt == attempt);
+    let annotation = crate::controller::workflow_run::steps::callback_annotation(&step);
+    let used = kube::ResourceExt::annotations(&run)
+        .get(&annotation)
+        .and_then(|v| serde_json::from_str::<Value>(v).ok())
+        .is_some_and(|v| v.get("attempt").and_then(Value::as_i64) == Some(i64::from(attempt)));
+    if used || !waiting {
+        return refuse(
+            &ctx,
+            StatusCode::CONFLICT,
+            "used",
+            "this callback was used already, or the step no longer waits for it",
+        );
+    }
+    if body.len() > MAX_CALLBACK_BYTES {
+        return refuse(
+            &ctx,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "bad_payload",
+            "the body is larger than 64 KiB",
+        );
+    }
+    let payload: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return refuse(
+                    &ctx,
+                    StatusCode::BAD_REQUEST,
+                    "bad_payload",
+                    format!("the body is not JSON: {e}"),
+                );
+            }
+        }
+    };
+    let record = json!({ "attempt": attempt, "body": payload }).to_string();
+    let patch = json!({
+        "metadata": { "resourceVersion": run.metadata.resource_version, "annotations": { annotation: record } }
+    });
+    match runs
+        .patch(
+            &run_name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            ctx.metrics
+                .webhook_requests
+                .get_or_create(&OutcomeLabels { outcome: "callback" })
+                .inc();
+            (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": true }))).into_response()
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            refuse(&ctx, StatusCode::CONFLICT, "used", "another callback got there first")
+        }
+        Err(e) => refuse(&ctx, StatusCode::SERVICE_UNAVAILABLE, "error", e.to_string()),
+    }
 }
 
 fn refuse(ctx: &Context, status: StatusCode, outcome: &'static str, message: impl Into<String>) -> Response {
@@ -105,19 +270,7 @@ async fn trigger(
             format!("Workflow {namespace}/{name} has no webhook trigger"),
         );
     };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let key = match secrets.get_opt(&hook.secret_ref.name).await {
-        Ok(Some(secret)) => secret
-            .data
-            .and_then(|mut d| d.remove(&hook.secret_ref.key))
-            .map(|b| b.0),
-        Ok(None) => None,
-        Err(err) => {
-            tracing::warn!(%err, workflow = %name, "reading the webhook Secret");
-            None
-        }
-    };
-    let Some(key) = key.filter(|k| !k.is_empty()) else {
+    let Some(key) = secret_key(&ctx.client, &namespace, &hook.secret_ref).await else {
         return refuse(
             &ctx,
             StatusCode::SERVICE_UNAVAILABLE,

@@ -770,3 +770,84 @@ async fn an_undecided_approval_takes_its_default_decision_after_the_timeout() {
     assert!(message.contains("no decision before the approval timeout"), "{message}");
     assert_eq!(target.objects("strict").len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_completes_its_step_once_and_forged_or_repeated_calls_are_refused() {
+    let cp = ControlPlane::shared();
+    let target = simulator();
+    let (ns, controller) = setup(cp, "wf-callback", &[("sim", &target)]);
+    cp.apply_json(
+        &ns,
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cb"}, "stringData": {"key": "cb-key-5e1"}}),
+    );
+    // The target receives the callback URL with the job, and calls it when done.
+    let export = json!({"name": "export", "call": {"targetRef": {"name": "sim"},
+        "request": {"method": "POST", "path": "/v1/exports", "body": "{notify: $callback.url}"},
+        "outputs": {"id": ".body.id"},
+        "callback": {"secretRef": {"name": "cb", "key": "key"}, "timeout": "5m", "successWhen": ".status == \"done\""}}});
+    let mut after = post("after", "sim", "after", "{file: $steps.export.outputs.callback.file}");
+    after["dependsOn"] = json!(["export"]);
+    cp.apply_json(&ns, &workflow("exporter", json!({"steps": [export, after]})));
+    cp.apply_json(&ns, &run("export-1", "exporter", json!({})));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = loop {
+        if let Some(url) = target
+            .objects("exports")
+            .first()
+            .and_then(|o| o["notify"].as_str().map(str::to_owned))
+        {
+            break url;
+        }
+        assert!(Instant::now() < deadline, "no export request: {}", controller.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        url.starts_with(&format!(
+            "http://127.0.0.1:{}/callbacks/{ns}/export-1/export/1?token=",
+            controller.webhook_port
+        )),
+        "{url}"
+    );
+    cp.wait_for(
+        &ns,
+        "twr/export-1",
+        "jsonpath={.status.steps[0].phase}=Waiting",
+        "30s",
+        Some(&controller),
+    );
+    let client = reqwest::Client::new();
+    let forged = url.replace("token=", "token=00");
+    let refused = client
+        .post(&forged)
+        .json(&json!({"status": "done"}))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(refused.status(), 401, "a wrong token is refused");
+    let accepted = client
+        .post(&url)
+        .json(&json!({"status": "done", "file": "s3://exports/1.csv"}))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(accepted.status(), 202);
+    let again = client
+        .post(&url)
+        .json(&json!({"status": "done"}))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(again.status(), 409, "the token works once");
+    cp.wait_for(&ns, "twr/export-1", "condition=Succeeded", "60s", Some(&controller));
+    let after = target.objects("after");
+    assert_eq!(after.len(), 1);
+    assert_eq!(
+        after[0]["file"], "s3://exports/1.csv",
+        "the callback's body became the step's outputs"
+    );
+    let metrics = controller.metrics().await;
+    assert!(
+        metrics.contains("tether_webhook_requests_total{outcome=\"bad_token\"} 1"),
+        "{metrics}"
+    );
+}

@@ -231,7 +231,7 @@ pub struct CallStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_until: Option<PollUntil>,
     /// Asynchronous completion: the step waits for a POST to its one-time
-    /// callback URL (`$callback.url` in the request).
+    /// callback URL (`$callback.url` in the request), served by `tether run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<Callback>,
 }
@@ -267,10 +267,13 @@ fn default_poll_timeout() -> Duration {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Callback {
+    /// HMAC-SHA256 key that signs the step's one-time callback tokens.
+    pub secret_ref: SecretKeyRef,
     /// Give up after this long.
     #[serde(default = "default_poll_timeout")]
     pub timeout: Duration,
-    /// Condition over the callback body that means success.
+    /// Condition over the callback's JSON body that means success; by
+    /// default any callback succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub success_when: Option<String>,

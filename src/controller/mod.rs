@@ -187,6 +187,8 @@ pub struct Context {
     pub compiled: Mutex<HashMap<String, Arc<CompiledWorkflow>>>,
     /// The resourceVersion of each run's last write by this process.
     pub written: Mutex<HashMap<String, String>>,
+    /// Base URL of step callbacks (the webhook endpoint as targets reach it).
+    pub callback_base: String,
 }
 
 impl Context {

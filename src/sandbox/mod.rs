@@ -81,6 +81,7 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         concurrency: 16,
         metrics_addr: "127.0.0.1:0".parse()?,
         webhook_addr: "127.0.0.1:0".parse()?,
+        callback_url: None,
         leader_election: false,
         lease_name: "tether-controller".into(),
         lease_namespace: None,

@@ -18,7 +18,15 @@ use crate::engine::Definition;
 use crate::expr::Expr;
 
 /// The variables of every workflow expression.
-pub const VARS: &[&str] = &["$params", "$steps", "$item", "$index", "$run"];
+pub const VARS: &[&str] = &["$params", "$steps", "$item", "$index", "$run", "$callback"];
+
+/// Values of [`VARS`], in that order.
+pub type Vars = [Value; 6];
+
+/// [`Vars`] as the expression evaluator takes them.
+pub fn refs(vars: &Vars) -> [&Value; 6] {
+    [&vars[0], &vars[1], &vars[2], &vars[3], &vars[4], &vars[5]]
+}
 
 pub struct CompiledCall {
     pub target: String,
@@ -28,6 +36,13 @@ pub struct CompiledCall {
     pub success_when: Option<Expr>,
     pub outputs: Vec<(String, Expr)>,
     pub poll: Option<CompiledPoll>,
+    pub callback: Option<CompiledCallback>,
+}
+
+pub struct CompiledCallback {
+    pub secret: crate::api::common::SecretKeyRef,
+    pub timeout: Duration,
+    pub success_when: Option<Expr>,
 }
 
 pub struct CompiledPoll {
@@ -100,6 +115,14 @@ impl Compiled {
                 .for_each
                 .as_ref()
                 .and_then(|f| expr(&mut errors, format!("{field}.forEach"), f));
+            if s.for_each.is_some()
+                && let Some(call) = &s.call
+                && (call.poll_until.is_some() || call.callback.is_some())
+            {
+                kind_errors.push(format!(
+                    "{field}: a forEach step completes each item with its answer; pollUntil and callback are for single steps"
+                ));
+            }
             let kind = if let Some(call) = &s.call {
                 compile_call(&format!("{field}.call"), call, &mut errors).map(|c| StepKind::Call(Box::new(c)))
             } else if let Some(r) = &s.resource {
@@ -202,11 +225,20 @@ fn compile_call(field: &str, call: &CallStep, errors: &mut Vec<String>) -> Optio
             timeout: duration(&p.timeout, Duration::from_secs(3600)),
         })
     });
-    if call.callback.is_some() {
-        errors.push(format!(
-            "{field}.callback: callbacks are not supported by this version of Tether; use pollUntil"
-        ));
+    if call.callback.is_some() && call.poll_until.is_some() {
+        errors.push(format!("{field}: set pollUntil or callback, not both"));
     }
+    let callback = call.callback.as_ref().map(|c| {
+        let success_when = c
+            .success_when
+            .as_ref()
+            .map(|w| expr(errors, format!("{field}.callback.successWhen"), w));
+        Some(CompiledCallback {
+            secret: c.secret_ref.clone(),
+            timeout: duration(&c.timeout, Duration::from_secs(3600)),
+            success_when: success_when.map(|w| w.ok_or(())).transpose().ok()?,
+        })
+    });
     let request = call.request.as_ref().map(|r| {
         CompiledRequest::compile(&format!("{field}.request"), r, VARS)
             .map_err(|e| errors.extend(e.iter().map(ToString::to_string)))
@@ -220,6 +252,7 @@ fn compile_call(field: &str, call: &CallStep, errors: &mut Vec<String>) -> Optio
         success_when: success_when.map(|w| w.ok_or(())).transpose().ok()?,
         outputs: outputs.into_iter().collect::<Option<Vec<_>>>()?,
         poll: poll.map(|p| p.ok_or(())).transpose().ok()?,
+        callback: callback.map(|c| c.ok_or(())).transpose().ok()?,
     })
 }
 
@@ -327,23 +360,27 @@ outputs:
     }
 
     #[test]
-    fn a_callback_step_is_refused_until_callbacks_exist() {
+    fn a_step_completes_one_way_only() {
         let errors = Compiled::compile(&spec(
             r#"
 steps:
   - name: a
+    forEach: "[1, 2]"
     call:
       targetRef: {name: t}
       request: {method: POST, path: /v1/jobs}
-      callback: {timeout: 1m}
+      callback: {secretRef: {name: s, key: k}}
+      pollUntil: {condition: .body.done}
 "#,
         ))
         .err()
         .unwrap_or_default();
-        assert_eq!(
-            errors,
-            ["spec.steps[a].call.callback: callbacks are not supported by this version of Tether; use pollUntil"]
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("pollUntil and callback are for single steps"),
+            "{errors:?}"
         );
+        assert_eq!(errors[1], "spec.steps[a].call: set pollUntil or callback, not both");
     }
 
     #[test]

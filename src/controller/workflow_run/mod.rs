@@ -23,7 +23,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use super::workflow::compile::{Compiled, StepKind, resolve_parameters, spec_hash, steps_value};
+use super::workflow::compile::{Compiled, StepKind, refs, resolve_parameters, spec_hash, steps_value};
 use super::{Context, lock};
 use crate::api::workflow::WorkflowSpec;
 use crate::api::workflow_run::{PinnedDefinition, RunPhase, StepPhase, WorkflowRunStatus};
@@ -229,6 +229,7 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
                 Value::Null,
                 Value::Null,
                 json!({"name": run.name_any(), "namespace": namespace, "uid": uid}),
+                Value::Null,
             ]
         };
         let start = |i: usize, s: &WorkflowRunStatus| steps::start(&compiled, vars, i, s);
@@ -299,9 +300,13 @@ fn requeue(compiled: &Compiled, status: &WorkflowRunStatus) -> Action {
         if s.phase != StepPhase::Waiting {
             continue;
         }
-        if let Some(StepKind::Approval { timeout: Some(t), .. }) = compiled.steps.get(i).map(|c| &c.kind) {
-            let deadline =
-                s.started_at.unwrap_or(now) + chrono::Duration::from_std(*t).unwrap_or(chrono::Duration::MAX);
+        let timeout = match compiled.steps.get(i).map(|c| &c.kind) {
+            Some(StepKind::Approval { timeout: Some(t), .. }) => Some(*t),
+            Some(StepKind::Call(call)) => call.callback.as_ref().map(|c| c.timeout),
+            _ => None,
+        };
+        if let Some(t) = timeout {
+            let deadline = s.started_at.unwrap_or(now) + chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX);
             at = Some(at.map_or(deadline, |a| a.min(deadline)));
         }
     }
@@ -413,10 +418,11 @@ fn finish(
             Value::Null,
             Value::Null,
             json!({"name": run.name_any(), "namespace": run.namespace()}),
+            Value::Null,
         ];
         for (name, expr) in &compiled.outputs {
             let value = expr
-                .eval(&Value::Null, &steps::refs(&vars))
+                .eval(&Value::Null, &refs(&vars))
                 .unwrap_or_else(|e| json!({ "error": e.to_string() }));
             next.outputs.insert(name.clone(), value);
         }

@@ -20,7 +20,7 @@ use crate::api::workflow_run::{StepStatus, WorkflowRunStatus};
 use crate::api::{Approval, ExternalResource, WorkflowRun};
 use crate::conditions;
 use crate::controller::Context;
-use crate::controller::workflow::compile::{Compiled, CompiledCall, CompiledStep, StepKind, steps_value};
+use crate::controller::workflow::compile::{Compiled, CompiledCall, CompiledStep, StepKind, Vars, refs, steps_value};
 use crate::engine::{Action, FailureClass, Observation, Start};
 use crate::expr::Expr;
 use crate::target::{CallError, HttpCall};
@@ -57,7 +57,7 @@ impl<'a> Scope<'a> {
         })
     }
 
-    fn vars(&self, item: Option<i32>, step: &str) -> [Value; 5] {
+    fn vars(&self, item: Option<i32>, step: &str) -> Vars {
         let (value, index) = match item {
             Some(i) => (
                 self.items
@@ -74,6 +74,7 @@ impl<'a> Scope<'a> {
             value,
             index,
             self.run_value(),
+            Value::Null,
         ]
     }
 
@@ -136,23 +137,29 @@ impl<'a> Scope<'a> {
                 FailureClass::Final,
             ));
         };
-        let vars = self.vars(item, name);
+        let mut vars = self.vars(item, name);
         match &compiled.kind {
-            StepKind::Call(call) => match self.call(call, &vars, key, &format!("step:{name}")).await {
-                Err(failure) => failed(failure),
-                Ok((_, outputs)) => match &call.poll {
-                    Some(poll) if item.is_none() => Observation::Waiting {
+            StepKind::Call(call) => {
+                if let Some(callback) = &call.callback {
+                    match self.callback_value(name, status.attempt, &callback.secret).await {
+                        Ok(value) => vars[5] = value,
+                        Err(failure) => return failed(failure),
+                    }
+                }
+                match self.call(call, &vars, key, &format!("step:{name}")).await {
+                    Err(failure) => failed(failure),
+                    Ok((_, outputs)) if call.poll.is_some() || call.callback.is_some() => Observation::Waiting {
                         step: name.to_owned(),
-                        until: Some(self.now + chrono_duration(poll.interval)),
+                        until: call.poll.as_ref().map(|p| self.now + chrono_duration(p.interval)),
                         outputs: Some(Value::Object(outputs)),
                     },
-                    _ => Observation::Succeeded {
+                    Ok((_, outputs)) => Observation::Succeeded {
                         step: name.to_owned(),
                         item,
                         outputs: Value::Object(outputs),
                     },
-                },
-            },
+                }
+            }
             StepKind::Resource {
                 target,
                 resource_type,
@@ -276,6 +283,47 @@ impl<'a> Scope<'a> {
                 }
                 None
             }
+            StepKind::Call(call) if call.callback.is_some() => {
+                let callback = call.callback.as_ref()?;
+                let received = self
+                    .run
+                    .annotations()
+                    .get(&callback_annotation(name))
+                    .and_then(|text| serde_json::from_str::<Value>(text).ok())
+                    .filter(|v| v.get("attempt").and_then(Value::as_i64) == Some(i64::from(status.attempt)));
+                let Some(received) = received else {
+                    if started + chrono_duration(callback.timeout) <= self.now {
+                        return Some(failed(
+                            format!("no callback within {}s", callback.timeout.as_secs()),
+                            FailureClass::Final,
+                        ));
+                    }
+                    return None;
+                };
+                let body = received.get("body").cloned().unwrap_or(Value::Null);
+                let vars = self.vars(None, name);
+                let ok = match &callback.success_when {
+                    Some(condition) => match condition.eval_bool(&body, &refs(&vars)) {
+                        Ok(ok) => ok,
+                        Err(e) => return Some(failed(e.to_string(), FailureClass::Permanent)),
+                    },
+                    None => true,
+                };
+                if !ok {
+                    let mut text = body.to_string();
+                    text.truncate(200);
+                    return Some(failed(
+                        format!("the callback did not succeed: {text}"),
+                        FailureClass::Condition,
+                    ));
+                }
+                let mut done = match status.outputs.clone() {
+                    Some(Value::Object(map)) => map,
+                    _ => Map::new(),
+                };
+                done.insert("callback".into(), body);
+                Some(succeeded(Value::Object(done)))
+            }
             StepKind::Call(call) => {
                 let poll = call.poll.as_ref()?;
                 let vars = self.vars(None, name);
@@ -380,6 +428,33 @@ impl<'a> Scope<'a> {
             .min_by_key(|a| a.creation_timestamp())
     }
 
+    /// `$callback` of an attempt: the one-time URL and its token.
+    async fn callback_value(
+        &self,
+        step: &str,
+        attempt: i32,
+        secret: &crate::api::common::SecretKeyRef,
+    ) -> Result<Value, Failure> {
+        let key = crate::webhook::secret_key(&self.ctx.client, &self.namespace(), secret)
+            .await
+            .ok_or_else(|| {
+                (
+                    format!(
+                        "the callback key (Secret {:?}, key {:?}) is missing",
+                        secret.name, secret.key
+                    ),
+                    FailureClass::Transient,
+                )
+            })?;
+        let token = crate::webhook::callback_token(&key, &self.run.uid().unwrap_or_default(), step, attempt);
+        let url = format!(
+            "{}{}?token={token}",
+            self.ctx.callback_base.trim_end_matches('/'),
+            crate::webhook::callback_path(&self.namespace(), &self.run.name_any(), step, attempt)
+        );
+        Ok(json!({ "url": url, "token": token }))
+    }
+
     /// Records on the Approval that the run took its decision.
     async fn mark_applied(&self, approval: &Approval, step: &str) {
         let now = self.now;
@@ -417,7 +492,7 @@ impl<'a> Scope<'a> {
     async fn call(
         &self,
         call: &CompiledCall,
-        vars: &[Value; 5],
+        vars: &Vars,
         key: &str,
         operation: &str,
     ) -> Result<(Value, Map<String, Value>), Failure> {
@@ -558,7 +633,7 @@ impl<'a> Scope<'a> {
 }
 
 /// The `forEach` items: the expression must yield an array.
-pub fn eval_items(for_each: &Expr, vars: &[Value; 5]) -> Result<Vec<Value>, String> {
+pub fn eval_items(for_each: &Expr, vars: &Vars) -> Result<Vec<Value>, String> {
     match for_each.eval(&Value::Null, &refs(vars)) {
         Ok(Value::Array(items)) => Ok(items),
         Ok(other) => Err(for_each.type_error("an array", &other).to_string()),
@@ -569,7 +644,7 @@ pub fn eval_items(for_each: &Expr, vars: &[Value; 5]) -> Result<Vec<Value>, Stri
 /// The engine's `start` decision for step `i`: `when`, then `forEach`.
 pub fn start(
     compiled: &Compiled,
-    vars: impl Fn(&WorkflowRunStatus) -> [Value; 5],
+    vars: impl Fn(&WorkflowRunStatus) -> Vars,
     i: usize,
     status: &WorkflowRunStatus,
 ) -> Result<Start, String> {
@@ -594,8 +669,9 @@ pub fn start(
     }
 }
 
-pub fn refs(vars: &[Value; 5]) -> [&Value; 5] {
-    [&vars[0], &vars[1], &vars[2], &vars[3], &vars[4]]
+/// The annotation in which the webhook endpoint leaves a step's callback.
+pub fn callback_annotation(step: &str) -> String {
+    format!("callback.tether.dev/{step}")
 }
 
 /// The name of the ExternalResource a `resource` step owns.
