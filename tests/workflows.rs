@@ -241,6 +241,14 @@ async fn step_three_of_four_fails_and_two_then_one_are_compensated_once_each() {
     let events = reasons(cp, &ns, "saga-1");
     assert!(events.iter().any(|e| e == "StepFailed"), "{events:?}");
     assert!(events.iter().any(|e| e == "Compensated"), "{events:?}");
+    let metrics = controller.metrics().await;
+    for line in [
+        "tether_workflow_compensations_total{outcome=\"compensated\"} 2",
+        "tether_workflow_runs_total{phase=\"Compensated\"} 1",
+        "tether_workflow_step_duration_seconds_count{outcome=\"failed\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,6 +631,49 @@ async fn a_cron_schedule_fires_and_respects_its_concurrency_policy() {
     }
     assert!(reasons(cp, &ns, "forbid").iter().any(|r| r == "ScheduleSkipped"));
     assert!(reasons(cp, &ns, "replace").iter().any(|r| r == "RunReplaced"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_keeps_only_its_history_limit_of_finished_runs() {
+    let cp = ControlPlane::shared();
+    let target = simulator();
+    let (ns, controller) = setup(cp, "wf-history", &[("sim", &target)]);
+    let pruned = |cron: &str| {
+        workflow(
+            "pruned",
+            json!({
+                "steps": [post("tick", "sim", "ticks", "{}")],
+                "triggers": {"schedules": [{"name": "often", "cron": cron, "successfulRunsHistoryLimit": 1}]}
+            }),
+        )
+    };
+    cp.apply_json(&ns, &pruned("* * * * * *"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while target.objects("ticks").len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the schedule did not fire 4 times: {}",
+            controller.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Stop firing (a time that will not come soon); the history settles.
+    cp.apply_json(&ns, &pruned("0 0 1 1 *"));
+    let succeeded = || {
+        cp.jsonpath(&ns, "twr", "{range .items[*]}{.status.phase} {end}")
+            .split_whitespace()
+            .filter(|p| *p == "Succeeded")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while succeeded() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} succeeded runs kept, limit 1",
+            succeeded()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
