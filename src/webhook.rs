@@ -199,20 +199,9 @@ async fn callback(
             "the body is larger than 64 KiB",
         );
     }
-    let payload: Value = if body.is_empty() {
-        Value::Null
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => {
-                return refuse(
-                    &ctx,
-                    StatusCode::BAD_REQUEST,
-                    "bad_payload",
-                    format!("the body is not JSON: {e}"),
-                );
-            }
-        }
+    let payload = match json_body(&body) {
+        Ok(payload) => payload,
+        Err(message) => return refuse(&ctx, StatusCode::BAD_REQUEST, "bad_payload", message),
     };
     let record = json!({ "attempt": attempt, "body": payload }).to_string();
     let patch = json!({
@@ -238,6 +227,14 @@ async fn callback(
         }
         Err(e) => refuse(&ctx, StatusCode::SERVICE_UNAVAILABLE, "error", e.to_string()),
     }
+}
+
+/// The body as JSON (an empty body is `null`).
+fn json_body(body: &[u8]) -> Result<Value, String> {
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))
 }
 
 fn refuse(ctx: &Context, status: StatusCode, outcome: &'static str, message: impl Into<String>) -> Response {
@@ -294,16 +291,9 @@ async fn trigger(
             "missing or wrong X-Tether-Signature",
         );
     }
-    let payload: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return refuse(
-                &ctx,
-                StatusCode::BAD_REQUEST,
-                "bad_payload",
-                format!("the body is not JSON: {e}"),
-            );
-        }
+    let payload = match json_body(&body) {
+        Ok(payload) => payload,
+        Err(message) => return refuse(&ctx, StatusCode::BAD_REQUEST, "bad_payload", message),
     };
     let parameters =
         Expr::compile("spec.triggers.webhook.parameters", &hook.parameters, &[]).and_then(|e| e.eval(&payload, &[]));
