@@ -404,8 +404,11 @@ async fn an_approval_gates_the_run_and_only_approvers_decide() {
 async fn a_run_survives_five_sigkills_with_every_side_effect_once() {
     let cp = ControlPlane::shared();
     let target = simulator();
+    // Every call takes 250 ms: the run needs at least 4.5 s of controller
+    // time (a, b, then 48 items three at a time), so every kill below lands
+    // while it runs.
     target.state.set_faults(Faults {
-        latency_ms: 150,
+        latency_ms: 250,
         ..Faults::default()
     });
     let (ns, mut controller) = setup(cp, "wf-crash", &[("sim", &target)]);
@@ -421,7 +424,7 @@ async fn a_run_survives_five_sigkills_with_every_side_effect_once() {
         steps.push(step);
     }
     let mut each = post("each", "sim", "items", "{n: $item}");
-    each["forEach"] = json!("[range(12)]");
+    each["forEach"] = json!("[range(48)]");
     each["parallelism"] = json!(3);
     each["dependsOn"] = json!(["b"]);
     steps.push(each);
@@ -431,6 +434,11 @@ async fn a_run_survives_five_sigkills_with_every_side_effect_once() {
     // Kill the controller five times, each at a different point of the run.
     for delay_ms in [700u64, 1100, 450, 1300, 900] {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        assert_ne!(
+            phase(cp, &ns, "crashy-1"),
+            "Succeeded",
+            "each kill lands while the run runs"
+        );
         controller.kill();
         controller.restart(cp);
     }
@@ -439,10 +447,10 @@ async fn a_run_survives_five_sigkills_with_every_side_effect_once() {
         assert_eq!(target.objects(collection).len(), 1, "one {collection} object");
     }
     let items = target.objects("items");
-    assert_eq!(items.len(), 12, "every item once");
+    assert_eq!(items.len(), 48, "every item once");
     let mut seen: Vec<i64> = items.iter().filter_map(|o| o["n"].as_i64()).collect();
     seen.sort_unstable();
-    assert_eq!(seen, (0..12).collect::<Vec<_>>());
+    assert_eq!(seen, (0..48).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
