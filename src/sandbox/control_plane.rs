@@ -212,7 +212,45 @@ impl ControlPlane {
                 String::from_utf8_lossy(&chart.stderr)
             ));
         }
-        Ok(())
+        self.wait_for_approval_policy()
+    }
+
+    /// The chart's MutatingAdmissionPolicy is loaded, and resolves the
+    /// Approval kind by its own discovery, a few seconds after it and the
+    /// CRD are created (meanwhile an Approval passes unmutated, or fails
+    /// with 503). Waits until a server-side dry run of an Approval comes
+    /// back with `decidedBy` set.
+    fn wait_for_approval_policy(&self) -> Result<(), String> {
+        let approval = r#"{"apiVersion": "tether.dev/v1alpha1", "kind": "Approval",
+            "metadata": {"name": "admission-probe", "namespace": "default"},
+            "spec": {"runRef": {"name": "none"}, "step": "none", "decision": "Approve"}}"#;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let probe = self.kubectl_as(
+                "admin",
+                &[
+                    "create",
+                    "--dry-run=server",
+                    "-o",
+                    "jsonpath={.spec.decidedBy}",
+                    "-f",
+                    "-",
+                ],
+                Some(approval),
+            );
+            // Passing admission is not enough: before the policy is loaded an
+            // Approval passes unmutated. Ready means the policy set decidedBy.
+            if probe.status.success() && !probe.stdout.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "the Approval admission policy is not ready: {}",
+                    String::from_utf8_lossy(&probe.stderr)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// Kubeconfig of the cluster admin.
