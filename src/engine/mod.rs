@@ -196,13 +196,19 @@ pub enum Action {
         idempotency_key: String,
     },
     /// Look at a waiting step (poll, approval, delay, resource readiness).
-    Check { step: String, attempt: i32 },
+    Check { step: String },
     /// Undo a completed step or item.
     Compensate {
         step: String,
         item: Option<i32>,
         idempotency_key: String,
     },
+}
+
+/// `at + d`, saturating at the latest time chrono represents: durations
+/// come from users, and one beyond the calendar must not panic.
+pub fn after(at: DateTime<Utc>, d: chrono::Duration) -> DateTime<Utc> {
+    at.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// The idempotency key of one attempt of one step (or item) of one run.
@@ -306,13 +312,13 @@ pub fn advance(
     for (i, s) in next.steps.iter_mut().enumerate() {
         let Some(timeout) = def.steps[i].timeout else { continue };
         if matches!(s.phase, StepPhase::Running | StepPhase::Waiting)
-            && s.started_at.is_some_and(|at| at + timeout <= now)
+            && s.started_at.is_some_and(|at| after(at, timeout) <= now)
         {
             fail_step(s, format!("timed out after {}s", timeout.num_seconds()), now);
         }
     }
     if let (Some(timeout), Some(started)) = (def.timeout, next.started_at)
-        && started + timeout <= now
+        && after(started, timeout) <= now
         && !matches!(next.phase, RunPhase::Compensating)
     {
         stop = Some(format!("the run timed out after {}s", timeout.num_seconds()));
@@ -425,7 +431,8 @@ fn observe(def: &Definition, run: &str, next: &mut WorkflowRunStatus, observatio
                 s.attempt += 1;
                 s.phase = StepPhase::Running;
                 s.message = Some(format!("attempt {} failed: {message}", s.attempt - 1));
-                s.next_at = Some(now + retry_delay(info, s.attempt, &idempotency_key(run, &s.name, None, s.attempt)));
+                let key = idempotency_key(run, &s.name, None, s.attempt);
+                s.next_at = Some(after(now, retry_delay(info, s.attempt, &key)));
             } else {
                 fail_step(s, message.clone(), now);
             }
@@ -467,7 +474,7 @@ fn observe_item(
                 detail.attempt += 1;
                 detail.message = Some(format!("attempt {} failed: {message}", detail.attempt - 1));
                 let key = idempotency_key(run, &s.name, Some(index), detail.attempt);
-                detail.next_at = Some(now + retry_delay(info, detail.attempt, &key));
+                detail.next_at = Some(after(now, retry_delay(info, detail.attempt, &key)));
             } else {
                 detail.phase = StepPhase::Failed;
                 detail.message = Some(message.clone());
@@ -769,10 +776,7 @@ fn actions(run: &str, next: &WorkflowRunStatus, now: DateTime<Utc>) -> Vec<Actio
                 attempt: s.attempt,
                 idempotency_key: idempotency_key(run, &s.name, None, s.attempt),
             }),
-            (StepPhase::Waiting, _) if due(s.next_at) => actions.push(Action::Check {
-                step: s.name.clone(),
-                attempt: s.attempt,
-            }),
+            (StepPhase::Waiting, _) if due(s.next_at) => actions.push(Action::Check { step: s.name.clone() }),
             (StepPhase::Compensating, Some(_)) => {
                 for d in &s.item_details {
                     if d.phase == StepPhase::Compensating {

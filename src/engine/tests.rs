@@ -572,3 +572,19 @@ proptest! {
         }
     }
 }
+
+/// Durations come from users: one beyond the calendar must not panic.
+#[test]
+fn absurd_durations_saturate_instead_of_panicking() {
+    let mut d = def(&[("a", &[], 3, false)], FailurePolicy::Stop);
+    let forever = chrono::Duration::hours(4_000_000_000);
+    d.steps[0].timeout = Some(forever);
+    d.steps[0].backoff = forever;
+    d.steps[0].max_backoff = forever;
+    d.timeout = Some(forever);
+    let (s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let (s, a) = step(&d, "r", &s, &[fail("a")], now());
+    assert!(a.is_empty(), "the retry is due at the end of time");
+    assert_eq!(s.steps[0].next_at, Some(DateTime::<Utc>::MAX_UTC));
+    assert_eq!(s.phase, RunPhase::Running);
+}

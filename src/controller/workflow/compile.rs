@@ -305,6 +305,25 @@ pub fn resolve_parameters(spec: &WorkflowSpec, given: &Value) -> Result<Value, S
     }
 }
 
+/// `$run`: the run's name, namespace and uid.
+pub fn run_value(run: &crate::api::WorkflowRun) -> Value {
+    use kube::ResourceExt;
+    json!({ "name": run.name_any(), "namespace": run.namespace(), "uid": run.uid() })
+}
+
+/// The variables of a run-level expression (`when`, `forEach`, outputs):
+/// no item, no callback.
+pub fn run_vars(params: &Value, status: &WorkflowRunStatus, run: &crate::api::WorkflowRun) -> Vars {
+    [
+        params.clone(),
+        steps_value(status),
+        Value::Null,
+        Value::Null,
+        run_value(run),
+        Value::Null,
+    ]
+}
+
 /// `$steps`: each step's phase and outputs (and item counts of a fan-out).
 pub fn steps_value(status: &WorkflowRunStatus) -> Value {
     let steps: Map<String, Value> = status

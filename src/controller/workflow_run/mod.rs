@@ -23,7 +23,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use super::workflow::compile::{Compiled, StepKind, refs, resolve_parameters, spec_hash, steps_value};
+use super::workflow::compile::{Compiled, StepKind, refs, resolve_parameters, run_vars, spec_hash};
 use super::{Context, lock};
 use crate::api::workflow::WorkflowSpec;
 use crate::api::workflow_run::{PinnedDefinition, RunPhase, StepPhase, WorkflowRunStatus};
@@ -221,17 +221,7 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
     for round in 0..MAX_ROUNDS {
         rounds_left = round + 1 < MAX_ROUNDS;
         let now = Utc::now();
-        let uid = writer.uid.clone();
-        let vars = |s: &WorkflowRunStatus| {
-            [
-                params.clone(),
-                steps_value(s),
-                Value::Null,
-                Value::Null,
-                json!({"name": run.name_any(), "namespace": namespace, "uid": uid}),
-                Value::Null,
-            ]
-        };
+        let vars = |s: &WorkflowRunStatus| run_vars(&params, s, &run);
         let start = |i: usize, s: &WorkflowRunStatus| steps::start(&compiled, vars, i, s);
         let (mut next, actions) = engine::advance(&compiled.def, &writer.uid, &status, &observations, now, &start);
         if cancelled {
@@ -254,20 +244,7 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
         if actions.is_empty() {
             break;
         }
-        let mut scope = Scope {
-            ctx,
-            run: &run,
-            compiled: &compiled,
-            params: params.clone(),
-            status: &status,
-            now,
-            items: Default::default(),
-        };
-        if let Err(message) = scope.prepare(&actions) {
-            // The items of a fan-out could not be computed again (their
-            // inputs are pinned, so this is a broken definition).
-            tracing::warn!(name = %run.name_any(), %message, "forEach items");
-        }
+        let scope = Scope::new(ctx, &run, &compiled, params.clone(), &status, now, &actions);
         let scope = &scope;
         let pending: Vec<_> = actions.iter().map(|a| scope.perform(a)).collect();
         let results: Vec<Option<Observation>> = futures::stream::iter(pending)
@@ -306,7 +283,7 @@ fn requeue(compiled: &Compiled, status: &WorkflowRunStatus) -> Action {
             _ => None,
         };
         if let Some(t) = timeout {
-            let deadline = s.started_at.unwrap_or(now) + chrono::Duration::from_std(t).unwrap_or(chrono::Duration::MAX);
+            let deadline = steps::after_std(s.started_at.unwrap_or(now), t);
             at = Some(at.map_or(deadline, |a| a.min(deadline)));
         }
     }
@@ -412,14 +389,7 @@ fn finish(
     };
     next.conditions = conditions::merge(&next.conditions, &[ready, succeeded], run.meta().generation, now);
     if next.phase == RunPhase::Succeeded && next.outputs.is_empty() && !compiled.outputs.is_empty() {
-        let vars = [
-            params.clone(),
-            steps_value(next),
-            Value::Null,
-            Value::Null,
-            json!({"name": run.name_any(), "namespace": run.namespace()}),
-            Value::Null,
-        ];
+        let vars = run_vars(params, next, run);
         for (name, expr) in &compiled.outputs {
             let value = expr
                 .eval(&Value::Null, &refs(&vars))

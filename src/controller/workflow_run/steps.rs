@@ -20,7 +20,9 @@ use crate::api::workflow_run::{StepStatus, WorkflowRunStatus};
 use crate::api::{Approval, ExternalResource, WorkflowRun};
 use crate::conditions;
 use crate::controller::Context;
-use crate::controller::workflow::compile::{Compiled, CompiledCall, CompiledStep, StepKind, Vars, refs, steps_value};
+use crate::controller::workflow::compile::{
+    Compiled, CompiledCall, CompiledStep, StepKind, Vars, refs, run_value, steps_value,
+};
 use crate::engine::{Action, FailureClass, Observation, Start};
 use crate::expr::Expr;
 use crate::target::{CallError, HttpCall};
@@ -32,59 +34,43 @@ pub const RUN_LABEL: &str = "tether.dev/run";
 
 /// Everything the actions of one round need, read once.
 pub struct Scope<'a> {
-    pub ctx: &'a Context,
-    pub run: &'a WorkflowRun,
-    pub compiled: &'a Compiled,
-    pub params: Value,
-    pub status: &'a WorkflowRunStatus,
-    pub now: DateTime<Utc>,
-    /// `forEach` items per step, evaluated once per round.
-    pub items: HashMap<String, Arc<Vec<Value>>>,
+    ctx: &'a Context,
+    run: &'a WorkflowRun,
+    compiled: &'a Compiled,
+    params: Value,
+    status: &'a WorkflowRunStatus,
+    now: DateTime<Utc>,
+    /// `$steps` of this round.
+    steps: Value,
+    /// `forEach` items of the steps the actions name, or why they could
+    /// not be computed.
+    items: HashMap<String, Result<Arc<Vec<Value>>, String>>,
 }
 
 type Failure = (String, FailureClass);
 
 impl<'a> Scope<'a> {
-    fn namespace(&self) -> String {
-        self.run.namespace().unwrap_or_default()
-    }
-
-    fn run_value(&self) -> Value {
-        json!({
-            "name": self.run.name_any(),
-            "namespace": self.namespace(),
-            "uid": self.run.uid(),
-        })
-    }
-
-    fn vars(&self, item: Option<i32>, step: &str) -> Vars {
-        let (value, index) = match item {
-            Some(i) => (
-                self.items
-                    .get(step)
-                    .and_then(|items| items.get(usize::try_from(i).ok()?).cloned())
-                    .unwrap_or(Value::Null),
-                json!(i),
-            ),
-            None => (Value::Null, Value::Null),
+    /// The scope of one round's `actions`: `$steps` once, and the items of
+    /// every forEach step an action names, evaluated once.
+    pub fn new(
+        ctx: &'a Context,
+        run: &'a WorkflowRun,
+        compiled: &'a Compiled,
+        params: Value,
+        status: &'a WorkflowRunStatus,
+        now: DateTime<Utc>,
+        actions: &[Action],
+    ) -> Self {
+        let mut scope = Self {
+            ctx,
+            run,
+            compiled,
+            params,
+            status,
+            now,
+            steps: steps_value(status),
+            items: HashMap::new(),
         };
-        [
-            self.params.clone(),
-            steps_value(self.status),
-            value,
-            index,
-            self.run_value(),
-            Value::Null,
-        ]
-    }
-
-    fn step(&self, name: &str) -> Option<(&'a CompiledStep, &'a StepStatus)> {
-        let i = self.compiled.def.dag.index(name)?;
-        Some((self.compiled.steps.get(i)?, self.status.steps.get(i)?))
-    }
-
-    /// Evaluates the items of every forEach step an action refers to.
-    pub fn prepare(&mut self, actions: &[Action]) -> Result<(), String> {
         for action in actions {
             let (Action::Run {
                 step, item: Some(_), ..
@@ -95,16 +81,56 @@ impl<'a> Scope<'a> {
             else {
                 continue;
             };
-            if self.items.contains_key(step) {
+            if scope.items.contains_key(step) {
                 continue;
             }
-            let Some((compiled, _)) = self.step(step) else { continue };
-            let Some(for_each) = &compiled.for_each else { continue };
-            let vars = self.vars(None, step);
-            let items = eval_items(for_each, &vars)?;
-            self.items.insert(step.clone(), Arc::new(items));
+            let Some(for_each) = scope.step(step).and_then(|(c, _)| c.for_each.as_ref()) else {
+                continue;
+            };
+            let items = eval_items(for_each, &scope.vars(None, step)).map(Arc::new);
+            scope.items.insert(step.clone(), items);
         }
-        Ok(())
+        scope
+    }
+
+    /// Why the items of `step` cannot be computed, if they cannot (their
+    /// inputs are pinned, so only a broken definition gets here).
+    fn items_error(&self, step: &str, item: Option<i32>) -> Option<String> {
+        item?;
+        match self.items.get(step) {
+            Some(Err(message)) => Some(format!("forEach: {message}")),
+            _ => None,
+        }
+    }
+
+    fn namespace(&self) -> String {
+        self.run.namespace().unwrap_or_default()
+    }
+
+    fn vars(&self, item: Option<i32>, step: &str) -> Vars {
+        let (value, index) = match item {
+            Some(i) => (
+                self.items
+                    .get(step)
+                    .and_then(|items| items.as_ref().ok()?.get(usize::try_from(i).ok()?).cloned())
+                    .unwrap_or(Value::Null),
+                json!(i),
+            ),
+            None => (Value::Null, Value::Null),
+        };
+        [
+            self.params.clone(),
+            self.steps.clone(),
+            value,
+            index,
+            run_value(self.run),
+            Value::Null,
+        ]
+    }
+
+    fn step(&self, name: &str) -> Option<(&'a CompiledStep, &'a StepStatus)> {
+        let i = self.compiled.def.dag.index(name)?;
+        Some((self.compiled.steps.get(i)?, self.status.steps.get(i)?))
     }
 
     pub async fn perform(&self, action: &Action) -> Option<Observation> {
@@ -150,7 +176,7 @@ impl<'a> Scope<'a> {
                     Err(failure) => failed(failure),
                     Ok((_, outputs)) if call.poll.is_some() || call.callback.is_some() => Observation::Waiting {
                         step: name.to_owned(),
-                        until: call.poll.as_ref().map(|p| self.now + chrono_duration(p.interval)),
+                        until: call.poll.as_ref().map(|p| after_std(self.now, p.interval)),
                         outputs: Some(Value::Object(outputs)),
                     },
                     Ok((_, outputs)) => Observation::Succeeded {
@@ -199,7 +225,7 @@ impl<'a> Scope<'a> {
             },
             StepKind::Wait(delay) => Observation::Waiting {
                 step: name.to_owned(),
-                until: Some(status.started_at.unwrap_or(self.now) + chrono_duration(*delay)),
+                until: Some(after_std(status.started_at.unwrap_or(self.now), *delay)),
                 outputs: None,
             },
         }
@@ -247,7 +273,7 @@ impl<'a> Scope<'a> {
                         ),
                     });
                 }
-                let deadline = timeout.map(|t| started + chrono_duration(t))?;
+                let deadline = timeout.map(|t| after_std(started, t))?;
                 if deadline > self.now {
                     return None;
                 }
@@ -271,7 +297,7 @@ impl<'a> Scope<'a> {
                         "observed": status.observed,
                     })));
                 }
-                if started + chrono_duration(*ready_timeout) <= self.now {
+                if after_std(started, *ready_timeout) <= self.now {
                     let why = ready
                         .and_then(|s| conditions::find(&s.conditions, "Ready"))
                         .map(|c| c.message.clone())
@@ -292,7 +318,7 @@ impl<'a> Scope<'a> {
                     .and_then(|text| serde_json::from_str::<Value>(text).ok())
                     .filter(|v| v.get("attempt").and_then(Value::as_i64) == Some(i64::from(status.attempt)));
                 let Some(received) = received else {
-                    if started + chrono_duration(callback.timeout) <= self.now {
+                    if after_std(started, callback.timeout) <= self.now {
                         return Some(failed(
                             format!("no callback within {}s", callback.timeout.as_secs()),
                             FailureClass::Final,
@@ -330,10 +356,10 @@ impl<'a> Scope<'a> {
                 let outputs = status.outputs.clone().unwrap_or(Value::Null);
                 let next = Observation::Waiting {
                     step: name.to_owned(),
-                    until: Some(self.now + chrono_duration(poll.interval)),
+                    until: Some(after_std(self.now, poll.interval)),
                     outputs: None,
                 };
-                if started + chrono_duration(poll.timeout) <= self.now {
+                if after_std(started, poll.timeout) <= self.now {
                     return Some(failed(
                         format!("still not done after the poll timeout ({}s)", poll.timeout.as_secs()),
                         FailureClass::Final,
@@ -388,6 +414,9 @@ impl<'a> Scope<'a> {
             item,
             message,
         };
+        if let Some(message) = self.items_error(name, item) {
+            return Some(failed(message));
+        }
         if let StepKind::Resource { keep: false, .. } = &compiled.kind {
             return match self.delete_resource(name, item).await {
                 Ok(true) => Some(done),
@@ -682,8 +711,9 @@ pub fn resource_name(run: &WorkflowRun, step: &str, item: Option<i32>) -> String
     }
 }
 
-fn chrono_duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+/// `at + d` for a duration from the spec, saturating (see [`engine::after`]).
+pub fn after_std(at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    crate::engine::after(at, chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
 }
 
 fn classify(e: &AdapterError) -> Failure {
