@@ -15,6 +15,9 @@
 //! - [`describe`]: `tether runs describe`, a run's DAG in the terminal.
 //! - [`sandbox`]: a local control plane for the tests and `tether sandbox`.
 #![forbid(unsafe_code)]
+// A byte index into a String panics when it splits a character: cut text
+// with `text::prefix` instead.
+#![deny(clippy::string_slice)]
 
 pub mod adapter;
 pub mod api;
@@ -31,6 +34,7 @@ pub mod run;
 pub mod sandbox;
 pub mod sim;
 pub mod target;
+pub mod text;
 pub mod webhook;
 
 /// Selects ring as the process-wide TLS crypto provider (kube and reqwest

@@ -50,6 +50,14 @@ enum Command {
         #[arg(long = "api-key")]
         api_keys: Vec<String>,
     },
+    /// Evaluate expressions for `tether run` (its sandbox starts these).
+    #[command(hide = true)]
+    ExprWorker {
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 256 * 1024 * 1024)]
+        memory_bytes: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,10 +79,26 @@ enum LogFormat {
     Json,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tether::install_crypto_provider();
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::ExprWorker {
+        timeout_ms,
+        memory_bytes,
+    } = cli.command
+    {
+        // No runtime, no logger: a worker only evaluates (see expr::sandbox).
+        tether::expr::sandbox::worker_main(std::time::Duration::from_millis(timeout_ms), memory_bytes)?;
+        return Ok(());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    tether::install_crypto_provider();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -129,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await;
         }
+        Command::ExprWorker { .. } => anyhow::bail!("expr-worker runs without a runtime"),
     }
     Ok(())
 }

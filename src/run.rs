@@ -66,6 +66,18 @@ pub struct RunOptions {
     /// Identity in the Lease (default: `$POD_NAME`, else host name and pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Longest time one expression may evaluate (the expression sandbox).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub expr_timeout: Duration,
+    /// Memory (address space) of one expression worker process, in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub expr_memory_mib: u64,
+    /// Expression worker processes (evaluations at once).
+    #[arg(long, default_value_t = 2)]
+    pub expr_workers: usize,
+    /// The `tether` binary that runs expression workers (default: this one).
+    #[arg(long, hide = true)]
+    pub expr_worker_exe: Option<std::path::PathBuf>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -134,6 +146,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 /// [`run`] with a client of the caller's (the sandbox runs the controller
 /// in-process as the controller identity).
 pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Result<()> {
+    let exe = match &options.expr_worker_exe {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe().context("finding the tether binary for expression workers")?,
+    };
+    crate::expr::sandbox::install(
+        exe,
+        crate::expr::sandbox::Limits {
+            timeout: options.expr_timeout,
+            memory_bytes: options.expr_memory_mib.saturating_mul(1024 * 1024),
+            workers: options.expr_workers,
+        },
+    );
     let metrics = Metrics::shared();
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(options.metrics_addr)
@@ -322,7 +346,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         .watches(adapter_api.clone(), watcher::Config::default(), by_adapter)
         .graceful_shutdown_on(stopped())
         .run(
-            ctrl::external_resource::reconcile,
+            |o, c| ctrl::guard::reconcile(o, c, "ExternalResource", ctrl::external_resource::reconcile),
             ctrl::external_resource::error_policy,
             ctx.clone(),
         )
@@ -331,7 +355,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         .with_config(config.clone())
         .graceful_shutdown_on(stopped())
         .run(
-            ctrl::target_system::reconcile,
+            |o, c| ctrl::guard::reconcile(o, c, "TargetSystem", ctrl::target_system::reconcile),
             ctrl::target_system::error_policy,
             ctx.clone(),
         )
@@ -339,7 +363,11 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     let adapters_controller = Controller::new(adapter_api, watcher::Config::default())
         .with_config(config.clone())
         .graceful_shutdown_on(stopped())
-        .run(ctrl::adapter::reconcile, ctrl::adapter::error_policy, ctx.clone())
+        .run(
+            |o, c| ctrl::guard::reconcile(o, c, "Adapter", ctrl::adapter::reconcile),
+            ctrl::adapter::error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| async {});
 
     // A decision wakes the run it names.
@@ -354,7 +382,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         .watches(approval_api, watcher::Config::default(), by_approval)
         .graceful_shutdown_on(stopped())
         .run(
-            ctrl::workflow_run::reconcile,
+            |o, c| ctrl::guard::reconcile(o, c, "WorkflowRun", ctrl::workflow_run::reconcile),
             ctrl::workflow_run::error_policy,
             ctx.clone(),
         )
@@ -375,7 +403,11 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         .with_config(config.clone())
         .watches(run_api, watcher::Config::default(), by_run)
         .graceful_shutdown_on(stopped())
-        .run(ctrl::workflow::reconcile, ctrl::workflow::error_policy, ctx.clone())
+        .run(
+            |o, c| ctrl::guard::reconcile(o, c, "Workflow", ctrl::workflow::reconcile),
+            ctrl::workflow::error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| async {});
 
     ready.store(true, Ordering::Relaxed);

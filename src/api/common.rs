@@ -102,8 +102,9 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
         if digits == 0 {
             return None;
         }
-        let value: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
+        let (number, after) = rest.split_at_checked(digits)?;
+        let value: u64 = number.parse().ok()?;
+        rest = after;
         let (unit, len) = if rest.starts_with("ms") {
             (std::time::Duration::from_millis(1), 2)
         } else if rest.starts_with('s') {
@@ -116,7 +117,7 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
             return None;
         };
         total = total.checked_add(unit.checked_mul(u32::try_from(value).ok()?)?)?;
-        rest = &rest[len..];
+        rest = rest.get(len..)?;
     }
     Some(total)
 }

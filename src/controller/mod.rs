@@ -5,6 +5,7 @@
 
 pub mod adapter;
 pub mod external_resource;
+pub mod guard;
 pub mod target_system;
 pub mod workflow;
 pub mod workflow_run;

@@ -87,6 +87,10 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         lease_namespace: None,
         lease_duration: Duration::from_secs(15),
         identity: Some("sandbox".into()),
+        expr_timeout: Duration::from_secs(1),
+        expr_memory_mib: 256,
+        expr_workers: 2,
+        expr_worker_exe: None,
     };
     let controller = tokio::spawn(run_with_client(client, run_options));
 

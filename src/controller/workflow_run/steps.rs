@@ -336,8 +336,7 @@ impl<'a> Scope<'a> {
                     None => true,
                 };
                 if !ok {
-                    let mut text = body.to_string();
-                    text.truncate(200);
+                    let text = crate::text::shortened(&body.to_string(), 200);
                     return Some(failed(
                         format!("the callback did not succeed: {text}"),
                         FailureClass::Condition,
@@ -730,7 +729,5 @@ fn classify(e: &AdapterError) -> Failure {
 fn summary(response: &Value) -> String {
     let status = response.get("status").and_then(Value::as_u64).unwrap_or_default();
     let body = response.get("body").cloned().unwrap_or(Value::Null);
-    let mut text = format!("HTTP {status}: {}", crate::target::error_message(&body));
-    text.truncate(256);
-    text
+    crate::text::shortened(&format!("HTTP {status}: {}", crate::target::error_message(&body)), 256)
 }
