@@ -33,6 +33,19 @@ pub use dag::{Dag, DagError};
 /// Items of a `forEach` step run at once when the step does not say.
 pub const DEFAULT_PARALLELISM: u32 = 10;
 
+/// What a run keeps of what targets answer, so that its status stays far
+/// below the API server's object limit (etcd's 1.5 MiB) whatever a target
+/// sends: a step whose outputs do not fit fails for good with a message
+/// that says so, instead of a status write that fails on every retry.
+pub mod limits {
+    /// Outputs of one step, as JSON.
+    pub const STEP_OUTPUTS_BYTES: usize = 64 * 1024;
+    /// Outputs of every step of a run together, as JSON.
+    pub const RUN_OUTPUTS_BYTES: usize = 512 * 1024;
+    /// A step's or an item's message.
+    pub const MESSAGE_BYTES: usize = 1024;
+}
+
 /// What the engine needs to know of each step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepInfo {
@@ -389,7 +402,7 @@ fn step_index(def: &Definition, name: &str) -> Option<usize> {
 
 fn fail_step(s: &mut StepStatus, message: String, now: DateTime<Utc>) {
     s.phase = StepPhase::Failed;
-    s.message = Some(message);
+    s.message = Some(crate::text::shortened(&message, limits::MESSAGE_BYTES));
     s.finished_at = Some(now);
     s.next_at = None;
 }
@@ -405,7 +418,20 @@ fn observe(def: &Definition, run: &str, next: &mut WorkflowRunStatus, observatio
     };
     let Some(i) = step_index(def, name) else { return };
     let info = &def.steps[i];
+    let too_large = match observation {
+        Observation::Succeeded { outputs, .. }
+        | Observation::Waiting {
+            outputs: Some(outputs), ..
+        } if item.is_none() => outputs_too_large(next, i, outputs),
+        _ => None,
+    };
     let s = &mut next.steps[i];
+    if let Some(message) = too_large {
+        if matches!(s.phase, StepPhase::Running | StepPhase::Waiting) {
+            fail_step(s, message, now);
+        }
+        return;
+    }
     if let Some(index) = item {
         observe_item(info, run, s, index, observation, now);
         return;
@@ -430,7 +456,10 @@ fn observe(def: &Definition, run: &str, next: &mut WorkflowRunStatus, observatio
             if s.attempt <= info.retries as i32 && retryable(info, *class) {
                 s.attempt += 1;
                 s.phase = StepPhase::Running;
-                s.message = Some(format!("attempt {} failed: {message}", s.attempt - 1));
+                s.message = Some(crate::text::shortened(
+                    &format!("attempt {} failed: {message}", s.attempt - 1),
+                    limits::MESSAGE_BYTES,
+                ));
                 let key = idempotency_key(run, &s.name, None, s.attempt);
                 s.next_at = Some(after(now, retry_delay(info, s.attempt, &key)));
             } else {
@@ -443,11 +472,40 @@ fn observe(def: &Definition, run: &str, next: &mut WorkflowRunStatus, observatio
         }
         Observation::CompensationFailed { message, .. } if s.phase == StepPhase::Compensating => {
             s.phase = StepPhase::CompensationFailed;
-            s.message = Some(message.clone());
+            s.message = Some(crate::text::shortened(message, limits::MESSAGE_BYTES));
             s.finished_at = Some(now);
         }
         _ => {}
     }
+}
+
+/// Why `outputs` of step `i` cannot be kept in status, if they cannot.
+fn outputs_too_large(next: &WorkflowRunStatus, i: usize, outputs: &Value) -> Option<String> {
+    let size = |v: &Value| serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
+    let own = size(outputs);
+    if own > limits::STEP_OUTPUTS_BYTES {
+        return Some(format!(
+            "the step's outputs are {own} bytes; a step may keep at most {} bytes in the run's status \
+             (extract fewer or smaller fields in `outputs`)",
+            limits::STEP_OUTPUTS_BYTES
+        ));
+    }
+    let others: usize = next
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .filter_map(|(_, s)| s.outputs.as_ref())
+        .map(size)
+        .fold(0, usize::saturating_add);
+    if others.saturating_add(own) > limits::RUN_OUTPUTS_BYTES {
+        return Some(format!(
+            "the run's outputs would be {} bytes; a run may keep at most {} bytes of outputs in its status",
+            others.saturating_add(own),
+            limits::RUN_OUTPUTS_BYTES
+        ));
+    }
+    None
 }
 
 fn observe_item(
@@ -472,12 +530,15 @@ fn observe_item(
         (Observation::Failed { message, class, .. }, StepPhase::Running) => {
             if detail.attempt <= info.retries as i32 && retryable(info, *class) {
                 detail.attempt += 1;
-                detail.message = Some(format!("attempt {} failed: {message}", detail.attempt - 1));
+                detail.message = Some(crate::text::shortened(
+                    &format!("attempt {} failed: {message}", detail.attempt - 1),
+                    limits::MESSAGE_BYTES,
+                ));
                 let key = idempotency_key(run, &s.name, Some(index), detail.attempt);
                 detail.next_at = Some(after(now, retry_delay(info, detail.attempt, &key)));
             } else {
                 detail.phase = StepPhase::Failed;
-                detail.message = Some(message.clone());
+                detail.message = Some(crate::text::shortened(message, limits::MESSAGE_BYTES));
                 detail.next_at = None;
                 counts.running -= 1;
                 counts.failed += 1;
@@ -489,7 +550,7 @@ fn observe_item(
         }
         (Observation::CompensationFailed { message, .. }, StepPhase::Compensating) => {
             detail.phase = StepPhase::CompensationFailed;
-            detail.message = Some(message.clone());
+            detail.message = Some(crate::text::shortened(message, limits::MESSAGE_BYTES));
         }
         _ => {}
     }

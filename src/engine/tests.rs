@@ -588,3 +588,72 @@ fn absurd_durations_saturate_instead_of_panicking() {
     assert_eq!(s.steps[0].next_at, Some(DateTime::<Utc>::MAX_UTC));
     assert_eq!(s.phase, RunPhase::Running);
 }
+
+fn ok_with(step: &str, outputs: Value) -> Observation {
+    Observation::Succeeded {
+        step: step.into(),
+        item: None,
+        outputs,
+    }
+}
+
+#[test]
+fn threat_outputs_too_large_for_status_fail_the_step_for_good_and_compensate() {
+    let d = def(
+        &[("a", &[], 3, true), ("b", &["a"], 3, true)],
+        FailurePolicy::Compensate,
+    );
+    let (s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let (s, _) = step(&d, "r", &s, &[ok("a")], now());
+    let huge = json!({ "blob": "é".repeat(limits::STEP_OUTPUTS_BYTES) });
+    let (s, a) = step(&d, "r", &s, &[ok_with("b", huge)], now());
+    assert_eq!(
+        s.steps[1].phase,
+        StepPhase::Failed,
+        "not retried: the same answer would not fit"
+    );
+    assert!(s.steps[1].outputs.is_none());
+    let message = s.steps[1].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("outputs are") && message.contains("at most"),
+        "{message}"
+    );
+    assert_eq!(ran(&a), ["undo a"]);
+    let size = serde_json::to_vec(&s).map(|b| b.len()).unwrap_or(usize::MAX);
+    assert!(size < 16 * 1024, "status is {size} bytes");
+}
+
+#[test]
+fn threat_outputs_of_many_steps_together_are_bounded_per_run() {
+    let names: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    let steps: Vec<(&str, &[&str], u32, bool)> = names.iter().map(|n| (n.as_str(), &[][..], 0, false)).collect();
+    let d = def(&steps, FailurePolicy::Stop);
+    let (mut s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let each = json!({ "blob": "x".repeat(limits::STEP_OUTPUTS_BYTES - 100) });
+    for n in &names {
+        (s, _) = step(&d, "r", &s, &[ok_with(n, each.clone())], now());
+    }
+    let kept: usize = s
+        .steps
+        .iter()
+        .filter_map(|x| x.outputs.as_ref())
+        .map(|o| o.to_string().len())
+        .sum();
+    assert!(kept <= limits::RUN_OUTPUTS_BYTES, "{kept}");
+    assert!(s.steps.iter().any(|x| x.phase == StepPhase::Failed));
+}
+
+#[test]
+fn threat_long_non_ascii_failure_messages_are_cut_on_a_character_boundary() {
+    let d = def(&[("a", &[], 0, true)], FailurePolicy::Stop);
+    let (s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let failure = Observation::Failed {
+        step: "a".into(),
+        item: None,
+        message: "é€😀".repeat(2000),
+        class: FailureClass::Permanent,
+    };
+    let (s, _) = step(&d, "r", &s, &[failure], now());
+    let message = s.steps[0].message.clone().unwrap_or_default();
+    assert!(message.len() <= limits::MESSAGE_BYTES, "{}", message.len());
+}

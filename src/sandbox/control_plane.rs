@@ -319,7 +319,10 @@ impl ControlPlane {
     /// Creates a fresh namespace `<prefix>-<random>` (one per test); panics
     /// with kubectl's message when it cannot.
     pub fn namespace(&self, prefix: &str) -> String {
-        let name = format!("{prefix}-{}", crate::text::prefix(&uuid::Uuid::new_v4().simple().to_string(), 8));
+        let name = format!(
+            "{prefix}-{}",
+            crate::text::prefix(&uuid::Uuid::new_v4().simple().to_string(), 8)
+        );
         let out = self.kubectl(&["create", "namespace", &name]);
         assert!(
             out.status.success(),

@@ -142,6 +142,9 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/_sim/objects/{collection}/{id}", axum::routing::patch(drift_object))
         .route("/_sim/reset", post(reset))
         .route("/oauth/token", post(token))
+        // Like httpbin's /anything: answers with the request's headers, the
+        // way some real APIs echo what they were sent.
+        .route("/echo", axum::routing::any(echo))
         .with_state(state)
 }
 
@@ -505,4 +508,15 @@ async fn token(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Str
         .issued_tokens
         .insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
     Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl})).into_response()
+}
+
+async fn echo(headers: HeaderMap, body: Option<Json<Value>>) -> Json<Value> {
+    let headers: serde_json::Map<String, Value> = headers
+        .iter()
+        .map(|(name, value)| {
+            let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), Value::String(text))
+        })
+        .collect();
+    Json(json!({ "headers": headers, "body": body.map(|Json(b)| b) }))
 }

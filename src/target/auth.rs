@@ -131,15 +131,97 @@ impl Redactor {
     }
 
     pub fn redact(&self, text: &str) -> String {
-        self.secrets.iter().fold(text.to_owned(), |acc, secret| {
-            acc.replace(secret.as_str(), "[REDACTED]")
+        Self::redact_with(&self.secrets, text)
+    }
+
+    fn redact_with(secrets: &[String], text: &str) -> String {
+        secrets.iter().fold(text.to_owned(), |acc, secret| {
+            if secret.len() >= 4 {
+                acc.replace(secret.as_str(), "[REDACTED]")
+            } else {
+                acc
+            }
         })
     }
+
+    /// Redacts every string (and object key) of a target's answer, in place:
+    /// the secret values of the TargetSystem and `sent`, the credential
+    /// values that went out on the request (a bearer token obtained by
+    /// OAuth2, the base64 of a basic pair). A target that echoes what it
+    /// received must not carry a credential into outputs and status.
+    pub fn redact_json(&self, value: &mut serde_json::Value, sent: &[String]) {
+        let all: Vec<String> = self.secrets.iter().chain(sent).cloned().collect();
+        if all.is_empty() {
+            return;
+        }
+        redact_value(&all, value);
+    }
+}
+
+fn redact_value(secrets: &[String], value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(text) if secrets.iter().any(|s| s.len() >= 4 && text.contains(s.as_str())) => {
+            *text = Redactor::redact_with(secrets, text);
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_value(secrets, v)),
+        Value::Object(map) => {
+            let leaked: Vec<String> = map
+                .keys()
+                .filter(|k| secrets.iter().any(|s| s.len() >= 4 && k.contains(s.as_str())))
+                .cloned()
+                .collect();
+            for key in leaked {
+                if let Some(v) = map.remove(&key) {
+                    map.insert(Redactor::redact_with(secrets, &key), v);
+                }
+            }
+            map.values_mut().for_each(|v| redact_value(secrets, v));
+        }
+        _ => {}
+    }
+}
+
+/// The credential values a request carries: each `Authorization` header
+/// whole and without its scheme, and the value of the API-key header.
+pub fn credential_values(headers: &reqwest::header::HeaderMap, api_key_header: Option<&str>) -> Vec<String> {
+    let mut values = Vec::new();
+    let names = [Some("authorization"), Some("proxy-authorization"), api_key_header];
+    for name in names.into_iter().flatten() {
+        for value in headers.get_all(name) {
+            let Ok(text) = value.to_str() else { continue };
+            values.push(text.to_owned());
+            if let Some((_, credential)) = text.split_once(' ') {
+                values.push(credential.trim().to_owned());
+            }
+        }
+    }
+    values
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threat_an_echoing_target_gets_no_credential_into_a_json_answer() {
+        let redactor = Redactor::new(vec!["s3cr3t-token".into()]);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("authorization", "Bearer oauth-access-123".parse().expect("header"));
+        headers.insert("x-api-key", "key-456789".parse().expect("header"));
+        let sent = credential_values(&headers, Some("x-api-key"));
+        let mut answer = serde_json::json!({
+            "headers": {"authorization": "Bearer oauth-access-123", "x-api-key": "key-456789"},
+            "echo": ["s3cr3t-token", {"s3cr3t-token": 1}],
+            "plain": "nothing secret"
+        });
+        redactor.redact_json(&mut answer, &sent);
+        let text = answer.to_string();
+        for secret in ["oauth-access-123", "key-456789", "s3cr3t-token"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("nothing secret"));
+    }
 
     #[test]
     fn redactor_hides_every_secret_value() {

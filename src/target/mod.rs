@@ -261,7 +261,13 @@ impl Target {
             request = request.json(body);
         }
         let request = self.credentials.apply(&self.http, request).await?;
-        let response = match request.send().await {
+        let request = request
+            .build()
+            .map_err(|err| CallError::InvalidResponse(format!("the request cannot be built: {}", describe(&err))))?;
+        // What went out as credentials (an OAuth2 access token, the base64
+        // of a basic pair): a target that echoes them gets them redacted.
+        let sent = auth::credential_values(request.headers(), None);
+        let response = match self.http.execute(request).await {
             Ok(response) => response,
             Err(err) => {
                 lock(&self.circuit).failure(Instant::now());
@@ -315,16 +321,14 @@ impl Target {
             }
             (_, Ok(bytes)) => {
                 lock(&self.circuit).success();
-                let body = if bytes.is_empty() {
+                let mut body = if bytes.is_empty() {
                     Value::Null
                 } else {
                     serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                        Value::String(
-                            self.redactor
-                                .redact(&String::from_utf8_lossy(&bytes[..bytes.len().min(512)])),
-                        )
+                        Value::String(crate::text::shortened(&String::from_utf8_lossy(&bytes), 512))
                     })
                 };
+                self.redactor.redact_json(&mut body, &sent);
                 Ok(HttpAnswer { status, body })
             }
         };

@@ -63,7 +63,17 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A status that the API server would refuse for its size.
+    #[error("the status of {name} would be {bytes} bytes, more than the {MAX_STATUS_BYTES} bytes Tether writes")]
+    StatusTooLarge { name: String, bytes: usize },
 }
+
+/// The largest status Tether writes: etcd refuses objects over 1.5 MiB, and
+/// the run's spec and metadata need room too. The engine's limits keep a
+/// run far below it; this is the last wall.
+pub const MAX_STATUS_BYTES: usize = 1024 * 1024;
+/// The largest definition a run pins (a copy in its status).
+pub const MAX_PINNED_BYTES: usize = 256 * 1024;
 
 impl Error {
     fn is_stale_read(&self) -> bool {
@@ -71,7 +81,19 @@ impl Error {
             Error::WriteStatus { source, .. } | Error::Finalizer { source, .. } => {
                 matches!(source, kube::Error::Api(s) if s.code == 409 || s.code == 422)
             }
-            Error::Read { .. } => false,
+            Error::Read { .. } | Error::StatusTooLarge { .. } => false,
+        }
+    }
+
+    /// A write that no retry can make succeed: the status is too large.
+    fn is_too_large(&self) -> bool {
+        match self {
+            Error::StatusTooLarge { .. } => true,
+            Error::WriteStatus {
+                source: kube::Error::Api(s),
+                ..
+            } => s.code == 413 || s.message.contains("too large"),
+            _ => false,
         }
     }
 
@@ -80,6 +102,7 @@ impl Error {
             Error::WriteStatus { .. } => "WriteStatusFailed",
             Error::Finalizer { .. } => "FinalizerFailed",
             Error::Read { .. } => "ReadFailed",
+            Error::StatusTooLarge { .. } => "StatusTooLarge",
         }
     }
 }
@@ -96,9 +119,42 @@ pub fn error_policy(run: Arc<WorkflowRun>, error: &Error, ctx: Arc<Context>) -> 
 
 pub async fn reconcile(run: Arc<WorkflowRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_run(run, &ctx).await;
+    let result = reconcile_run(run.clone(), &ctx).await;
     ctx.metrics.observe_reconcile(KIND, started.elapsed());
-    result
+    match result {
+        Err(error) if error.is_too_large() && run.meta().deletion_timestamp.is_some() => {
+            // Deleting a run always completes: a status that cannot be
+            // written must not hold the finalizer forever.
+            release_undeletable(&run, &ctx, &error).await?;
+            Ok(Action::await_change())
+        }
+        other => other,
+    }
+}
+
+/// Lets a run being deleted go although its status cannot be written, with
+/// a Warning that says what may be left at the targets.
+async fn release_undeletable(run: &WorkflowRun, ctx: &Context, error: &Error) -> Result<(), Error> {
+    let namespace = run.namespace().unwrap_or_default();
+    let api: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &namespace);
+    ctx.publish(
+        run,
+        EventType::Warning,
+        "StatusTooLarge",
+        "Delete",
+        format!(
+            "{error}; the run is deleted without finishing its compensation: check its targets for what it created"
+        ),
+    )
+    .await;
+    let mut writer = Writer {
+        api,
+        name: run.name_any(),
+        uid: run.uid().unwrap_or_default(),
+        resource_version: run.resource_version(),
+        ctx,
+    };
+    writer.set_finalizer(run, false).await
 }
 
 /// The run as of the last write this controller made, or fresher: a watch
@@ -191,6 +247,14 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
                 return Ok(Action::requeue(Duration::from_secs(5)));
             };
             let spec_value = serde_json::to_value(&workflow.spec).unwrap_or(Value::Null);
+            let bytes = serde_json::to_vec(&spec_value).map_or(usize::MAX, |b| b.len());
+            if bytes > MAX_PINNED_BYTES {
+                let message = format!(
+                    "Workflow {workflow_name:?} is {bytes} bytes; a run pins a copy of its definition in its status, \
+                     which holds at most {MAX_PINNED_BYTES} bytes"
+                );
+                return fail_before_start(&run, ctx, &mut writer, status, "WorkflowTooLarge", message).await;
+            }
             status.pinned = Some(PinnedDefinition {
                 generation: workflow.meta().generation.unwrap_or_default(),
                 hash: spec_hash(&spec_value),
@@ -569,6 +633,13 @@ impl Writer<'_> {
     async fn write(&mut self, current: &WorkflowRunStatus, next: &WorkflowRunStatus) -> Result<(), Error> {
         if current == next {
             return Ok(());
+        }
+        let bytes = serde_json::to_vec(next).map_or(usize::MAX, |b| b.len());
+        if bytes > MAX_STATUS_BYTES {
+            return Err(Error::StatusTooLarge {
+                name: self.name.clone(),
+                bytes,
+            });
         }
         let written = self
             .ctx
