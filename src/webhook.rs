@@ -1,80 +1,154 @@
 //! The webhook endpoint of `tether run` (`--webhook-addr`): a signed POST
 //! to `/webhooks/<namespace>/<workflow>` starts a run of that workflow.
 //!
-//! Requests carry `X-Tether-Signature: sha256=<hex>`, the HMAC-SHA256 of the
-//! raw body under the key in the Secret the Workflow's webhook trigger
-//! names; anything else is refused with 401 and counted. The body (JSON)
-//! goes through the trigger's `parameters` expression to become the run's
-//! parameters. A request with `X-Tether-Delivery: <id>` starts at most one
-//! run per id (the run's name derives from it), so a sender's retries do
-//! not start the workflow twice.
+//! A request carries `X-Tether-Timestamp` (unix seconds), `X-Tether-Delivery`
+//! (the sender's id of this delivery) and `X-Tether-Signature:
+//! sha256=<hex>`, the HMAC-SHA256 of `"{timestamp}.{delivery}.{body}"` under
+//! the key in the Secret the Workflow's webhook trigger names. A timestamp
+//! outside the tolerance window (`--webhook-tolerance`, 5 min) is refused,
+//! so a captured request is worth nothing after it; inside the window, a
+//! delivery starts at most one run: its run's name derives from the
+//! delivery id, and accepted deliveries are remembered until their window
+//! closes, so a replay gets the run it started even after that run was
+//! deleted. Refusals are counted and cost no API call: the Workflow comes
+//! from the reflector and the key from [`keys::KeyCache`].
 //!
 //! Step callbacks: a `call` step with `callback` sends `$callback.url`
 //! (`/callbacks/<ns>/<run>/<step>/<attempt>?token=<token>`, the token an
-//! HMAC of run, step and attempt under the step's key) to the target, and
-//! waits. The first POST with the right token is recorded in an annotation
-//! of the run (conditional on its resourceVersion, so two cannot both win)
-//! and wakes it; any other is refused.
+//! HMAC of run UID, step and attempt under the step's key) to the target,
+//! and waits. The first POST with the right token is recorded in an
+//! annotation of the run (conditional on its resourceVersion, so two cannot
+//! both win) together with a MAC over run UID, step, attempt and the body's
+//! digest under the same key; the run controller counts the annotation only
+//! when that MAC verifies, so a tenant who may patch runs but does not hold
+//! the key cannot stand in for the callback. Bodies are read up to a limit
+//! (1 MiB for webhooks, 64 KiB for callbacks) and refused beyond it.
+
+pub mod deliveries;
+pub mod keys;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hmac::{Hmac, Mac};
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::api::common::SecretKeyRef;
 use crate::api::workflow_run::StepPhase;
 use crate::api::{Workflow, WorkflowRun};
 use crate::controller::Context;
 use crate::controller::workflow::{TRIGGER_LABEL, create_run};
 use crate::expr::Expr;
 use crate::metrics::OutcomeLabels;
+use deliveries::{Admit, Deliveries};
+use keys::{Freshness, KeyCache, Purpose};
 
-/// Header with the body's signature.
+/// Header with the signature of timestamp, delivery and body.
 pub const SIGNATURE_HEADER: &str = "x-tether-signature";
-/// Header with the sender's delivery id (optional, makes retries safe).
+/// Header with the sender's delivery id (required, signed).
 pub const DELIVERY_HEADER: &str = "x-tether-delivery";
+/// Header with the time of signing, in unix seconds (required, signed).
+pub const TIMESTAMP_HEADER: &str = "x-tether-timestamp";
+/// How far a webhook's timestamp may be from the controller's clock.
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+/// Largest webhook body read.
+pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
+/// Largest callback body read.
+pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
+/// Longest delivery id.
+pub const MAX_DELIVERY_ID: usize = 128;
+
+/// What the webhook and callback endpoints keep between requests.
+pub struct Triggers {
+    pub keys: KeyCache,
+    pub deliveries: Deliveries,
+    /// How far a webhook's timestamp may be from now, either way.
+    pub tolerance: Duration,
+}
+
+impl Default for Triggers {
+    fn default() -> Self {
+        Self {
+            keys: KeyCache::default(),
+            deliveries: Deliveries::default(),
+            tolerance: DEFAULT_TOLERANCE,
+        }
+    }
+}
 
 /// The path that triggers a workflow.
 pub fn path(namespace: &str, workflow: &str) -> String {
     format!("/webhooks/{namespace}/{workflow}")
 }
 
-/// `sha256=<hex>` of `body` under `key`: what a sender puts in the header.
-pub fn sign(key: &[u8], body: &[u8]) -> String {
-    // HMAC takes keys of any length: this cannot fail.
-    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
-        Ok(mut mac) => {
-            mac.update(body);
-            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-        }
-        Err(_) => String::new(),
+fn mac(key: &[u8], parts: &[&[u8]]) -> Option<Hmac<Sha256>> {
+    // HMAC takes keys of any length: this does not fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
+    for part in parts {
+        mac.update(part);
     }
+    Some(mac)
 }
 
-/// Whether `signature` (the header's value) is the HMAC of `body` under
-/// `key`, compared in constant time.
-pub fn verify(key: &[u8], body: &[u8], signature: &str) -> bool {
+fn mac_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    mac(key, parts)
+        .map(|m| hex::encode(m.finalize().into_bytes()))
+        .unwrap_or_default()
+}
+
+/// Whether `hex_digest` is the HMAC of `parts` under `key`, compared in
+/// constant time.
+fn verify_hex(key: &[u8], parts: &[&[u8]], hex_digest: &str) -> bool {
+    let Ok(digest) = hex::decode(hex_digest.trim()) else {
+        return false;
+    };
+    mac(key, parts).is_some_and(|m| m.verify_slice(&digest).is_ok())
+}
+
+/// Whether a delivery id may be signed: 1 to 128 characters of
+/// `[A-Za-z0-9_:-]` (no `.`, which separates the signed fields).
+pub fn valid_delivery(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_DELIVERY_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':'))
+}
+
+/// `sha256=<hex>` of `"{timestamp}.{delivery}.{body}"` under `key`: what a
+/// sender puts in `X-Tether-Signature`.
+pub fn sign(key: &[u8], timestamp: i64, delivery: &str, body: &[u8]) -> String {
+    let timestamp = timestamp.to_string();
+    let digest = mac_hex(key, &[timestamp.as_bytes(), b".", delivery.as_bytes(), b".", body]);
+    format!("sha256={digest}")
+}
+
+/// Whether `signature` (the header's value) signs timestamp, delivery and
+/// body under `key`, compared in constant time.
+pub fn verify(key: &[u8], timestamp: i64, delivery: &str, body: &[u8], signature: &str) -> bool {
     let Some(hex_digest) = signature.trim().strip_prefix("sha256=") else {
         return false;
     };
-    let Ok(digest) = hex::decode(hex_digest) else {
-        return false;
-    };
-    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(key) else {
-        return false;
-    };
-    mac.update(body);
-    mac.verify_slice(&digest).is_ok()
+    let timestamp = timestamp.to_string();
+    verify_hex(
+        key,
+        &[timestamp.as_bytes(), b".", delivery.as_bytes(), b".", body],
+        hex_digest,
+    )
+}
+
+/// Whether `timestamp` is within `tolerance` of `now` (unix seconds).
+pub fn fresh(timestamp: i64, now: i64, tolerance: Duration) -> bool {
+    let tolerance = i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX);
+    now.checked_sub(timestamp).is_some_and(|age| age.abs() <= tolerance)
 }
 
 /// The path of one attempt's callback.
@@ -84,29 +158,40 @@ pub fn callback_path(namespace: &str, run: &str, step: &str, attempt: i32) -> St
 
 /// The one-time token of one attempt's callback (hex).
 pub fn callback_token(key: &[u8], run_uid: &str, step: &str, attempt: i32) -> String {
-    let signature = sign(key, format!("{run_uid}/{step}/{attempt}").as_bytes());
-    signature.trim_start_matches("sha256=").to_owned()
+    mac_hex(key, &[format!("{run_uid}/{step}/{attempt}").as_bytes()])
 }
 
-/// The bytes of a key in a Secret, if the Secret and the key exist.
-pub async fn secret_key(client: &kube::Client, namespace: &str, secret: &SecretKeyRef) -> Option<Vec<u8>> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    match secrets.get_opt(&secret.name).await {
-        Ok(Some(found)) => found
-            .data
-            .and_then(|mut d| d.remove(&secret.key))
-            .map(|b| b.0)
-            .filter(|k| !k.is_empty()),
-        Ok(None) => None,
-        Err(err) => {
-            tracing::warn!(%err, secret = %secret.name, "reading a key Secret");
-            None
-        }
-    }
+fn verify_callback_token(key: &[u8], run_uid: &str, step: &str, attempt: i32, token: &str) -> bool {
+    verify_hex(key, &[format!("{run_uid}/{step}/{attempt}").as_bytes()], token)
 }
 
-/// Largest callback body accepted.
-pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
+/// What the callback endpoint records in the run's annotation: the
+/// attempt, the body and a MAC binding both to the run's UID and step
+/// under the step's key (domain-separated from the token).
+pub fn callback_record(key: &[u8], run_uid: &str, step: &str, attempt: i32, body: &Value) -> Value {
+    let mac = record_mac(key, run_uid, step, attempt, body);
+    json!({ "attempt": attempt, "body": body, "mac": mac })
+}
+
+fn record_message(run_uid: &str, step: &str, attempt: i32, body: &Value) -> String {
+    let digest = hex::encode(Sha256::digest(body.to_string().as_bytes()));
+    format!("tether-callback-record\n{run_uid}/{step}/{attempt}\n{digest}")
+}
+
+fn record_mac(key: &[u8], run_uid: &str, step: &str, attempt: i32, body: &Value) -> String {
+    mac_hex(key, &[record_message(run_uid, step, attempt, body).as_bytes()])
+}
+
+/// Whether a recorded callback was written by the callback endpoint for
+/// this run, step and attempt: its MAC verifies under the step's key.
+pub fn verify_callback_record(key: &[u8], run_uid: &str, step: &str, attempt: i32, record: &Value) -> bool {
+    let recorded_attempt = record.get("attempt").and_then(Value::as_i64);
+    let (Some(mac), Some(body)) = (record.get("mac").and_then(Value::as_str), record.get("body")) else {
+        return false;
+    };
+    recorded_attempt == Some(i64::from(attempt))
+        && verify_hex(key, &[record_message(run_uid, step, attempt, body).as_bytes()], mac)
+}
 
 pub fn router(ctx: Arc<Context>) -> Router {
     Router::new()
@@ -114,6 +199,62 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/webhooks/{namespace}/{workflow}", post(trigger))
         .route("/callbacks/{namespace}/{run}/{step}/{attempt}", post(callback))
         .with_state(ctx)
+}
+
+/// The body, read up to `limit` bytes: a larger one is refused without
+/// reading the rest (a `Content-Length` above the limit, unread).
+async fn bounded(ctx: &Context, headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Response> {
+    let too_large = || {
+        refuse(
+            ctx,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+}
+
+/// A key from the cache; when `verifies` fails with the cached key, the key
+/// is read again (it may have been rotated), at most every few seconds.
+async fn key_that_verifies(
+    ctx: &Context,
+    purpose: Purpose,
+    namespace: &str,
+    secret: &crate::api::common::SecretKeyRef,
+    verifies: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<u8>, Option<()>> {
+    let keys = &ctx.triggers.keys;
+    let cached = keys
+        .get(&ctx.client, &ctx.metrics, purpose, namespace, secret, Freshness::Cached)
+        .await;
+    if let Some(key) = &cached
+        && verifies(key)
+    {
+        return Ok(key.clone());
+    }
+    let refreshed = keys
+        .get(
+            &ctx.client,
+            &ctx.metrics,
+            purpose,
+            namespace,
+            secret,
+            Freshness::Refresh,
+        )
+        .await;
+    match refreshed {
+        Some(key) if verifies(&key) => Ok(key),
+        Some(_) => Err(Some(())),
+        None => Err(None),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -126,25 +267,26 @@ async fn callback(
     State(ctx): State<Arc<Context>>,
     Path((namespace, run_name, step, attempt)): Path<(String, String, String, i32)>,
     axum::extract::Query(query): axum::extract::Query<TokenQuery>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
-    let runs: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &namespace);
-    let run = match runs.get_opt(&run_name).await {
-        Ok(Some(run)) => run,
-        Ok(None) => {
-            return refuse(
-                &ctx,
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no WorkflowRun {namespace}/{run_name}"),
-            );
-        }
-        Err(e) => return refuse(&ctx, StatusCode::SERVICE_UNAVAILABLE, "error", e.to_string()),
+    // Everything up to the token's check comes from memory: a flood of
+    // wrong tokens costs no API call.
+    let Some(cached) = ctx
+        .runs
+        .get(&ObjectRef::<WorkflowRun>::new(&run_name).within(&namespace))
+    else {
+        return refuse(
+            &ctx,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no WorkflowRun {namespace}/{run_name}"),
+        );
     };
-    let status = run.status.clone().unwrap_or_default();
-    let spec = status
-        .pinned
+    let spec = cached
+        .status
         .as_ref()
+        .and_then(|s| s.pinned.as_ref())
         .and_then(|p| serde_json::from_value::<crate::api::workflow::WorkflowSpec>(p.spec.clone()).ok());
     let secret = spec
         .as_ref()
@@ -160,29 +302,57 @@ async fn callback(
             format!("step {step:?} of {run_name} takes no callback"),
         );
     };
-    let Some(key) = secret_key(&ctx.client, &namespace, &secret).await else {
-        return refuse(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_key",
-            "the callback key is missing",
-        );
+    let uid = kube::ResourceExt::uid(cached.as_ref()).unwrap_or_default();
+    let token_ok = |key: &[u8]| verify_callback_token(key, &uid, &step, attempt, &query.token);
+    let key = match key_that_verifies(&ctx, Purpose::Callback, &namespace, &secret, token_ok).await {
+        Ok(key) => key,
+        Err(Some(())) => {
+            tracing::info!(run = %run_name, %step, "callback refused: bad token");
+            return refuse(&ctx, StatusCode::UNAUTHORIZED, "bad_token", "wrong or missing token");
+        }
+        Err(None) => {
+            return refuse(
+                &ctx,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_key",
+                "the callback key is missing",
+            );
+        }
     };
-    let uid = kube::ResourceExt::uid(&run).unwrap_or_default();
-    let expected = format!("{uid}/{step}/{attempt}");
-    if !verify(&key, expected.as_bytes(), &format!("sha256={}", query.token)) {
-        tracing::info!(run = %run_name, %step, "callback refused: bad token");
-        return refuse(&ctx, StatusCode::UNAUTHORIZED, "bad_token", "wrong or missing token");
-    }
-    let waiting = status
-        .steps
-        .iter()
-        .any(|s| s.name == step && s.phase == StepPhase::Waiting && s.attempt == attempt);
+    let body = match bounded(&ctx, &headers, body, MAX_CALLBACK_BYTES).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    let payload = match json_body(&body) {
+        Ok(payload) => payload,
+        Err(message) => return refuse(&ctx, StatusCode::BAD_REQUEST, "bad_payload", message),
+    };
+    // The token holds: read the run as it is now, for a conditional write.
+    let runs: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &namespace);
+    let run = match runs.get_opt(&run_name).await {
+        Ok(Some(run)) if kube::ResourceExt::uid(&run).as_deref() == Some(uid.as_str()) => run,
+        Ok(_) => {
+            return refuse(
+                &ctx,
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no WorkflowRun {namespace}/{run_name} with this callback"),
+            );
+        }
+        Err(e) => return refuse(&ctx, StatusCode::SERVICE_UNAVAILABLE, "error", e.to_string()),
+    };
+    let waiting = run.status.as_ref().is_some_and(|s| {
+        s.steps
+            .iter()
+            .any(|s| s.name == step && s.phase == StepPhase::Waiting && s.attempt == attempt)
+    });
     let annotation = crate::controller::workflow_run::steps::callback_annotation(&step);
+    // Only a genuine record uses the token: a forged annotation does not
+    // block the real callback.
     let used = kube::ResourceExt::annotations(&run)
         .get(&annotation)
         .and_then(|v| serde_json::from_str::<Value>(v).ok())
-        .is_some_and(|v| v.get("attempt").and_then(Value::as_i64) == Some(i64::from(attempt)));
+        .is_some_and(|record| verify_callback_record(&key, &uid, &step, attempt, &record));
     if used || !waiting {
         return refuse(
             &ctx,
@@ -191,19 +361,7 @@ async fn callback(
             "this callback was used already, or the step no longer waits for it",
         );
     }
-    if body.len() > MAX_CALLBACK_BYTES {
-        return refuse(
-            &ctx,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "bad_payload",
-            "the body is larger than 64 KiB",
-        );
-    }
-    let payload = match json_body(&body) {
-        Ok(payload) => payload,
-        Err(message) => return refuse(&ctx, StatusCode::BAD_REQUEST, "bad_payload", message),
-    };
-    let record = json!({ "attempt": attempt, "body": payload }).to_string();
+    let record = callback_record(&key, &uid, &step, attempt, &payload).to_string();
     let patch = json!({
         "metadata": { "resourceVersion": run.metadata.resource_version, "annotations": { annotation: record } }
     });
@@ -245,11 +403,15 @@ fn refuse(ctx: &Context, status: StatusCode, outcome: &'static str, message: imp
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
 async fn trigger(
     State(ctx): State<Arc<Context>>,
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let Some(workflow) = ctx.workflows.get(&ObjectRef::<Workflow>::new(&name).within(&namespace)) else {
         return refuse(
@@ -267,29 +429,84 @@ async fn trigger(
             format!("Workflow {namespace}/{name} has no webhook trigger"),
         );
     };
-    let Some(key) = secret_key(&ctx.client, &namespace, &hook.secret_ref).await else {
-        return refuse(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_key",
-            format!(
-                "the webhook key (Secret {:?}, key {:?}) is missing",
-                hook.secret_ref.name, hook.secret_ref.key
-            ),
-        );
-    };
-    let signature = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !verify(&key, &body, signature) {
-        tracing::info!(workflow = %name, namespace = %namespace, "webhook refused: bad signature");
+    let signature = header(&headers, SIGNATURE_HEADER).unwrap_or_default().to_owned();
+    let delivery = header(&headers, DELIVERY_HEADER).unwrap_or_default().to_owned();
+    if !valid_delivery(&delivery) {
         return refuse(
             &ctx,
             StatusCode::UNAUTHORIZED,
             "bad_signature",
-            "missing or wrong X-Tether-Signature",
+            "missing or malformed X-Tether-Delivery (1 to 128 of A-Z a-z 0-9 - _ :)",
         );
+    }
+    let Some(timestamp) = header(&headers, TIMESTAMP_HEADER).and_then(|t| t.parse::<i64>().ok()) else {
+        return refuse(
+            &ctx,
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "missing or malformed X-Tether-Timestamp (unix seconds)",
+        );
+    };
+    let now = chrono::Utc::now().timestamp();
+    let tolerance = ctx.triggers.tolerance;
+    if !fresh(timestamp, now, tolerance) {
+        tracing::info!(workflow = %name, namespace = %namespace, timestamp, "webhook refused: stale timestamp");
+        return refuse(
+            &ctx,
+            StatusCode::UNAUTHORIZED,
+            "stale",
+            format!(
+                "X-Tether-Timestamp is more than {}s away from the controller's clock",
+                tolerance.as_secs()
+            ),
+        );
+    }
+    let body = match bounded(&ctx, &headers, body, MAX_WEBHOOK_BYTES).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    let signed = |key: &[u8]| verify(key, timestamp, &delivery, &body, &signature);
+    match key_that_verifies(&ctx, Purpose::Webhook, &namespace, &hook.secret_ref, signed).await {
+        Ok(_) => {}
+        Err(Some(())) => {
+            tracing::info!(workflow = %name, namespace = %namespace, "webhook refused: bad signature");
+            return refuse(
+                &ctx,
+                StatusCode::UNAUTHORIZED,
+                "bad_signature",
+                "X-Tether-Signature does not sign timestamp, delivery and body",
+            );
+        }
+        Err(None) => {
+            return refuse(
+                &ctx,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_key",
+                format!(
+                    "the webhook key (Secret {:?}, key {:?}) is missing",
+                    hook.secret_ref.name, hook.secret_ref.key
+                ),
+            );
+        }
+    }
+    match ctx.triggers.deliveries.admit(&namespace, &name, &delivery, now) {
+        Admit::New => {}
+        Admit::Replay(run) => {
+            return refuse_with(
+                &ctx,
+                StatusCode::OK,
+                "replayed",
+                json!({ "run": run, "replayed": true }),
+            );
+        }
+        Admit::Full => {
+            return refuse(
+                &ctx,
+                StatusCode::TOO_MANY_REQUESTS,
+                "busy",
+                "too many deliveries inside the tolerance window",
+            );
+        }
     }
     let payload = match json_body(&body) {
         Ok(payload) => payload,
@@ -309,29 +526,29 @@ async fn trigger(
         }
         Err(e) => return refuse(&ctx, StatusCode::UNPROCESSABLE_ENTITY, "bad_payload", e.to_string()),
     };
-    let delivery = headers.get(DELIVERY_HEADER).and_then(|v| v.to_str().ok());
-    let run_name = delivery.map(|id| {
-        let digest = Sha256::digest(id.as_bytes());
-        let short: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
-        format!("{name}-{short}")
-    });
-    let generate = format!("{name}-");
+    let digest = Sha256::digest(delivery.as_bytes());
+    let short: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    let run_name = format!("{name}-{short}");
     let created = create_run(
         &ctx,
         &workflow,
-        run_name.as_deref().unwrap_or_default(),
-        run_name.is_none().then_some(generate.as_str()),
+        &run_name,
+        None,
         parameters,
         &[(TRIGGER_LABEL, "webhook")],
     )
     .await;
     match created {
         Ok(run) => {
+            let run_name = kube::ResourceExt::name_any(&run);
+            let expires = timestamp.saturating_add(i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX));
+            ctx.triggers
+                .deliveries
+                .record(&namespace, &name, &delivery, &run_name, expires);
             ctx.metrics
                 .webhook_requests
                 .get_or_create(&OutcomeLabels { outcome: "accepted" })
                 .inc();
-            let run_name = kube::ResourceExt::name_any(&run);
             ctx.publish(
                 workflow.as_ref(),
                 kube::runtime::events::EventType::Normal,
@@ -346,17 +563,66 @@ async fn trigger(
     }
 }
 
+/// An answer that is not an acceptance, counted under `outcome`.
+fn refuse_with(ctx: &Context, status: StatusCode, outcome: &'static str, body: Value) -> Response {
+    ctx.metrics
+        .webhook_requests
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc();
+    (status, axum::Json(body)).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_signature_verifies_only_with_its_key_and_body() {
-        let signature = sign(b"key", b"{\"a\":1}");
-        assert!(verify(b"key", b"{\"a\":1}", &signature));
-        assert!(!verify(b"other", b"{\"a\":1}", &signature));
-        assert!(!verify(b"key", b"{\"a\":2}", &signature));
-        assert!(!verify(b"key", b"{\"a\":1}", "sha256=zz"));
-        assert!(!verify(b"key", b"{\"a\":1}", ""));
+    fn a_signature_verifies_only_with_its_key_timestamp_delivery_and_body() {
+        let body = b"{\"a\":1}";
+        let signature = sign(b"key", 1_000, "d-1", body);
+        assert!(verify(b"key", 1_000, "d-1", body, &signature));
+        assert!(!verify(b"other", 1_000, "d-1", body, &signature));
+        assert!(!verify(b"key", 1_000, "d-1", b"{\"a\":2}", &signature));
+        assert!(!verify(b"key", 1_001, "d-1", body, &signature));
+        assert!(!verify(b"key", 1_000, "d-2", body, &signature));
+        assert!(!verify(b"key", 1_000, "d-1", body, "sha256=zz"));
+        assert!(!verify(b"key", 1_000, "d-1", body, ""));
+    }
+
+    #[test]
+    fn a_delivery_id_cannot_carry_the_separator_or_be_empty() {
+        assert!(valid_delivery("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+        assert!(!valid_delivery(""));
+        assert!(!valid_delivery("a.b"));
+        assert!(!valid_delivery(&"x".repeat(MAX_DELIVERY_ID + 1)));
+    }
+
+    #[test]
+    fn a_timestamp_counts_only_inside_the_tolerance_either_way() {
+        let five_minutes = Duration::from_secs(300);
+        assert!(fresh(1_000, 1_300, five_minutes));
+        assert!(fresh(1_300, 1_000, five_minutes));
+        assert!(!fresh(1_000, 1_301, five_minutes));
+        assert!(!fresh(i64::MIN, i64::MAX, five_minutes));
+    }
+
+    #[test]
+    fn a_callback_record_verifies_only_for_its_run_step_attempt_and_body() {
+        let body = json!({"status": "done"});
+        let record = callback_record(b"key", "uid-1", "export", 1, &body);
+        assert!(verify_callback_record(b"key", "uid-1", "export", 1, &record));
+        assert!(!verify_callback_record(b"other", "uid-1", "export", 1, &record));
+        assert!(!verify_callback_record(b"key", "uid-2", "export", 1, &record));
+        assert!(!verify_callback_record(b"key", "uid-1", "import", 1, &record));
+        assert!(!verify_callback_record(b"key", "uid-1", "export", 2, &record));
+        let mut tampered = record.clone();
+        tampered["body"] = json!({"status": "failed"});
+        assert!(!verify_callback_record(b"key", "uid-1", "export", 1, &tampered));
+        let forged = json!({"attempt": 1, "body": body});
+        assert!(!verify_callback_record(b"key", "uid-1", "export", 1, &forged));
+        // The token of an attempt is not a record's MAC.
+        let mut with_token = record.clone();
+        with_token["mac"] = json!(callback_token(b"key", "uid-1", "export", 1));
+        assert!(!verify_callback_record(b"key", "uid-1", "export", 1, &with_token));
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Map, Value, json};
@@ -26,6 +27,7 @@ use crate::controller::workflow::compile::{
 use crate::engine::{Action, FailureClass, Observation, Start};
 use crate::expr::Expr;
 use crate::target::{CallError, HttpCall};
+use crate::webhook::keys::{Freshness, Purpose};
 
 /// Field manager of the ExternalResources that `resource` steps own.
 pub const RESOURCE_MANAGER: &str = "tether-workflow";
@@ -317,6 +319,16 @@ impl<'a> Scope<'a> {
                     .get(&callback_annotation(name))
                     .and_then(|text| serde_json::from_str::<Value>(text).ok())
                     .filter(|v| v.get("attempt").and_then(Value::as_i64) == Some(i64::from(status.attempt)));
+                let received = match received {
+                    Some(record)
+                        if self
+                            .genuine_callback(name, status.attempt, &callback.secret, &record)
+                            .await =>
+                    {
+                        Some(record)
+                    }
+                    _ => None,
+                };
                 let Some(received) = received else {
                     if after_std(started, callback.timeout) <= self.now {
                         return Some(failed(
@@ -464,17 +476,15 @@ impl<'a> Scope<'a> {
         attempt: i32,
         secret: &crate::api::common::SecretKeyRef,
     ) -> Result<Value, Failure> {
-        let key = crate::webhook::secret_key(&self.ctx.client, &self.namespace(), secret)
-            .await
-            .ok_or_else(|| {
-                (
-                    format!(
-                        "the callback key (Secret {:?}, key {:?}) is missing",
-                        secret.name, secret.key
-                    ),
-                    FailureClass::Transient,
-                )
-            })?;
+        let key = self.callback_key(secret, Freshness::Cached).await.ok_or_else(|| {
+            (
+                format!(
+                    "the callback key (Secret {:?}, key {:?}) is missing",
+                    secret.name, secret.key
+                ),
+                FailureClass::Transient,
+            )
+        })?;
         let token = crate::webhook::callback_token(&key, &self.run.uid().unwrap_or_default(), step, attempt);
         let url = format!(
             "{}{}?token={token}",
@@ -482,6 +492,63 @@ impl<'a> Scope<'a> {
             crate::webhook::callback_path(&self.namespace(), &self.run.name_any(), step, attempt)
         );
         Ok(json!({ "url": url, "token": token }))
+    }
+
+    async fn callback_key(&self, secret: &crate::api::common::SecretKeyRef, want: Freshness) -> Option<Vec<u8>> {
+        self.ctx
+            .triggers
+            .keys
+            .get(
+                &self.ctx.client,
+                &self.ctx.metrics,
+                Purpose::Callback,
+                &self.namespace(),
+                secret,
+                want,
+            )
+            .await
+    }
+
+    /// Whether the recorded callback of `step` was written by the callback
+    /// endpoint for this run and attempt (its MAC verifies under the step's
+    /// key); a record that does not is reported once per content, and
+    /// ignored.
+    async fn genuine_callback(
+        &self,
+        step: &str,
+        attempt: i32,
+        secret: &crate::api::common::SecretKeyRef,
+        record: &Value,
+    ) -> bool {
+        let uid = self.run.uid().unwrap_or_default();
+        for want in [Freshness::Cached, Freshness::Refresh] {
+            if let Some(key) = self.callback_key(secret, want).await
+                && crate::webhook::verify_callback_record(&key, &uid, step, attempt, record)
+            {
+                return true;
+            }
+        }
+        self.ctx
+            .metrics
+            .webhook_requests
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                outcome: "forged_callback",
+            })
+            .inc();
+        self.ctx
+            .publish(
+                self.run,
+                EventType::Warning,
+                CALLBACK_FORGED,
+                "Callback",
+                format!(
+                    "ignored annotation {}: it was not written by Tether's callback endpoint (its MAC does not verify); \
+                     step {step} still waits for its callback",
+                    callback_annotation(step)
+                ),
+            )
+            .await;
+        false
     }
 
     /// Records on the Approval that the run took its decision.
@@ -697,6 +764,9 @@ pub fn start(
         None => Ok(Start::Run),
     }
 }
+
+/// Reason of the Event when a callback annotation does not verify.
+pub const CALLBACK_FORGED: &str = "CallbackForged";
 
 /// The annotation in which the webhook endpoint leaves a step's callback.
 pub fn callback_annotation(step: &str) -> String {
