@@ -456,16 +456,11 @@ impl<'a> Scope<'a> {
 
     fn approval_for(&self, step: &str) -> Option<Arc<Approval>> {
         let namespace = self.namespace();
-        let run = self.run.name_any();
         self.ctx
             .approvals
             .state()
             .into_iter()
-            .filter(|a| {
-                a.namespace().as_deref() == Some(namespace.as_str())
-                    && a.spec.run_ref.name == run
-                    && a.spec.step == step
-            })
+            .filter(|a| a.namespace().as_deref() == Some(namespace.as_str()) && approval_counts(a, self.run, step))
             .min_by_key(|a| a.creation_timestamp())
     }
 
@@ -557,6 +552,7 @@ impl<'a> Scope<'a> {
         let status = crate::api::approval::ApprovalStatus {
             observed_generation: approval.metadata.generation,
             applied_at: Some(now),
+            run_uid: self.run.uid(),
             conditions: conditions::merge(
                 &approval
                     .status
@@ -762,6 +758,33 @@ pub fn start(
             Ok(Start::Items(u32::try_from(items.len()).unwrap_or(u32::MAX)))
         }
         None => Ok(Start::Run),
+    }
+}
+
+/// Whether `approval` decides gate `step` of `run`: it names the run and
+/// the step; with `runRef.uid`, that is the run's UID; without, the run was
+/// created no later than the Approval; and it was not applied to another
+/// run already. So an Approval of a deleted run never counts for a new run
+/// that reuses the name.
+pub fn approval_counts(approval: &Approval, run: &WorkflowRun, step: &str) -> bool {
+    let uid = run.uid();
+    if approval.spec.run_ref.name != run.name_any() || approval.spec.step != step {
+        return false;
+    }
+    let applied_elsewhere = approval
+        .status
+        .as_ref()
+        .and_then(|s| s.run_uid.as_ref())
+        .is_some_and(|applied| Some(applied) != uid.as_ref());
+    if applied_elsewhere {
+        return false;
+    }
+    match &approval.spec.run_ref.uid {
+        Some(bound) => Some(bound) == uid.as_ref(),
+        None => match (approval.creation_timestamp(), run.creation_timestamp()) {
+            (Some(decided), Some(started)) => decided.0 >= started.0,
+            _ => false,
+        },
     }
 }
 
