@@ -574,3 +574,20 @@ async fn threat_an_approval_made_for_a_deleted_run_before_its_gate_does_not_appr
         "the early Approval was applied to no run"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threat_for_each_on_a_wait_step_is_refused_instead_of_succeeding_with_no_item_done() {
+    let cp = ControlPlane::shared();
+    let ns = cp.namespace("threat-foreach-wait");
+    let each_wait = workflow(
+        "pauses",
+        json!({"steps": [{"name": "pause", "forEach": "[1, 2, 3]", "wait": {"duration": "1s"}}]}),
+    );
+    let out = cp.apply_as("admin", &ns, &each_wait.to_string());
+    assert!(!out.status.success(), "the API server refuses it");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forEach is for call and resource steps"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
