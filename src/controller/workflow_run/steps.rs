@@ -827,3 +827,75 @@ fn summary(response: &Value) -> String {
     text.truncate(256);
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::api::approval::{ApprovalSpec, ApprovalStatus, RunRef};
+    use crate::api::workflow_run::WorkflowRunSpec;
+
+    fn at(second: i64) -> Option<Time> {
+        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + second)
+            .ok()
+            .map(Time)
+    }
+
+    fn run(uid: &str, created: i64) -> WorkflowRun {
+        let mut run = WorkflowRun::new(
+            "deploy",
+            WorkflowRunSpec {
+                workflow_ref: crate::api::common::ObjectRef::new("ship"),
+                parameters: Value::Null,
+                cancel: false,
+            },
+        );
+        run.metadata.uid = Some(uid.into());
+        run.metadata.creation_timestamp = at(created);
+        run
+    }
+
+    fn approval(uid: Option<&str>, created: i64, applied_to: Option<&str>) -> Approval {
+        let mut approval = Approval::new(
+            "ok",
+            ApprovalSpec {
+                run_ref: RunRef {
+                    name: "deploy".into(),
+                    uid: uid.map(str::to_owned),
+                },
+                step: "gate".into(),
+                decision: Decision::Approve,
+                reason: None,
+                decided_by: None,
+            },
+        );
+        approval.metadata.creation_timestamp = at(created);
+        approval.status = applied_to.map(|uid| ApprovalStatus {
+            run_uid: Some(uid.into()),
+            ..ApprovalStatus::default()
+        });
+        approval
+    }
+
+    #[test]
+    fn an_approval_counts_only_for_the_run_and_gate_it_was_made_for() {
+        let current = run("uid-2", 100);
+        // Bound by UID: that run only, whenever it was created.
+        assert!(approval_counts(&approval(Some("uid-2"), 50, None), &current, "gate"));
+        assert!(!approval_counts(&approval(Some("uid-1"), 150, None), &current, "gate"));
+        // Without a UID: made no earlier than the run (same second included).
+        assert!(approval_counts(&approval(None, 100, None), &current, "gate"));
+        assert!(approval_counts(&approval(None, 160, None), &current, "gate"));
+        assert!(!approval_counts(&approval(None, 99, None), &current, "gate"));
+        // Applied to another run already: never again.
+        assert!(!approval_counts(&approval(None, 160, Some("uid-1")), &current, "gate"));
+        assert!(approval_counts(&approval(None, 160, Some("uid-2")), &current, "gate"));
+        // Another gate.
+        assert!(!approval_counts(
+            &approval(Some("uid-2"), 160, None),
+            &current,
+            "other-gate"
+        ));
+    }
+}
