@@ -26,6 +26,7 @@
 
 pub mod deliveries;
 pub mod keys;
+pub mod refusal;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::api::common::SecretKeyRef;
 use crate::api::workflow_run::StepPhase;
 use crate::api::{Workflow, WorkflowRun};
 use crate::controller::Context;
@@ -50,6 +52,7 @@ use crate::expr::Expr;
 use crate::metrics::OutcomeLabels;
 use deliveries::{Admit, Deliveries};
 use keys::{Freshness, KeyCache, Purpose};
+use refusal::Refusal;
 
 /// Header with the signature of timestamp, delivery and body.
 pub const SIGNATURE_HEADER: &str = "x-tether-signature";
@@ -203,58 +206,66 @@ pub fn router(ctx: Arc<Context>) -> Router {
 
 /// The body, read up to `limit` bytes: a larger one is refused without
 /// reading the rest (a `Content-Length` above the limit, unread).
-async fn bounded(ctx: &Context, headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Response> {
-    let too_large = || {
-        refuse(
-            ctx,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("the body is larger than {limit} bytes"),
-        )
-    };
+async fn bounded(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Refusal> {
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+        return Err(Refusal::TooLarge(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Refusal::TooLarge(limit))
 }
 
-/// A key from the cache; when `verifies` fails with the cached key, the key
-/// is read again (it may have been rotated), at most every few seconds.
+/// A key that `verifies`, from the cache; when the cached key does not,
+/// the key is read again (it may have been rotated), at most every few
+/// seconds. `refused` is the refusal when no key verifies.
 async fn key_that_verifies(
     ctx: &Context,
     purpose: Purpose,
     namespace: &str,
-    secret: &crate::api::common::SecretKeyRef,
+    secret: &SecretKeyRef,
     verifies: impl Fn(&[u8]) -> bool,
-) -> Result<Vec<u8>, Option<()>> {
-    let keys = &ctx.triggers.keys;
-    let cached = keys
-        .get(&ctx.client, &ctx.metrics, purpose, namespace, secret, Freshness::Cached)
-        .await;
-    if let Some(key) = &cached
-        && verifies(key)
-    {
-        return Ok(key.clone());
+    refused: Refusal,
+) -> Result<Vec<u8>, Refusal> {
+    let mut found = false;
+    for want in [Freshness::Cached, Freshness::Refresh] {
+        let key = ctx
+            .triggers
+            .keys
+            .get(&ctx.client, &ctx.metrics, purpose, namespace, secret, want)
+            .await;
+        if let Some(key) = key {
+            if verifies(&key) {
+                return Ok(key);
+            }
+            found = true;
+        }
     }
-    let refreshed = keys
-        .get(
-            &ctx.client,
-            &ctx.metrics,
+    if found {
+        Err(refused)
+    } else {
+        Err(Refusal::NoKey {
             purpose,
-            namespace,
-            secret,
-            Freshness::Refresh,
-        )
-        .await;
-    match refreshed {
-        Some(key) if verifies(&key) => Ok(key),
-        Some(_) => Err(Some(())),
-        None => Err(None),
+            secret: secret.name.clone(),
+            key: secret.key.clone(),
+        })
     }
+}
+
+/// The answer to a refused request, counted under its label.
+fn refuse(ctx: &Context, refusal: &Refusal) -> Response {
+    count(ctx, refusal.label());
+    (refusal.status(), axum::Json(json!({ "error": refusal.to_string() }))).into_response()
+}
+
+fn count(ctx: &Context, outcome: &'static str) {
+    ctx.metrics
+        .webhook_requests
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc();
 }
 
 #[derive(serde::Deserialize)]
@@ -265,142 +276,121 @@ struct TokenQuery {
 
 async fn callback(
     State(ctx): State<Arc<Context>>,
-    Path((namespace, run_name, step, attempt)): Path<(String, String, String, i32)>,
+    Path((namespace, run, step, attempt)): Path<(String, String, String, i32)>,
     axum::extract::Query(query): axum::extract::Query<TokenQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let attempt = Attempt {
+        namespace,
+        run,
+        step,
+        attempt,
+    };
+    match record(&ctx, &attempt, &query.token, &headers, body).await {
+        Ok(()) => {
+            count(&ctx, "callback");
+            (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": true }))).into_response()
+        }
+        Err(refusal) => {
+            if matches!(refusal, Refusal::BadToken) {
+                tracing::info!(run = %attempt.run, step = %attempt.step, "callback refused: bad token");
+            }
+            refuse(&ctx, &refusal)
+        }
+    }
+}
+
+/// The attempt a callback URL names.
+struct Attempt {
+    namespace: String,
+    run: String,
+    step: String,
+    attempt: i32,
+}
+
+/// Checks a callback and records it in the run's annotation.
+async fn record(ctx: &Context, at: &Attempt, token: &str, headers: &HeaderMap, body: Body) -> Result<(), Refusal> {
+    let Attempt {
+        namespace,
+        run: run_name,
+        step,
+        attempt,
+    } = at;
+    let attempt = *attempt;
     // Everything up to the token's check comes from memory: a flood of
     // wrong tokens costs no API call.
-    let Some(cached) = ctx
+    let cached = ctx
         .runs
-        .get(&ObjectRef::<WorkflowRun>::new(&run_name).within(&namespace))
-    else {
-        return refuse(
-            &ctx,
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no WorkflowRun {namespace}/{run_name}"),
-        );
-    };
-    let spec = cached
+        .get(&ObjectRef::<WorkflowRun>::new(run_name).within(namespace))
+        .ok_or_else(|| Refusal::NotFound(format!("no WorkflowRun {namespace}/{run_name}")))?;
+    let secret = cached
         .status
         .as_ref()
         .and_then(|s| s.pinned.as_ref())
-        .and_then(|p| serde_json::from_value::<crate::api::workflow::WorkflowSpec>(p.spec.clone()).ok());
-    let secret = spec
-        .as_ref()
-        .and_then(|s| s.steps.iter().find(|s| s.name == step))
-        .and_then(|s| s.call.as_ref())
-        .and_then(|c| c.callback.as_ref())
-        .map(|c| c.secret_ref.clone());
-    let Some(secret) = secret else {
-        return refuse(
-            &ctx,
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("step {step:?} of {run_name} takes no callback"),
-        );
-    };
+        .and_then(|p| serde_json::from_value::<crate::api::workflow::WorkflowSpec>(p.spec.clone()).ok())
+        .and_then(|spec| {
+            spec.steps
+                .into_iter()
+                .find(|s| &s.name == step)
+                .and_then(|s| s.call)
+                .and_then(|c| c.callback)
+                .map(|c| c.secret_ref)
+        })
+        .ok_or_else(|| Refusal::NotFound(format!("step {step:?} of {run_name} takes no callback")))?;
     let uid = kube::ResourceExt::uid(cached.as_ref()).unwrap_or_default();
-    let token_ok = |key: &[u8]| verify_callback_token(key, &uid, &step, attempt, &query.token);
-    let key = match key_that_verifies(&ctx, Purpose::Callback, &namespace, &secret, token_ok).await {
-        Ok(key) => key,
-        Err(Some(())) => {
-            tracing::info!(run = %run_name, %step, "callback refused: bad token");
-            return refuse(&ctx, StatusCode::UNAUTHORIZED, "bad_token", "wrong or missing token");
-        }
-        Err(None) => {
-            return refuse(
-                &ctx,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_key",
-                "the callback key is missing",
-            );
-        }
-    };
-    let body = match bounded(&ctx, &headers, body, MAX_CALLBACK_BYTES).await {
-        Ok(body) => body,
-        Err(refused) => return refused,
-    };
-    let payload = match json_body(&body) {
-        Ok(payload) => payload,
-        Err(message) => return refuse(&ctx, StatusCode::BAD_REQUEST, "bad_payload", message),
-    };
+    let token_ok = |key: &[u8]| verify_callback_token(key, &uid, step, attempt, token);
+    let key = key_that_verifies(ctx, Purpose::Callback, namespace, &secret, token_ok, Refusal::BadToken).await?;
+    let payload = json_body(&bounded(headers, body, MAX_CALLBACK_BYTES).await?)?;
     // The token holds: read the run as it is now, for a conditional write.
-    let runs: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &namespace);
-    let run = match runs.get_opt(&run_name).await {
-        Ok(Some(run)) if kube::ResourceExt::uid(&run).as_deref() == Some(uid.as_str()) => run,
-        Ok(_) => {
-            return refuse(
-                &ctx,
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no WorkflowRun {namespace}/{run_name} with this callback"),
-            );
-        }
-        Err(e) => return refuse(&ctx, StatusCode::SERVICE_UNAVAILABLE, "error", e.to_string()),
-    };
+    let runs: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), namespace);
+    let run = runs
+        .get_opt(run_name)
+        .await
+        .map_err(Refusal::ReadRun)?
+        .filter(|run| kube::ResourceExt::uid(run).as_deref() == Some(uid.as_str()))
+        .ok_or_else(|| Refusal::NotFound(format!("no WorkflowRun {namespace}/{run_name} with this callback")))?;
     let waiting = run.status.as_ref().is_some_and(|s| {
         s.steps
             .iter()
-            .any(|s| s.name == step && s.phase == StepPhase::Waiting && s.attempt == attempt)
+            .any(|s| &s.name == step && s.phase == StepPhase::Waiting && s.attempt == attempt)
     });
-    let annotation = crate::controller::workflow_run::steps::callback_annotation(&step);
+    let annotation = crate::controller::workflow_run::steps::callback_annotation(step);
     // Only a genuine record uses the token: a forged annotation does not
     // block the real callback.
     let used = kube::ResourceExt::annotations(&run)
         .get(&annotation)
         .and_then(|v| serde_json::from_str::<Value>(v).ok())
-        .is_some_and(|record| verify_callback_record(&key, &uid, &step, attempt, &record));
+        .is_some_and(|record| verify_callback_record(&key, &uid, step, attempt, &record));
     if used || !waiting {
-        return refuse(
-            &ctx,
-            StatusCode::CONFLICT,
-            "used",
+        return Err(Refusal::Used(
             "this callback was used already, or the step no longer waits for it",
-        );
+        ));
     }
-    let record = callback_record(&key, &uid, &step, attempt, &payload).to_string();
+    let record = callback_record(&key, &uid, step, attempt, &payload).to_string();
     let patch = json!({
         "metadata": { "resourceVersion": run.metadata.resource_version, "annotations": { annotation: record } }
     });
     match runs
         .patch(
-            &run_name,
+            run_name,
             &kube::api::PatchParams::default(),
             &kube::api::Patch::Merge(&patch),
         )
         .await
     {
-        Ok(_) => {
-            ctx.metrics
-                .webhook_requests
-                .get_or_create(&OutcomeLabels { outcome: "callback" })
-                .inc();
-            (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": true }))).into_response()
-        }
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            refuse(&ctx, StatusCode::CONFLICT, "used", "another callback got there first")
-        }
-        Err(e) => refuse(&ctx, StatusCode::SERVICE_UNAVAILABLE, "error", e.to_string()),
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Refusal::Used("another callback got there first")),
+        Err(e) => Err(Refusal::RecordCallback(e)),
     }
 }
 
 /// The body as JSON (an empty body is `null`).
-fn json_body(body: &[u8]) -> Result<Value, String> {
+fn json_body(body: &[u8]) -> Result<Value, Refusal> {
     if body.is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))
-}
-
-fn refuse(ctx: &Context, status: StatusCode, outcome: &'static str, message: impl Into<String>) -> Response {
-    ctx.metrics
-        .webhook_requests
-        .get_or_create(&OutcomeLabels { outcome })
-        .inc();
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+    serde_json::from_slice(body).map_err(|e| Refusal::BadPayload(format!("the body is not JSON: {e}")))
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -413,163 +403,112 @@ async fn trigger(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(workflow) = ctx.workflows.get(&ObjectRef::<Workflow>::new(&name).within(&namespace)) else {
-        return refuse(
-            &ctx,
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no Workflow {namespace}/{name}"),
-        );
-    };
-    let Some(hook) = workflow.spec.triggers.as_ref().and_then(|t| t.webhook.as_ref()) else {
-        return refuse(
-            &ctx,
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("Workflow {namespace}/{name} has no webhook trigger"),
-        );
-    };
-    let signature = header(&headers, SIGNATURE_HEADER).unwrap_or_default().to_owned();
-    let delivery = header(&headers, DELIVERY_HEADER).unwrap_or_default().to_owned();
-    if !valid_delivery(&delivery) {
-        return refuse(
-            &ctx,
-            StatusCode::UNAUTHORIZED,
-            "bad_signature",
-            "missing or malformed X-Tether-Delivery (1 to 128 of A-Z a-z 0-9 - _ :)",
-        );
+    match start(&ctx, &namespace, &name, &headers, body).await {
+        Ok(Started::New(run)) => {
+            count(&ctx, "accepted");
+            (StatusCode::ACCEPTED, axum::Json(json!({ "run": run }))).into_response()
+        }
+        Ok(Started::Replay(run)) => {
+            count(&ctx, "replayed");
+            (StatusCode::OK, axum::Json(json!({ "run": run, "replayed": true }))).into_response()
+        }
+        Err(refusal) => {
+            if matches!(refusal, Refusal::BadSignature | Refusal::Stale(_)) {
+                tracing::info!(workflow = %name, %namespace, %refusal, "webhook refused");
+            }
+            refuse(&ctx, &refusal)
+        }
     }
-    let Some(timestamp) = header(&headers, TIMESTAMP_HEADER).and_then(|t| t.parse::<i64>().ok()) else {
-        return refuse(
-            &ctx,
-            StatusCode::UNAUTHORIZED,
-            "bad_signature",
-            "missing or malformed X-Tether-Timestamp (unix seconds)",
-        );
-    };
+}
+
+/// What an accepted webhook did.
+enum Started {
+    /// Started this run.
+    New(String),
+    /// A delivery seen before: this run was started for it.
+    Replay(String),
+}
+
+/// Checks a webhook (headers, window, size, signature, replay) and starts
+/// its run.
+async fn start(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Started, Refusal> {
+    let workflow = ctx
+        .workflows
+        .get(&ObjectRef::<Workflow>::new(name).within(namespace))
+        .ok_or_else(|| Refusal::NotFound(format!("no Workflow {namespace}/{name}")))?;
+    let hook = workflow
+        .spec
+        .triggers
+        .as_ref()
+        .and_then(|t| t.webhook.as_ref())
+        .ok_or_else(|| Refusal::NotFound(format!("Workflow {namespace}/{name} has no webhook trigger")))?;
+    let signature = header(headers, SIGNATURE_HEADER).unwrap_or_default();
+    let delivery = header(headers, DELIVERY_HEADER)
+        .filter(|d| valid_delivery(d))
+        .ok_or(Refusal::BadHeader("X-Tether-Delivery (1 to 128 of A-Z a-z 0-9 - _ :)"))?;
+    let timestamp = header(headers, TIMESTAMP_HEADER)
+        .and_then(|t| t.parse::<i64>().ok())
+        .ok_or(Refusal::BadHeader("X-Tether-Timestamp (unix seconds)"))?;
     let now = chrono::Utc::now().timestamp();
     let tolerance = ctx.triggers.tolerance;
     if !fresh(timestamp, now, tolerance) {
-        tracing::info!(workflow = %name, namespace = %namespace, timestamp, "webhook refused: stale timestamp");
-        return refuse(
-            &ctx,
-            StatusCode::UNAUTHORIZED,
-            "stale",
-            format!(
-                "X-Tether-Timestamp is more than {}s away from the controller's clock",
-                tolerance.as_secs()
-            ),
-        );
+        return Err(Refusal::Stale(tolerance.as_secs()));
     }
-    let body = match bounded(&ctx, &headers, body, MAX_WEBHOOK_BYTES).await {
-        Ok(body) => body,
-        Err(refused) => return refused,
-    };
-    let signed = |key: &[u8]| verify(key, timestamp, &delivery, &body, &signature);
-    match key_that_verifies(&ctx, Purpose::Webhook, &namespace, &hook.secret_ref, signed).await {
-        Ok(_) => {}
-        Err(Some(())) => {
-            tracing::info!(workflow = %name, namespace = %namespace, "webhook refused: bad signature");
-            return refuse(
-                &ctx,
-                StatusCode::UNAUTHORIZED,
-                "bad_signature",
-                "X-Tether-Signature does not sign timestamp, delivery and body",
-            );
-        }
-        Err(None) => {
-            return refuse(
-                &ctx,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_key",
-                format!(
-                    "the webhook key (Secret {:?}, key {:?}) is missing",
-                    hook.secret_ref.name, hook.secret_ref.key
-                ),
-            );
-        }
-    }
-    match ctx.triggers.deliveries.admit(&namespace, &name, &delivery, now) {
+    let body = bounded(headers, body, MAX_WEBHOOK_BYTES).await?;
+    let signed = |key: &[u8]| verify(key, timestamp, delivery, &body, signature);
+    key_that_verifies(
+        ctx,
+        Purpose::Webhook,
+        namespace,
+        &hook.secret_ref,
+        signed,
+        Refusal::BadSignature,
+    )
+    .await?;
+    match ctx.triggers.deliveries.admit(namespace, name, delivery, now) {
         Admit::New => {}
-        Admit::Replay(run) => {
-            return refuse_with(
-                &ctx,
-                StatusCode::OK,
-                "replayed",
-                json!({ "run": run, "replayed": true }),
-            );
-        }
-        Admit::Full => {
-            return refuse(
-                &ctx,
-                StatusCode::TOO_MANY_REQUESTS,
-                "busy",
-                "too many deliveries inside the tolerance window",
-            );
-        }
+        Admit::Replay(run) => return Ok(Started::Replay(run)),
+        Admit::Full => return Err(Refusal::Busy),
     }
-    let payload = match json_body(&body) {
-        Ok(payload) => payload,
-        Err(message) => return refuse(&ctx, StatusCode::BAD_REQUEST, "bad_payload", message),
-    };
-    let parameters =
-        Expr::compile("spec.triggers.webhook.parameters", &hook.parameters, &[]).and_then(|e| e.eval(&payload, &[]));
-    let parameters = match parameters {
-        Ok(p @ Value::Object(_)) => p,
-        Ok(other) => {
-            return refuse(
-                &ctx,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "bad_payload",
-                format!("the parameters expression yielded {other}, not an object"),
-            );
-        }
-        Err(e) => return refuse(&ctx, StatusCode::UNPROCESSABLE_ENTITY, "bad_payload", e.to_string()),
-    };
+    let payload = json_body(&body)?;
+    let parameters = Expr::compile("spec.triggers.webhook.parameters", &hook.parameters, &[])
+        .and_then(|e| e.eval(&payload, &[]))
+        .map_err(|e| Refusal::BadParameters(e.to_string()))?;
+    if !parameters.is_object() {
+        return Err(Refusal::BadParameters(format!(
+            "the parameters expression yielded {parameters}, not an object"
+        )));
+    }
     let digest = Sha256::digest(delivery.as_bytes());
     let short: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
-    let run_name = format!("{name}-{short}");
-    let created = create_run(
-        &ctx,
+    let run = create_run(
+        ctx,
         &workflow,
-        &run_name,
+        &format!("{name}-{short}"),
         None,
         parameters,
         &[(TRIGGER_LABEL, "webhook")],
     )
+    .await
+    .map_err(Refusal::CreateRun)?;
+    let run = kube::ResourceExt::name_any(&run);
+    let expires = timestamp.saturating_add(i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX));
+    ctx.triggers.deliveries.record(namespace, name, delivery, &run, expires);
+    ctx.publish(
+        workflow.as_ref(),
+        kube::runtime::events::EventType::Normal,
+        "RunCreated",
+        "Webhook",
+        format!("webhook started run {run}"),
+    )
     .await;
-    match created {
-        Ok(run) => {
-            let run_name = kube::ResourceExt::name_any(&run);
-            let expires = timestamp.saturating_add(i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX));
-            ctx.triggers
-                .deliveries
-                .record(&namespace, &name, &delivery, &run_name, expires);
-            ctx.metrics
-                .webhook_requests
-                .get_or_create(&OutcomeLabels { outcome: "accepted" })
-                .inc();
-            ctx.publish(
-                workflow.as_ref(),
-                kube::runtime::events::EventType::Normal,
-                "RunCreated",
-                "Webhook",
-                format!("webhook started run {run_name}"),
-            )
-            .await;
-            (StatusCode::ACCEPTED, axum::Json(json!({ "run": run_name }))).into_response()
-        }
-        Err(e) => refuse(&ctx, StatusCode::SERVICE_UNAVAILABLE, "error", e.to_string()),
-    }
-}
-
-/// An answer that is not an acceptance, counted under `outcome`.
-fn refuse_with(ctx: &Context, status: StatusCode, outcome: &'static str, body: Value) -> Response {
-    ctx.metrics
-        .webhook_requests
-        .get_or_create(&OutcomeLabels { outcome })
-        .inc();
-    (status, axum::Json(body)).into_response()
+    Ok(Started::New(run))
 }
 
 #[cfg(test)]
