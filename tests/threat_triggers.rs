@@ -478,6 +478,23 @@ fn delete_run(cp: &ControlPlane, ns: &str, name: &str) {
     assert_ok(&cp.kubectl(&["delete", "twr", name, "-n", ns, "--wait=true", "--timeout=60s"]));
 }
 
+/// Waits until the run said on `approval` that it does not count for it.
+fn not_for_this_run(cp: &ControlPlane, ns: &str, approval: &str, controller: &Controller) {
+    cp.wait_for(
+        ns,
+        &format!("approval/{approval}"),
+        "jsonpath={.status.conditions[?(@.type==\"Applied\")].reason}=NotForThisRun",
+        "60s",
+        Some(controller),
+    );
+    let message = cp.jsonpath(
+        ns,
+        &format!("approval/{approval}"),
+        "{.status.conditions[?(@.type==\"Applied\")].message}",
+    );
+    assert!(message.contains("does not count for run deploy"), "{message}");
+}
+
 /// The new run `deploy` of `other` waits at its gate; a fresh Approval
 /// (created after it) is the one that opens it.
 fn only_a_fresh_approval_opens(cp: &ControlPlane, ns: &str, controller: &Controller, target: &SimHandle) {
@@ -536,6 +553,7 @@ async fn threat_an_approval_of_a_deleted_run_does_not_approve_a_new_run_of_the_s
     );
     assert_ne!(uid(cp, &ns, "twr/deploy"), first);
     assert_ok(&cp.apply_as("bob", &ns, &approval("for-the-old-uid", "deploy", Some(&first))));
+    not_for_this_run(cp, &ns, "for-the-old-uid", &controller);
     only_a_fresh_approval_opens(cp, &ns, &controller, &target);
 }
 
@@ -567,6 +585,7 @@ async fn threat_an_approval_made_for_a_deleted_run_before_its_gate_does_not_appr
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     cp.apply_json(&ns, &run("deploy", "other"));
+    not_for_this_run(cp, &ns, "early", &controller);
     only_a_fresh_approval_opens(cp, &ns, &controller, &target);
     assert_eq!(
         cp.jsonpath(&ns, "approval/early", "{.status.runUid}"),

@@ -51,6 +51,14 @@ pub struct Scope<'a> {
 
 type Failure = (String, FailureClass);
 
+/// The Approvals of one gate of one run.
+struct Gate {
+    /// The one that decides (the oldest that counts).
+    decision: Option<Arc<Approval>>,
+    /// Those that name the gate but were made for another run, with why.
+    not_for_us: Vec<(Arc<Approval>, String)>,
+}
+
 impl<'a> Scope<'a> {
     /// The scope of one round's `actions`: `$steps` once, and the items of
     /// every forEach step an action names, evaluated once.
@@ -254,7 +262,11 @@ impl<'a> Scope<'a> {
                 default_decision,
                 ..
             } => {
-                if let Some(approval) = self.approval_for(name) {
+                let gate = self.approval_for(name);
+                for (other, why) in gate.not_for_us {
+                    self.mark_not_for_this_run(&other, why).await;
+                }
+                if let Some(approval) = gate.decision {
                     let who = approval.spec.decided_by.clone().unwrap_or_else(|| "unknown".into());
                     let why = approval.spec.reason.clone().unwrap_or_default();
                     self.mark_applied(&approval, name).await;
@@ -454,14 +466,56 @@ impl<'a> Scope<'a> {
         Some(failed(last))
     }
 
-    fn approval_for(&self, step: &str) -> Option<Arc<Approval>> {
+    /// The Approval that decides gate `step` (the oldest that counts), and
+    /// each Approval that names the gate but not this run, with why.
+    fn approval_for(&self, step: &str) -> Gate {
         let namespace = self.namespace();
-        self.ctx
-            .approvals
-            .state()
-            .into_iter()
-            .filter(|a| a.namespace().as_deref() == Some(namespace.as_str()) && approval_counts(a, self.run, step))
-            .min_by_key(|a| a.creation_timestamp())
+        let mut counting = Vec::new();
+        let mut not_for_us = Vec::new();
+        for approval in self.ctx.approvals.state() {
+            if approval.namespace().as_deref() != Some(namespace.as_str()) {
+                continue;
+            }
+            match approval_verdict(&approval, self.run, step) {
+                Verdict::Counts => counting.push(approval),
+                Verdict::NotForThisRun(why) => not_for_us.push((approval, why)),
+                Verdict::Elsewhere => {}
+            }
+        }
+        Gate {
+            decision: counting.into_iter().min_by_key(|a| a.creation_timestamp()),
+            not_for_us,
+        }
+    }
+
+    /// Says on an Approval, once, that it does not count for this run
+    /// (`Applied=False`, reason `NotForThisRun`); the rest of its status,
+    /// a binding to another run included, is kept.
+    async fn mark_not_for_this_run(&self, approval: &Approval, why: String) {
+        let mut status = approval.status.clone().unwrap_or_default();
+        if conditions::find(&status.conditions, "Applied").is_some() {
+            return;
+        }
+        status.observed_generation = approval.metadata.generation;
+        status.conditions = conditions::merge(
+            &status.conditions,
+            &[conditions::Desired::new(
+                "Applied",
+                false,
+                APPROVAL_NOT_FOR_THIS_RUN,
+                format!("does not count for run {}: {why}", self.run.name_any()),
+            )],
+            approval.metadata.generation,
+            self.now,
+        );
+        let api: Api<Approval> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
+        if let Err(err) = self
+            .ctx
+            .apply_status(&api, &approval.name_any(), "Approval", &status)
+            .await
+        {
+            tracing::warn!(approval = %approval.name_any(), %err, "cannot record that the approval does not count");
+        }
     }
 
     /// `$callback` of an attempt: the one-time URL and its token.
@@ -767,26 +821,51 @@ pub fn start(
 /// run already. So an Approval of a deleted run never counts for a new run
 /// that reuses the name.
 pub fn approval_counts(approval: &Approval, run: &WorkflowRun, step: &str) -> bool {
+    approval_verdict(approval, run, step) == Verdict::Counts
+}
+
+/// What an Approval is to one gate of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It decides this gate.
+    Counts,
+    /// It names another run or another gate.
+    Elsewhere,
+    /// It names this run and gate, but was made for another run that had
+    /// the name: why.
+    NotForThisRun(String),
+}
+
+/// The rule of [`approval_counts`], saying why an Approval that names the
+/// run does not count.
+pub fn approval_verdict(approval: &Approval, run: &WorkflowRun, step: &str) -> Verdict {
     let uid = run.uid();
     if approval.spec.run_ref.name != run.name_any() || approval.spec.step != step {
-        return false;
+        return Verdict::Elsewhere;
     }
-    let applied_elsewhere = approval
-        .status
-        .as_ref()
-        .and_then(|s| s.run_uid.as_ref())
-        .is_some_and(|applied| Some(applied) != uid.as_ref());
-    if applied_elsewhere {
-        return false;
+    let current = uid.as_deref().unwrap_or_default();
+    let applied = approval.status.as_ref().and_then(|s| s.run_uid.as_deref());
+    if let Some(applied) = applied
+        && applied != current
+    {
+        return Verdict::NotForThisRun(format!("it was applied to run UID {applied}, not {current}"));
     }
-    match &approval.spec.run_ref.uid {
-        Some(bound) => Some(bound) == uid.as_ref(),
+    match approval.spec.run_ref.uid.as_deref() {
+        Some(bound) if bound == current => Verdict::Counts,
+        Some(bound) => Verdict::NotForThisRun(format!("it names run UID {bound}, not {current}")),
         None => match (approval.creation_timestamp(), run.creation_timestamp()) {
-            (Some(decided), Some(started)) => decided.0 >= started.0,
-            _ => false,
+            (Some(decided), Some(started)) if decided.0 >= started.0 => Verdict::Counts,
+            _ => Verdict::NotForThisRun(format!(
+                "it was created before run {} (UID {current}); set spec.runRef.uid, or create it anew",
+                run.name_any()
+            )),
         },
     }
 }
+
+/// Reason of an Approval's `Applied=False` when it names a run of that
+/// name but was made for another.
+pub const APPROVAL_NOT_FOR_THIS_RUN: &str = "NotForThisRun";
 
 /// Reason of the Event when a callback annotation does not verify.
 pub const CALLBACK_FORGED: &str = "CallbackForged";
@@ -897,5 +976,13 @@ mod tests {
             &current,
             "other-gate"
         ));
+        assert_eq!(
+            approval_verdict(&approval(Some("uid-2"), 160, None), &current, "other-gate"),
+            Verdict::Elsewhere
+        );
+        assert_eq!(
+            approval_verdict(&approval(Some("uid-1"), 160, None), &current, "gate"),
+            Verdict::NotForThisRun("it names run UID uid-1, not uid-2".into())
+        );
     }
 }
