@@ -40,6 +40,11 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PurposeLabels {
+    pub purpose: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: String,
 }
@@ -59,6 +64,9 @@ pub struct Metrics {
     pub step_duration: Family<OutcomeLabels, Histogram>,
     pub compensations: Family<OutcomeLabels, Counter>,
     pub webhook_requests: Family<OutcomeLabels, Counter>,
+    /// Reads of webhook and callback keys from their Secrets (the cache
+    /// keeps refused requests from costing one each).
+    pub key_reads: Family<PurposeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -82,6 +90,7 @@ impl Default for Metrics {
         });
         let compensations = Family::<OutcomeLabels, Counter>::default();
         let webhook_requests = Family::<OutcomeLabels, Counter>::default();
+        let key_reads = Family::<PurposeLabels, Counter>::default();
         registry.register("workflow_runs", "Workflow runs entering each phase", runs.clone());
         registry.register(
             "workflow_step_duration_seconds",
@@ -97,6 +106,11 @@ impl Default for Metrics {
             "webhook_requests",
             "Webhook trigger requests, by outcome (bad_signature: refused)",
             webhook_requests.clone(),
+        );
+        registry.register(
+            "key_reads",
+            "Reads of webhook and callback keys from their Secrets, by purpose",
+            key_reads.clone(),
         );
         registry.register("reconciles", "Reconciles run, by kind", reconciles.clone());
         registry.register(
@@ -144,6 +158,7 @@ impl Default for Metrics {
             step_duration,
             compensations,
             webhook_requests,
+            key_reads,
         }
     }
 }
