@@ -160,6 +160,48 @@ impl Default for Metrics {
             webhook_requests,
             key_reads,
         }
+        .with_known_series()
+    }
+}
+
+/// The kinds whose reconciles are counted.
+pub const KINDS: [&str; 5] = ["Adapter", "TargetSystem", "ExternalResource", "Workflow", "WorkflowRun"];
+
+impl Metrics {
+    /// Creates every series whose labels are known in advance, at zero: a
+    /// series that appears only with its first event makes `rate()` and
+    /// dashboards blind until then (Prometheus' advice: initialise what
+    /// you can). Series per target appear with the target's first call.
+    fn with_known_series(self) -> Self {
+        for kind in KINDS {
+            let _ = self.reconciles.get_or_create(&KindLabels { kind });
+            let _ = self.reconcile_duration.get_or_create(&KindLabels { kind });
+            let _ = self.status_writes.get_or_create(&KindLabels { kind });
+            let _ = self.reconcile_errors.get_or_create(&ErrorLabels {
+                kind,
+                reason: crate::controller::guard::INTERNAL_ERROR,
+            });
+        }
+        for phase in [
+            "Running",
+            "Succeeded",
+            "Failed",
+            "Compensated",
+            "CompensationFailed",
+            "Cancelled",
+        ] {
+            let _ = self.runs.get_or_create(&PhaseLabels { phase: phase.into() });
+        }
+        for outcome in ["succeeded", "failed"] {
+            let _ = self.step_duration.get_or_create(&OutcomeLabels { outcome });
+        }
+        for outcome in ["compensated", "failed"] {
+            let _ = self.compensations.get_or_create(&OutcomeLabels { outcome });
+        }
+        for outcome in ["accepted", "replayed", "bad_signature", "stale"] {
+            let _ = self.webhook_requests.get_or_create(&OutcomeLabels { outcome });
+        }
+        self
     }
 }
 
@@ -169,7 +211,7 @@ impl Metrics {
     }
 
     pub fn observe_reconcile(&self, kind: &'static str, took: Duration) {
-        self.reconciles.get_or_create(&KindLabels { kind }).inc();
+        let _ = self.reconciles.get_or_create(&KindLabels { kind }).inc();
         self.reconcile_duration
             .get_or_create(&KindLabels { kind })
             .observe(took.as_secs_f64());

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 use support::tether::Controller;
-use support::{ControlPlane, assert_ok};
+use support::{ControlPlane, KubectlExt, assert_ok};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -97,14 +97,23 @@ fn helm_install_of_the_previous_version_upgrades_and_a_second_release_installs_b
     ] {
         assert!(exists(&cp, kind, name, None), "{kind}/{name} after the upgrade");
     }
-    assert!(exists(&cp, "poddisruptionbudget", "tether-controller", Some("tether-system")));
+    assert!(exists(
+        &cp,
+        "poddisruptionbudget",
+        "tether-controller",
+        Some("tether-system")
+    ));
 
     // A second release: every cluster-scoped name carries its release.
     assert_ok(&helm(
         &cp,
         &["install", "second", &chart(), "-n", "second", "--create-namespace"],
     ));
-    for name in ["second-tether-controller", "second-tether-approver", "second-tether-edit"] {
+    for name in [
+        "second-tether-controller",
+        "second-tether-approver",
+        "second-tether-edit",
+    ] {
         assert!(exists(&cp, "clusterrole", name, None), "clusterrole/{name}");
     }
     assert!(exists(&cp, "deployment", "second-tether-controller", Some("second")));
@@ -180,7 +189,33 @@ async fn the_dashboard_reads_only_metrics_the_controller_serves() {
     tether::install_crypto_provider();
     let cp = ControlPlane::shared();
     let ns = cp.namespace("dashboard");
+    // One resource through a rate-limited target: the per-target series
+    // (calls, limiter waits, circuit) exist once a target was called.
+    let target = tether::sim::start_on_own_thread(
+        "127.0.0.1:0".parse().expect("address"),
+        tether::sim::Credentials {
+            bearer_tokens: vec!["dash-token-1234".into()],
+            ..Default::default()
+        },
+    )
+    .expect("simulator");
+    let adapter = format!("dashboard-{ns}");
+    cp.apply_json(&ns, &support::tether::contacts_adapter(&adapter));
+    cp.apply_json(
+        &ns,
+        &support::tether::target(
+            &adapter,
+            &target.base_url(),
+            "dash-token-1234",
+            json!({"rateLimit": {"requestsPerSecond": 50, "burst": 5}}),
+        ),
+    );
+    cp.apply_json(
+        &ns,
+        &support::tether::contact("ada", json!({"email": "ada@example.com"}), json!({})),
+    );
     let controller = Controller::start(cp, &ns, &[]);
+    cp.wait_for(&ns, "xr/ada", "condition=Ready", "60s", Some(&controller));
     let served = controller.metrics().await;
     for expr in &exprs {
         for name in series(expr) {
