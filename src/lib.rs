@@ -32,6 +32,7 @@ pub mod leader;
 pub mod metrics;
 pub mod run;
 pub mod sandbox;
+pub mod scope;
 pub mod sim;
 pub mod target;
 pub mod text;

@@ -21,7 +21,7 @@ struct Cli {
 enum Command {
     /// Run the controllers (Adapter, TargetSystem, ExternalResource,
     /// Workflow, WorkflowRun) and the webhook endpoint.
-    Run(tether::run::RunOptions),
+    Run(Box<tether::run::RunOptions>),
     /// Inspect workflow runs.
     Runs {
         #[command(subcommand)]
@@ -108,7 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         LogFormat::Json => logs.json().init(),
     }
     match cli.command {
-        Command::Run(options) => tether::run::run(options).await?,
+        Command::Run(options) => tether::run::run(*options).await?,
         Command::Sandbox(options) => tether::sandbox::run(options).await?,
         Command::Runs {
             command: RunsCommand::Describe { name, namespace },

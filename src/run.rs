@@ -29,13 +29,18 @@ use crate::api::{Adapter, Approval, ExternalResource, TargetSystem, Workflow, Wo
 use crate::controller::{self as ctrl, Context};
 use crate::leader::{self, LeaderElector};
 use crate::metrics::Metrics;
+use crate::scope::Scope;
 use crate::target::registry::Registry;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunOptions {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "TETHER_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces, comma separated (default: all).
+    #[arg(long, env = "TETHER_NAMESPACE", value_delimiter = ',')]
+    pub namespace: Vec<String>,
+    /// Reconcile only ExternalResources, Workflows, WorkflowRuns and
+    /// TargetSystems whose labels match this selector (`team=payments`).
+    #[arg(long, env = "TETHER_SELECTOR")]
+    pub selector: Option<String>,
     /// Reconciles running at once, per kind.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
@@ -194,7 +199,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         .identity
         .clone()
         .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
-    let secrets_api: Api<PartialObjectMeta<Secret>> = scoped(&client, options.namespace.as_deref());
+    let scope = Scope::new(&options.namespace, options.selector.as_deref());
     let (secrets, secrets_writer) = reflector::store();
     let secrets_ready = secrets.clone();
     let registry = Arc::new(Registry::new(client.clone(), Some(secrets), metrics.clone()));
@@ -204,7 +209,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         let lease_namespace = options
             .lease_namespace
             .clone()
-            .or_else(|| options.namespace.clone())
+            .or_else(|| scope.single_namespace().map(str::to_owned))
             .unwrap_or_else(|| "default".into());
         let elector = LeaderElector::new(
             Api::<Lease>::namespaced(client.clone(), &lease_namespace),
@@ -234,14 +239,10 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     let (adapters, adapters_writer) = reflector::store();
     let (workflows, workflows_writer) = reflector::store();
     let (approvals, approvals_writer) = reflector::store();
-    let workflow_api: Api<Workflow> = scoped(&client, options.namespace.as_deref());
-    let approval_api: Api<Approval> = scoped(&client, options.namespace.as_deref());
-    let run_api: Api<WorkflowRun> = scoped(&client, options.namespace.as_deref());
-    let target_api: Api<TargetSystem> = scoped(&client, options.namespace.as_deref());
     let adapter_api: Api<Adapter> = Api::all(client.clone());
-    let er_api: Api<ExternalResource> = scoped(&client, options.namespace.as_deref());
+    let everything = watcher::Config::default;
     for stream in [
-        reflector::reflector(targets_writer, watcher(target_api.clone(), watcher::Config::default()))
+        reflector::reflector(targets_writer, scope.watch::<TargetSystem>(&client, everything()))
             .default_backoff()
             .map(|_| ())
             .boxed(),
@@ -252,24 +253,21 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         .default_backoff()
         .map(|_| ())
         .boxed(),
-        reflector::reflector(secrets_writer, watcher(secrets_api, watcher::Config::default()))
+        reflector::reflector(
+            secrets_writer,
+            scope.watch::<PartialObjectMeta<Secret>>(&client, everything()),
+        )
+        .default_backoff()
+        .map(|_| ())
+        .boxed(),
+        reflector::reflector(workflows_writer, scope.watch::<Workflow>(&client, everything()))
             .default_backoff()
             .map(|_| ())
             .boxed(),
-        reflector::reflector(
-            workflows_writer,
-            watcher(workflow_api.clone(), watcher::Config::default()),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
-        reflector::reflector(
-            approvals_writer,
-            watcher(approval_api.clone(), watcher::Config::default()),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
+        reflector::reflector(approvals_writer, scope.watch::<Approval>(&client, everything()))
+            .default_backoff()
+            .map(|_| ())
+            .boxed(),
     ] {
         tokio::spawn(stream.for_each(|()| async {}));
     }
@@ -296,8 +294,8 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         instance: Some(identity.clone()),
     };
     let config = controller::Config::default().concurrency(options.concurrency);
-    let er_controller = Controller::new(er_api.clone(), watcher::Config::default()).with_config(config.clone());
-    let run_controller = Controller::new(run_api.clone(), watcher::Config::default()).with_config(config.clone());
+    let er_controller = scoped_controller::<ExternalResource>(&scope, &client).with_config(config.clone());
+    let run_controller = scoped_controller::<WorkflowRun>(&scope, &client).with_config(config.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         registry,
@@ -350,7 +348,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
             .collect()
     };
     let external_resources = er_controller
-        .watches(target_api.clone(), watcher::Config::default(), by_target)
+        .watches_stream(objects(scope.watch::<TargetSystem>(&client, everything())), by_target)
         .watches(adapter_api.clone(), watcher::Config::default(), by_adapter)
         .graceful_shutdown_on(stopped())
         .run(
@@ -359,7 +357,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
             ctx.clone(),
         )
         .for_each(|_| async {});
-    let target_systems = Controller::new(target_api, watcher::Config::default())
+    let target_systems = scoped_controller::<TargetSystem>(&scope, &client)
         .with_config(config.clone())
         .graceful_shutdown_on(stopped())
         .run(
@@ -386,8 +384,8 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         )
     };
     let workflow_runs = run_controller
-        .owns(er_api, watcher::Config::default())
-        .watches(approval_api, watcher::Config::default(), by_approval)
+        .owns_stream(objects(scope.watch::<ExternalResource>(&client, everything())))
+        .watches_stream(objects(scope.watch::<Approval>(&client, everything())), by_approval)
         .graceful_shutdown_on(stopped())
         .run(
             |o, c| ctrl::guard::reconcile(o, c, "WorkflowRun", ctrl::workflow_run::reconcile),
@@ -407,9 +405,9 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
             .filter(|_| finished)
             .map(|w| ObjectRef::<Workflow>::new(&w).within(&run.namespace().unwrap_or_default()))
     };
-    let workflows_controller = Controller::new(workflow_api, watcher::Config::default())
+    let workflows_controller = scoped_controller::<Workflow>(&scope, &client)
         .with_config(config.clone())
-        .watches(run_api, watcher::Config::default(), by_run)
+        .watches_stream(objects(scope.watch::<WorkflowRun>(&client, everything())), by_run)
         .graceful_shutdown_on(stopped())
         .run(
             |o, c| ctrl::guard::reconcile(o, c, "Workflow", ctrl::workflow::reconcile),
@@ -419,7 +417,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         .for_each(|_| async {});
 
     ready.store(true, Ordering::Relaxed);
-    tracing::info!(namespace = ?options.namespace, concurrency = options.concurrency, "controllers running");
+    tracing::info!(namespaces = ?scope.namespaces, selector = ?scope.selector, concurrency = options.concurrency, "controllers running");
     let controllers = async {
         tokio::join!(
             external_resources,
@@ -444,15 +442,33 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     }
 }
 
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// A controller of the objects of `K` this process reconciles (its scope's
+/// namespaces and selector), with its own store.
+fn scoped_controller<K>(scope: &Scope, client: &Client) -> Controller<K>
 where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    <K as kube::Resource>::DynamicType: Default,
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, scope.watch::<K>(client, scope.reconciled()))
+        .default_backoff()
+        .applied_objects();
+    Controller::for_stream(stream, reader)
+}
+
+/// The objects a watch touches (applied or deleted), retried with backoff.
+fn objects<K>(
+    events: futures::stream::BoxStream<'static, kube::runtime::watcher::Result<kube::runtime::watcher::Event<K>>>,
+) -> impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static
+where
+    K: kube::Resource + Clone + Send + 'static,
+{
+    events.default_backoff().touched_objects()
 }
 
 fn hostname() -> String {

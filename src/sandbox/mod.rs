@@ -77,7 +77,8 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
     );
     let client = cp.try_client("controller").await.map_err(anyhow::Error::msg)?;
     let run_options = RunOptions {
-        namespace: Some(ns.clone()),
+        namespace: vec![ns.clone()],
+        selector: None,
         concurrency: 16,
         metrics_addr: "127.0.0.1:0".parse()?,
         webhook_addr: "127.0.0.1:0".parse()?,
