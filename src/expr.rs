@@ -159,7 +159,7 @@ impl Expr {
     /// The error of a value of the wrong type.
     pub fn type_error(&self, expected: &'static str, got: &Value) -> ExprError {
         let mut got = got.to_string();
-        got.truncate(80);
+        crate::target::text::truncate(&mut got, 80);
         ExprError::Type {
             field: self.field.clone(),
             expression: self.source.clone(),

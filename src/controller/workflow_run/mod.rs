@@ -400,7 +400,7 @@ fn finish(
     for s in &mut next.steps {
         for d in &mut s.item_details {
             if let Some(m) = d.message.as_mut() {
-                m.truncate(256);
+                crate::target::text::truncate(m, 256);
             }
         }
     }

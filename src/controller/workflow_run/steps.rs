@@ -337,7 +337,7 @@ impl<'a> Scope<'a> {
                 };
                 if !ok {
                     let mut text = body.to_string();
-                    text.truncate(200);
+                    crate::target::text::truncate(&mut text, 200);
                     return Some(failed(
                         format!("the callback did not succeed: {text}"),
                         FailureClass::Condition,
@@ -718,7 +718,7 @@ pub fn after_std(at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 
 fn classify(e: &AdapterError) -> Failure {
     let class = match e {
-        AdapterError::Call(CallError::Url(_)) => FailureClass::Permanent,
+        AdapterError::Call(CallError::Url(_) | CallError::EgressDenied(_)) => FailureClass::Permanent,
         AdapterError::Call(_) => FailureClass::Transient,
         _ if e.is_permanent() => FailureClass::Permanent,
         _ => FailureClass::Transient,
@@ -731,6 +731,6 @@ fn summary(response: &Value) -> String {
     let status = response.get("status").and_then(Value::as_u64).unwrap_or_default();
     let body = response.get("body").cloned().unwrap_or(Value::Null);
     let mut text = format!("HTTP {status}: {}", crate::target::error_message(&body));
-    text.truncate(256);
+    crate::target::text::truncate(&mut text, 256);
     text
 }
