@@ -84,14 +84,14 @@ async fn threat_answer_a_200_mb_answer_keeps_the_controller_below_256_mib() {
     cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
     // Whatever the outcome, once the first call has ended (and been
     // reported), the controller's peak memory is known.
-    let reason = settled_reason(cp, &ns, "xr/ada", "Synced", &controller).await;
+    let reason = settled_reason(cp, &ns, "xr/ada", "Synced").await;
     let pid = controller.pid().expect("controller pid");
     let peak = peak_rss_kib(pid);
     assert!(
         peak < 256 * 1024,
-        "controller peak RSS {peak} KiB (Synced reason {reason})"
+        "controller peak RSS {peak} KiB (Synced reason {reason:?})"
     );
-    assert_eq!(reason, "ResponseTooLarge");
+    assert_eq!(reason.as_deref(), Some("ResponseTooLarge"), "{}", controller.logs());
     let text = message(cp, &ns, "xr/ada", "Synced");
     assert!(
         text.contains("4194304") && text.contains("spec.maxResponseBytes"),
@@ -101,25 +101,21 @@ async fn threat_answer_a_200_mb_answer_keeps_the_controller_below_256_mib() {
 }
 
 /// The reason of a condition once it is set to something other than the
-/// reason of a call still in progress.
-async fn settled_reason(cp: &ControlPlane, ns: &str, object: &str, condition: &str, controller: &Controller) -> String {
+/// reason of a call still in progress; `None` if that takes 2 minutes.
+async fn settled_reason(cp: &ControlPlane, ns: &str, object: &str, condition: &str) -> Option<String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
+    while std::time::Instant::now() < deadline {
         let reason = cp.jsonpath(
             ns,
             object,
             &format!("{{.status.conditions[?(@.type==\"{condition}\")].reason}}"),
         );
         if !reason.is_empty() && reason != "Creating" {
-            return reason;
+            return Some(reason);
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{object} has no settled {condition} condition:\n{}",
-            controller.logs()
-        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
