@@ -364,3 +364,96 @@ async fn threat_answer_a_long_non_ascii_error_message_fails_the_step_not_the_con
     );
     assert!(!controller.logs().contains("panicked"), "{}", controller.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threat_answer_a_retry_after_past_the_clock_throttles_without_crashing_the_controller() {
+    let cp = ControlPlane::shared();
+    let sim = simulator();
+    // `Instant::now() + 18446744073709551615s` overflows: uncapped, this
+    // panicked the reconcile and kube-runtime took the process down.
+    hostile(
+        &sim,
+        Hostile::OddHeaders {
+            status: 429,
+            headers: vec![("retry-after".into(), u64::MAX.to_string())],
+        },
+    );
+    let ns = namespace(cp, "retry-after", &sim.base_url(), json!({}));
+    let controller = Controller::start(cp, &ns, &[]);
+    cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
+    wait_reason(cp, &ns, "xr/ada", "Synced", "Throttled", &controller);
+    assert!(message(cp, &ns, "xr/ada", "Synced").contains("retry after 3600s"));
+    assert!(!controller.logs().contains("panicked"), "{}", controller.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threat_answer_an_invalid_utf8_body_is_an_error_of_the_resource_not_of_the_controller() {
+    let cp = ControlPlane::shared();
+    let sim = simulator();
+    hostile(
+        &sim,
+        Hostile::InvalidUtf8 {
+            status: 200,
+            bytes: 100_000,
+        },
+    );
+    let ns = namespace(cp, "utf8", &sim.base_url(), json!({}));
+    let controller = Controller::start(cp, &ns, &[]);
+    cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
+    let reason = settled_reason(cp, &ns, "xr/ada", "Synced").await;
+    assert!(reason.is_some(), "no settled condition:\n{}", controller.logs());
+    assert!(!controller.logs().contains("panicked"), "{}", controller.logs());
+    // The body kept as text is bounded.
+    assert!(cp.jsonpath(&ns, "xr/ada", "{.status}").len() < 16 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hostile_simulator_answers_what_its_faults_say() {
+    let sim = simulator();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let get = |sim: &SimHandle| {
+        client
+            .get(format!("{}/v1/contacts", sim.base_url()))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    hostile(&sim, Hostile::HugeBody { bytes: 10_000_000 });
+    let mut response = get(&sim).await.expect("answer");
+    let mut streamed = 0usize;
+    while let Some(chunk) = response.chunk().await.expect("chunk") {
+        streamed += chunk.len();
+    }
+    assert!((9_990_000..=10_010_000).contains(&streamed), "{streamed}");
+    hostile(
+        &sim,
+        Hostile::Redirect {
+            status: 302,
+            location: "http://elsewhere.example/x".into(),
+        },
+    );
+    let response = get(&sim).await.expect("answer");
+    assert_eq!(response.status(), 302);
+    assert_eq!(response.headers()["location"], "http://elsewhere.example/x");
+    hostile(
+        &sim,
+        Hostile::LongMessage {
+            status: 422,
+            text: "é€😀".into(),
+            repeat: 500,
+        },
+    );
+    let response = get(&sim).await.expect("answer");
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(
+        body["message"].as_str().map(str::chars).map(Iterator::count),
+        Some(1500)
+    );
+    hostile(&sim, Hostile::InvalidUtf8 { status: 200, bytes: 64 });
+    let bytes = get(&sim).await.expect("answer").bytes().await.expect("body");
+    assert!(bytes.len() == 64 && std::str::from_utf8(&bytes).is_err());
+    assert_eq!(sim.stats().hostile_answers, 4);
+}
