@@ -60,6 +60,9 @@ async fn main() -> Result<()> {
             "64",
             "--metrics-addr",
             &format!("127.0.0.1:{metrics_port}"),
+            // The simulator is on loopback: the default list without it.
+            "--egress-deny",
+            "169.254.0.0/16,fe80::/10,0.0.0.0/8,::/128,::1/128",
         ])
         .env("KUBECONFIG", cp.kubeconfig("controller"))
         .env("RUST_LOG", "warn")

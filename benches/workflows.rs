@@ -74,6 +74,9 @@ async fn main() -> Result<()> {
             &format!("127.0.0.1:{metrics_port}"),
             "--webhook-addr",
             "127.0.0.1:0",
+            // The simulator is on loopback: the default list without it.
+            "--egress-deny",
+            "169.254.0.0/16,fe80::/10,0.0.0.0/8,::/128,::1/128",
         ])
         .env("KUBECONFIG", cp.kubeconfig("controller"))
         .env("RUST_LOG", "warn")

@@ -87,6 +87,16 @@ pub struct RunOptions {
     /// The `tether` binary that runs expression workers (default: this one).
     #[arg(long, hide = true)]
     pub expr_worker_exe: Option<std::path::PathBuf>,
+    /// Addresses no target, token endpoint, health probe or adapter service
+    /// may resolve to: CIDRs, comma separated. Replaces the default list
+    /// (loopback, link-local, unspecified, and the API server's addresses);
+    /// the API server's own ip:port is refused whatever this says.
+    #[arg(long, env = "TETHER_EGRESS_DENY")]
+    pub egress_deny: Option<crate::target::egress::DenyList>,
+    /// URL of the API server, for the egress deny list (set by `run` from
+    /// the kubeconfig or the in-cluster config).
+    #[arg(skip)]
+    pub api_server_url: Option<String>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -145,10 +155,12 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    let client = Client::try_default()
+pub async fn run(mut options: RunOptions) -> anyhow::Result<()> {
+    let config = kube::Config::infer()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    options.api_server_url = Some(config.cluster_url.to_string());
+    let client = Client::try_from(config).context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
     run_with_client(client, options).await
 }
 
@@ -202,7 +214,11 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     let scope = Scope::new(&options.namespace, options.selector.as_deref());
     let (secrets, secrets_writer) = reflector::store();
     let secrets_ready = secrets.clone();
-    let registry = Arc::new(Registry::new(client.clone(), Some(secrets), metrics.clone()));
+    let egress =
+        crate::target::egress::policy_for(options.egress_deny.as_ref(), options.api_server_url.as_deref()).await;
+    tracing::info!(deny = ?egress.deny_list(), "egress deny list");
+    let registry =
+        Arc::new(Registry::new(client.clone(), Some(secrets), metrics.clone()).with_egress(Arc::new(egress)));
 
     let mut lost_leadership: Option<tokio::task::JoinHandle<leader::Error>> = None;
     if options.leader_election {

@@ -30,6 +30,17 @@ pub fn truncate(text: &mut String, max_bytes: usize) {
     }
 }
 
+/// At most `max_bytes` of `bytes` as text: invalid UTF-8 is replaced, and
+/// the cut never splits a character.
+pub fn lossy_prefix(bytes: &[u8], max_bytes: usize) -> String {
+    let head = bytes.get(..bytes.len().min(max_bytes)).unwrap_or(bytes);
+    let mut text = String::from_utf8_lossy(head).into_owned();
+    // A replacement character is 3 bytes: a cut byte sequence may have grown.
+    let keep = prefix(&text, max_bytes).len();
+    text.truncate(keep);
+    text
+}
+
 /// [`truncate`] of a copy.
 pub fn shortened(text: &str, max_bytes: usize) -> String {
     let mut text = text.to_owned();
@@ -53,6 +64,15 @@ mod tests {
         let mut long = text.clone();
         truncate(&mut long, 200);
         assert!(long.len() <= 200 && long.ends_with('…'), "{long}");
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_and_cut_within_the_limit() {
+        let bytes = [b'a', 0xff, 0xfe, 0xe2, 0x82];
+        for max in 0..8 {
+            assert!(lossy_prefix(&bytes, max).len() <= max);
+        }
+        assert_eq!(lossy_prefix(b"plain", 3), "pla");
     }
 
     #[test]

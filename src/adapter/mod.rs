@@ -115,12 +115,17 @@ impl AdapterError {
         match self {
             AdapterError::Call(call) => match call {
                 CallError::Unavailable { sent, .. } => !sent,
-                CallError::InvalidResponse(_) => false,
+                // The target answered: a 303 after a POST, or a body cut
+                // short, may follow a write that happened.
+                CallError::InvalidResponse(_) | CallError::ResponseTooLarge { .. } | CallError::Redirected { .. } => {
+                    false
+                }
                 CallError::Throttled { .. }
                 | CallError::Unauthorized { .. }
                 | CallError::BadCredentials(_)
                 | CallError::CircuitOpen { .. }
-                | CallError::Url(_) => true,
+                | CallError::Url(_)
+                | CallError::EgressDenied(_) => true,
             },
             AdapterError::Rejected { status, .. } => *status != 409,
             AdapterError::Expression(_) | AdapterError::Mapping(_) => true,
@@ -136,7 +141,7 @@ impl AdapterError {
             AdapterError::Expression(_)
                 | AdapterError::Mapping(_)
                 | AdapterError::Rejected { .. }
-                | AdapterError::Call(CallError::Url(_))
+                | AdapterError::Call(CallError::Url(_) | CallError::EgressDenied(_))
         )
     }
 }

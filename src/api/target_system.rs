@@ -71,10 +71,35 @@ pub struct TargetSystemSpec {
     /// A request that tells whether the target is up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+
+    /// Longest answer body read from this target, in bytes; a longer one
+    /// fails the call with reason `ResponseTooLarge`.
+    #[serde(default = "default_max_response_bytes")]
+    #[schemars(range(min = 1024, max = 67108864))]
+    pub max_response_bytes: i64,
+
+    /// Follow HTTP redirects, only to the same origin (scheme, host, port)
+    /// and below the baseUrl. Off: a 3xx answer fails the call with reason
+    /// `RedirectNotFollowed`.
+    #[serde(default)]
+    pub follow_redirects: bool,
 }
 
 fn default_max_concurrency() -> i32 {
     10
+}
+
+/// Default of `maxResponseBytes`: 4 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest `maxResponseBytes` the CRD accepts: 64 MiB.
+pub const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest `timeouts.request` the CRD accepts.
+pub const MAX_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// Longest `timeouts.connect` the CRD accepts.
+pub const MAX_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn default_max_response_bytes() -> i64 {
+    DEFAULT_MAX_RESPONSE_BYTES as i64
 }
 
 /// Credentials, all read from Secrets in the TargetSystem's namespace. At
@@ -171,13 +196,17 @@ fn default_burst() -> i32 {
     1
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Both have a maximum, so that no target can hold a call (and the
+/// memory of its answer) open without end.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.request) || duration(self.request) <= duration('5m')").message("timeouts.request may be at most 5m"))]
+#[x_kube(validation = Rule::new("!has(self.connect) || duration(self.connect) <= duration('1m')").message("timeouts.connect may be at most 1m"))]
 #[serde(rename_all = "camelCase")]
 pub struct Timeouts {
-    /// Time to open a connection.
+    /// Time to open a connection (at most 1m).
     #[serde(default = "default_connect_timeout")]
     pub connect: Duration,
-    /// Time for a whole request and its response.
+    /// Time for a whole request and its response, body included (at most 5m).
     #[serde(default = "default_request_timeout")]
     pub request: Duration,
 }

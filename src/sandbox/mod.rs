@@ -93,6 +93,14 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         expr_memory_mib: 256,
         expr_workers: 2,
         expr_worker_exe: None,
+        // The simulator runs on loopback: the default list without it.
+        egress_deny: Some(crate::target::egress::DenyList(
+            crate::target::egress::default_deny()
+                .into_iter()
+                .filter(|net| !net.contains(&std::net::IpAddr::from([127, 0, 0, 1])))
+                .collect(),
+        )),
+        api_server_url: Some(cp.server.clone()),
     };
     let controller = tokio::spawn(run_with_client(client, run_options));
 

@@ -28,6 +28,73 @@ pub struct Faults {
     /// Creates are committed, then answered only after this delay: a
     /// window in which a client can die between the call and its record.
     pub create_answer_delay_ms: u64,
+    /// Every data request (after authentication) gets this answer instead:
+    /// the hostile target of the threat tests.
+    pub hostile: Option<Hostile>,
+}
+
+/// Answers a target may give to hurt its caller.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Hostile {
+    /// 200 with a JSON array of strings about `bytes` long, streamed: the
+    /// simulator never holds it whole.
+    HugeBody { bytes: u64 },
+    /// 200 with a body that never ends: `chunkBytes` bytes every
+    /// `intervalMs` (0: as fast as the caller reads).
+    EndlessBody {
+        #[serde(default)]
+        interval_ms: u64,
+        #[serde(default = "default_chunk")]
+        chunk_bytes: u32,
+    },
+    /// `status` (a 3xx) with `Location: location`.
+    Redirect {
+        #[serde(default = "found")]
+        status: u16,
+        location: String,
+    },
+    /// `status` with `{"message": text × repeat}`: by default 422 and
+    /// 500 × "é€😀", a message whose byte offsets fall inside characters.
+    LongMessage {
+        #[serde(default = "unprocessable")]
+        status: u16,
+        #[serde(default = "multibyte")]
+        text: String,
+        #[serde(default = "five_hundred")]
+        repeat: u32,
+    },
+    /// `status` with `bytes` bytes of invalid UTF-8 (and no JSON).
+    InvalidUtf8 {
+        #[serde(default = "ok")]
+        status: u16,
+        bytes: u32,
+    },
+    /// `status` with these headers, as given (`Retry-After: 99999999999`,
+    /// `Retry-After: soon`...).
+    OddHeaders {
+        status: u16,
+        headers: Vec<(String, String)>,
+    },
+}
+
+fn default_chunk() -> u32 {
+    64 * 1024
+}
+fn found() -> u16 {
+    302
+}
+fn unprocessable() -> u16 {
+    422
+}
+fn multibyte() -> String {
+    "é€😀".into()
+}
+fn five_hundred() -> u32 {
+    500
+}
+fn ok() -> u16 {
+    200
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -104,6 +171,8 @@ pub struct Stats {
     pub retry_after_violations: u64,
     /// Calls to the OAuth2 token endpoint.
     pub token_requests: u64,
+    /// Requests answered with a [`Hostile`] answer.
+    pub hostile_answers: u64,
 }
 
 impl Stats {

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
 use tower::ServiceExt;
 
-pub use faults::{Faults, RateLimitFault, Stats};
+pub use faults::{Faults, Hostile, RateLimitFault, Stats};
 pub use routes::{ConnectionKill, Credentials, OAuthClient, SimState};
 
 /// A running simulator. Dropping it stops the server.

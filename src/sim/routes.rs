@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use super::faults::{Faults, Stats, TokenBucket};
+use super::faults::{Faults, Hostile, Stats, TokenBucket};
 use super::store::{Created, DEFAULT_PAGE, Store};
 
 /// Header that carries an idempotency key on create.
@@ -201,6 +201,10 @@ async fn admit(
                 format!("invalid credentials: {presented}"),
             ));
         }
+        if let Some(hostile) = inner.faults.hostile.clone() {
+            inner.stats.hostile_answers += 1;
+            return Err(hostile_answer(&hostile));
+        }
         if let Some(Err(wait)) = inner.bucket.as_mut().map(|bucket| bucket.take(now)) {
             inner.stats.throttled += 1;
             let announced = inner.faults.rate_limit.as_ref().and_then(|r| r.retry_after_seconds);
@@ -238,6 +242,87 @@ async fn admit(
         return Err(error(status, "injected", "injected failure"));
     }
     Ok(guard)
+}
+
+/// The answer of a hostile target. Bodies are streamed, so a 200 MB
+/// answer costs the simulator one chunk of memory.
+fn hostile_answer(hostile: &Hostile) -> Response {
+    use axum::body::{Body, Bytes};
+    let status = |s: u16| StatusCode::from_u16(s).unwrap_or(StatusCode::OK);
+    match hostile {
+        Hostile::HugeBody { bytes } => {
+            // `["aaa…","aaa…",…,"x"]`: valid JSON, so a client that reads it
+            // whole also parses it whole.
+            let item = Bytes::from(format!("\"{}\",", "a".repeat(1021)));
+            let items = bytes / item.len() as u64;
+            let chunks = futures::stream::iter(
+                std::iter::once(Bytes::from_static(b"["))
+                    .chain(std::iter::repeat_n(item, usize::try_from(items).unwrap_or(usize::MAX)))
+                    .chain(std::iter::once(Bytes::from_static(b"\"x\"]")))
+                    .map(Ok::<_, std::convert::Infallible>),
+            );
+            json_stream(StatusCode::OK, Body::from_stream(chunks))
+        }
+        Hostile::EndlessBody {
+            interval_ms,
+            chunk_bytes,
+        } => {
+            let chunk = Bytes::from(vec![b' '; *chunk_bytes as usize]);
+            let interval = Duration::from_millis(*interval_ms);
+            let chunks = futures::stream::unfold(true, move |first| {
+                let chunk = chunk.clone();
+                async move {
+                    if !first && !interval.is_zero() {
+                        tokio::time::sleep(interval).await;
+                    }
+                    let next = if first { Bytes::from_static(b"[") } else { chunk };
+                    Some((Ok::<_, std::convert::Infallible>(next), false))
+                }
+            });
+            json_stream(StatusCode::OK, Body::from_stream(chunks))
+        }
+        Hostile::Redirect { status: s, location } => {
+            let mut response = (status(*s), "").into_response();
+            if let Ok(value) = HeaderValue::from_str(location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response
+        }
+        Hostile::LongMessage {
+            status: s,
+            text,
+            repeat,
+        } => (status(*s), Json(json!({ "message": text.repeat(*repeat as usize) }))).into_response(),
+        Hostile::InvalidUtf8 { status: s, bytes } => {
+            let body: Vec<u8> = [0xffu8, 0xfe, 0xc3, 0x28, 0xe2, 0x82]
+                .iter()
+                .copied()
+                .cycle()
+                .take(*bytes as usize)
+                .collect();
+            (status(*s), body).into_response()
+        }
+        Hostile::OddHeaders { status: s, headers } => {
+            let mut response = (status(*s), Json(json!({}))).into_response();
+            for (name, value) in headers {
+                if let (Ok(name), Ok(value)) = (
+                    header::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+            response
+        }
+    }
+}
+
+fn json_stream(status: StatusCode, body: axum::body::Body) -> Response {
+    let mut response = (status, body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn authorized(inner: &Inner, headers: &HeaderMap) -> bool {

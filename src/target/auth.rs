@@ -9,6 +9,10 @@ use reqwest::header::{HeaderName, HeaderValue};
 use tokio::sync::Mutex;
 
 use super::CallError;
+use super::egress::{self, EgressPolicy};
+
+/// Longest token endpoint answer read.
+const TOKEN_ANSWER_LIMIT: u64 = 64 * 1024;
 
 /// How to authenticate to one target.
 pub enum Credentials {
@@ -39,7 +43,7 @@ impl OAuth2 {
     }
 
     /// A cached token, refreshed at 80% of its lifetime.
-    async fn token(&self, http: &reqwest::Client) -> Result<String, CallError> {
+    async fn token(&self, http: &reqwest::Client, policy: &EgressPolicy) -> Result<String, CallError> {
         let mut cached = self.token.lock().await;
         if let Some((token, expires)) = cached.as_ref()
             && Instant::now() < *expires
@@ -50,16 +54,21 @@ impl OAuth2 {
         if !self.scopes.is_empty() {
             form.push(("scope", self.scopes.join(" ")));
         }
-        let response = http
+        policy.check_url(&self.token_url)?;
+        let request = http
             .post(self.token_url.clone())
             .basic_auth(&self.client_id, Some(&self.client_secret))
             .form(&form)
-            .send()
-            .await
-            .map_err(|e| CallError::Unavailable {
-                message: format!("token endpoint: {}", e.without_url()),
-                sent: true,
-            })?;
+            .send();
+        let mut response = egress::scoped(&self.token_url, request).await.map_err(|e| {
+            egress::find_denied(&e).map_or_else(
+                || CallError::Unavailable {
+                    message: format!("token endpoint: {}", e.without_url()),
+                    sent: true,
+                },
+                CallError::EgressDenied,
+            )
+        })?;
         let status = response.status().as_u16();
         if matches!(status, 400 | 401 | 403) {
             let message = "the token endpoint refused the client credentials".to_owned();
@@ -70,11 +79,26 @@ impl OAuth2 {
             access_token: String,
             expires_in: Option<u64>,
         }
-        let token: Token = response.json().await.map_err(|_| {
+        if (300..400).contains(&status) {
+            return Err(CallError::InvalidResponse(format!(
+                "token endpoint answered HTTP {status}: a redirect, which Tether does not follow for token requests"
+            )));
+        }
+        let bytes = super::read_capped(&mut response, TOKEN_ANSWER_LIMIT)
+            .await
+            .map_err(|_| {
+                CallError::InvalidResponse(format!(
+                    "token endpoint answered HTTP {status} with a body that could not be read within {TOKEN_ANSWER_LIMIT} bytes"
+                ))
+            })?;
+        let token: Token = serde_json::from_slice(&bytes).map_err(|_| {
             CallError::InvalidResponse(format!("token endpoint answered HTTP {status} without an access_token"))
         })?;
         // Refresh at 80% of the lifetime: a token is never used in its last moments.
-        let expires = Instant::now() + Duration::from_secs(token.expires_in.unwrap_or(300)).mul_f64(0.8);
+        // Capped at a day: `expires_in` is the token endpoint's to choose,
+        // and an instant far enough ahead overflows the clock.
+        let lifetime = token.expires_in.unwrap_or(300).min(86_400);
+        let expires = Instant::now() + Duration::from_secs(lifetime).mul_f64(0.8);
         *cached = Some((token.access_token.clone(), expires));
         Ok(token.access_token)
     }
@@ -87,7 +111,12 @@ impl OAuth2 {
 
 impl Credentials {
     /// Adds the credentials to a request.
-    pub async fn apply(&self, http: &reqwest::Client, request: RequestBuilder) -> Result<RequestBuilder, CallError> {
+    pub async fn apply(
+        &self,
+        http: &reqwest::Client,
+        policy: &EgressPolicy,
+        request: RequestBuilder,
+    ) -> Result<RequestBuilder, CallError> {
         Ok(match self {
             Credentials::None => request,
             Credentials::Bearer(token) => request.bearer_auth(token),
@@ -98,7 +127,7 @@ impl Credentials {
                 value.set_sensitive(true);
                 request.header(header.clone(), value)
             }
-            Credentials::OAuth2(oauth) => request.bearer_auth(oauth.token(http).await?),
+            Credentials::OAuth2(oauth) => request.bearer_auth(oauth.token(http, policy).await?),
         })
     }
 

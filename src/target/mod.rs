@@ -6,6 +6,8 @@
 pub mod auth;
 pub mod backoff;
 pub mod circuit;
+pub mod egress;
+pub mod redirect;
 pub mod registry;
 pub mod url;
 
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota};
 use reqwest::Url;
-use reqwest::header::RETRY_AFTER;
+use reqwest::header::{LOCATION, RETRY_AFTER};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
@@ -24,11 +26,19 @@ use crate::api::target_system::CircuitState;
 use crate::metrics::{HttpLabels, Metrics, TargetLabels};
 use auth::{Credentials, Redactor};
 use circuit::Circuit;
+use egress::EgressPolicy;
 
 /// Header carrying the fencing token: the leader identity and Lease
 /// generation of the controller that sent the call, so a target (or an
 /// adapter service) can refuse calls from a deposed leader.
 pub const FENCING_HEADER: &str = "x-tether-fencing-token";
+
+/// Longest `Retry-After` honoured: a target cannot park its callers for
+/// longer (nor overflow the clock with `Retry-After: 18446744073709551615`).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// How much of a body that is not JSON is kept as a string.
+const TEXT_BODY_KEPT: usize = 512;
 
 /// Why a call did not produce an answer the adapter can interpret.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -57,6 +67,22 @@ pub enum CallError {
     /// The answer is not what HTTP or JSON promise.
     #[error("invalid response: {0}")]
     InvalidResponse(String),
+    /// The answer's body is longer than the TargetSystem allows; reading
+    /// stopped there.
+    #[error(
+        "the target's answer is larger than {limit} bytes (spec.maxResponseBytes of the TargetSystem); reading stopped there"
+    )]
+    ResponseTooLarge { limit: u64 },
+    /// A 3xx that Tether did not follow.
+    #[error("the target answered HTTP {status} redirecting to {location}; {why}")]
+    Redirected {
+        status: u16,
+        location: String,
+        why: &'static str,
+    },
+    /// The operator's egress deny list refused the address; nothing was sent.
+    #[error(transparent)]
+    EgressDenied(#[from] egress::Denied),
 }
 
 impl CallError {
@@ -68,8 +94,11 @@ impl CallError {
             CallError::Unauthorized { .. } => "CredentialsRejected",
             CallError::BadCredentials(_) => "CredentialsInvalid",
             CallError::CircuitOpen { .. } => "CircuitOpen",
-            CallError::Url(_) => "PathEscapesBaseUrl",
+            CallError::Url(e) => e.reason(),
             CallError::InvalidResponse(_) => "InvalidResponse",
+            CallError::ResponseTooLarge { .. } => "ResponseTooLarge",
+            CallError::Redirected { .. } => "RedirectNotFollowed",
+            CallError::EgressDenied(_) => "EgressDenied",
         }
     }
 
@@ -125,6 +154,30 @@ pub struct Limits {
     pub connect_timeout: Duration,
     pub failure_threshold: u32,
     pub open_for: Duration,
+    /// Longest body read from an answer.
+    pub max_response_bytes: u64,
+    /// Same-origin redirects below the base URL are followed.
+    pub follow_redirects: bool,
+}
+
+/// The HTTP client of a target, before TLS settings: its timeouts, its
+/// redirect policy (none unless opted in) and the egress resolver. Every
+/// client that calls out of Tether is built here.
+pub fn client_builder(limits: &Limits, base: &Url, egress: &Arc<EgressPolicy>) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .timeout(limits.request_timeout)
+        .connect_timeout(limits.connect_timeout)
+        .pool_max_idle_per_host(limits.max_concurrency as usize)
+        .redirect(redirect::policy(limits.follow_redirects, base.clone()))
+        .dns_resolver(Arc::new(egress::GuardedResolver::new(egress.clone())))
+        .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
+}
+
+/// A client from [`client_builder`] and the egress policy its resolver
+/// enforces (checked again by `Target::send` for IP literals).
+pub struct EgressClient {
+    pub http: reqwest::Client,
+    pub egress: Arc<EgressPolicy>,
 }
 
 /// A target system, ready to be called.
@@ -142,13 +195,16 @@ pub struct Target {
     paused_until: Mutex<Option<Instant>>,
     fencing_token: String,
     metrics: Arc<Metrics>,
+    egress: Arc<EgressPolicy>,
+    max_response_bytes: u64,
+    follow_redirects: bool,
 }
 
 impl Target {
     pub fn new(
         key: String,
         base: Url,
-        http: reqwest::Client,
+        client: EgressClient,
         credentials: Credentials,
         limits: &Limits,
         fencing_token: String,
@@ -166,7 +222,7 @@ impl Target {
         Self {
             key,
             base,
-            http,
+            http: client.http,
             credentials,
             redactor,
             limiter,
@@ -175,6 +231,9 @@ impl Target {
             paused_until: Mutex::new(None),
             fencing_token,
             metrics,
+            egress: client.egress,
+            max_response_bytes: limits.max_response_bytes,
+            follow_redirects: limits.follow_redirects,
         }
     }
 
@@ -213,6 +272,8 @@ impl Target {
 
     async fn send_inner(&self, call: &HttpCall) -> Result<HttpAnswer, CallError> {
         let url = url::join(call.base.as_ref().unwrap_or(&self.base), &call.path, &call.query)?;
+        // Host names are checked when resolved; IP literals never are.
+        self.egress.check_url(&url)?;
         // Bound first: the guard must be gone before set_circuit_gauge
         // locks the circuit again.
         let admitted = lock(&self.circuit).admit(Instant::now());
@@ -240,8 +301,6 @@ impl Target {
         if let Some(until) = paused {
             tokio::time::sleep_until(until.into()).await;
         }
-        // Checked after taking a permit, so a call queued behind the one
-        // that got the 429 waits too.
 
         let method = match call.method {
             HttpMethod::Get => reqwest::Method::GET,
@@ -252,7 +311,7 @@ impl Target {
         };
         let mut request = self
             .http
-            .request(method, url)
+            .request(method, url.clone())
             .header(FENCING_HEADER, &self.fencing_token);
         for (name, value) in &call.headers {
             request = request.header(name, value);
@@ -260,16 +319,20 @@ impl Target {
         if let Some(body) = &call.body {
             request = request.json(body);
         }
-        let request = self.credentials.apply(&self.http, request).await?;
+        let request = self.credentials.apply(&self.http, &self.egress, request).await?;
         let request = request
             .build()
             .map_err(|err| CallError::InvalidResponse(format!("the request cannot be built: {}", describe(&err))))?;
         // What went out as credentials (an OAuth2 access token, the base64
         // of a basic pair): a target that echoes them gets them redacted.
-        let sent = auth::credential_values(request.headers(), None);
-        let response = match self.http.execute(request).await {
+        let credentials_sent = auth::credential_values(request.headers(), None);
+        let sent = egress::scoped(&url, self.http.execute(request)).await;
+        let mut response = match sent {
             Ok(response) => response,
             Err(err) => {
+                if let Some(denied) = egress::find_denied(&err) {
+                    return Err(CallError::EgressDenied(denied));
+                }
                 lock(&self.circuit).failure(Instant::now());
                 self.set_circuit_gauge();
                 return Err(CallError::Unavailable {
@@ -279,18 +342,9 @@ impl Target {
             }
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bytes = response.bytes().await.map_err(|err| CallError::Unavailable {
-            message: self.redactor.redact(&describe(&err)),
-            sent: true,
-        });
-        let classified = match (status, bytes) {
-            (429, _) => {
+        let classified = match status {
+            429 => {
+                let retry_after = retry_after(response.headers());
                 if let Some(wait) = retry_after {
                     let until = Instant::now() + wait;
                     let mut paused = lock(&self.paused_until);
@@ -299,41 +353,76 @@ impl Target {
                 lock(&self.circuit).neutral();
                 Err(CallError::Throttled { retry_after })
             }
-            (500..=599, _) => {
+            500..=599 => {
+                // The body is not read: nothing in it changes the outcome.
                 lock(&self.circuit).failure(Instant::now());
                 Err(CallError::Unavailable {
                     message: format!("HTTP {status}"),
                     sent: true,
                 })
             }
-            (_, Err(err)) => {
-                lock(&self.circuit).failure(Instant::now());
-                Err(err)
-            }
-            (401 | 403, Ok(bytes)) => {
+            300..=399 => {
                 lock(&self.circuit).neutral();
-                if let Credentials::OAuth2(oauth) = &self.credentials {
-                    oauth.invalidate().await;
-                }
-                let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                let message = self.redactor.redact(&error_message(&body));
-                Err(CallError::Unauthorized { status, message })
+                Err(self.redirected(status, response.headers()))
             }
-            (_, Ok(bytes)) => {
-                lock(&self.circuit).success();
-                let mut body = if bytes.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                        Value::String(crate::text::shortened(&String::from_utf8_lossy(&bytes), 512))
+            _ => match read_capped(&mut response, self.max_response_bytes).await {
+                Err(ReadError::TooLarge) => {
+                    lock(&self.circuit).failure(Instant::now());
+                    Err(CallError::ResponseTooLarge {
+                        limit: self.max_response_bytes,
                     })
-                };
-                self.redactor.redact_json(&mut body, &sent);
-                Ok(HttpAnswer { status, body })
-            }
+                }
+                Err(ReadError::Transport(err)) => {
+                    lock(&self.circuit).failure(Instant::now());
+                    Err(CallError::Unavailable {
+                        message: self.redactor.redact(&describe(&err)),
+                        sent: true,
+                    })
+                }
+                Ok(bytes) if matches!(status, 401 | 403) => {
+                    lock(&self.circuit).neutral();
+                    if let Credentials::OAuth2(oauth) = &self.credentials {
+                        oauth.invalidate().await;
+                    }
+                    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    let message = self.redactor.redact(&error_message(&body));
+                    Err(CallError::Unauthorized { status, message })
+                }
+                Ok(bytes) => {
+                    lock(&self.circuit).success();
+                    let mut body = if bytes.is_empty() {
+                        Value::Null
+                    } else {
+                        serde_json::from_slice(&bytes)
+                            .unwrap_or_else(|_| Value::String(crate::text::lossy_prefix(&bytes, TEXT_BODY_KEPT)))
+                    };
+                    self.redactor.redact_json(&mut body, &credentials_sent);
+                    Ok(HttpAnswer { status, body })
+                }
+            },
         };
         self.set_circuit_gauge();
         classified
+    }
+
+    /// The error of a 3xx: redirects reach here only when not followed.
+    fn redirected(&self, status: u16, headers: &reqwest::header::HeaderMap) -> CallError {
+        let location = headers
+            .get(LOCATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .map(|l| {
+                // The query may carry secrets: keep what names the place.
+                let place = l.split(['?', '#']).next().unwrap_or_default();
+                let place: String = place.chars().filter(|c| !c.is_control()).collect();
+                crate::text::prefix(&self.redactor.redact(&place), 256).to_owned()
+            })
+            .unwrap_or_else(|| "nowhere (no Location header)".into());
+        let why = if self.follow_redirects {
+            "Tether follows redirects only to the same origin and below the baseUrl"
+        } else {
+            "Tether does not follow redirects unless the TargetSystem sets spec.followRedirects (same origin and below the baseUrl only)"
+        };
+        CallError::Redirected { status, location, why }
     }
 
     fn set_circuit_gauge(&self) {
@@ -345,6 +434,39 @@ impl Target {
             })
             .set(open);
     }
+}
+
+/// `Retry-After` in seconds, at most [`MAX_RETRY_AFTER`]. The HTTP-date
+/// form and anything unparsable count as absent.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+enum ReadError {
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+/// The body, read chunk by chunk, or `TooLarge` as soon as it passes
+/// `limit` bytes (at once when `Content-Length` says so): a target cannot
+/// make Tether hold more than `limit` bytes of its answer. A body that
+/// never ends stops here too, or at the request timeout.
+async fn read_capped(response: &mut reqwest::Response, limit: u64) -> Result<Vec<u8>, ReadError> {
+    if response.content_length().is_some_and(|len| len > limit) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(ReadError::Transport)? {
+        if (body.len() as u64).saturating_add(chunk.len() as u64) > limit {
+            return Err(ReadError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -383,3 +505,6 @@ pub fn error_message(body: &Value) -> String {
     }
     line
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,9 +14,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use super::auth::{Credentials, OAuth2};
+use super::egress::EgressPolicy;
 use super::{Limits, Target};
 use crate::api::TargetSystem;
-use crate::api::target_system::{Auth, TargetSystemSpec};
+use crate::api::target_system::{Auth, MAX_CONNECT_TIMEOUT, MAX_REQUEST_TIMEOUT, MAX_RESPONSE_BYTES, TargetSystemSpec};
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,7 @@ pub struct Registry {
     client: kube::Client,
     secrets: Option<Store<PartialObjectMeta<Secret>>>,
     metrics: Arc<Metrics>,
+    egress: Arc<EgressPolicy>,
     fencing_token: Mutex<String>,
     targets: Mutex<HashMap<String, (Fingerprint, Arc<Target>)>>,
     /// Held while a target is built, so that concurrent callers wait for
@@ -79,10 +81,18 @@ impl Registry {
             client,
             secrets,
             metrics,
+            egress: Arc::new(EgressPolicy::default_list()),
             fencing_token: Mutex::new(String::new()),
             targets: Mutex::new(HashMap::new()),
             building: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The operator's egress deny list, for every target built from now on
+    /// (the default is [`EgressPolicy::default_list`]).
+    pub fn with_egress(mut self, egress: Arc<EgressPolicy>) -> Self {
+        self.egress = egress;
+        self
     }
 
     /// The fencing token put on calls from now on (leader identity and
@@ -186,20 +196,33 @@ impl Registry {
             d.to_std()
                 .ok_or_else(|| RegistryError::InvalidSpec(format!("{field} {:?} is not a duration", d.0)))
         };
+        // The CRD refuses these; an object stored before the rule existed
+        // gets the same answer here, so no tenant can turn a timeout off.
+        let bounded = |d: &crate::api::common::Duration, field: &str, max: std::time::Duration| {
+            let value = timeout(d, field)?;
+            if value > max {
+                return Err(RegistryError::InvalidSpec(format!(
+                    "{field} {:?} is longer than the maximum of {}s",
+                    d.0,
+                    max.as_secs()
+                )));
+            }
+            Ok(value)
+        };
         let limits = Limits {
             requests_per_second: spec.rate_limit.as_ref().map(|r| r.requests_per_second),
             burst: spec.rate_limit.as_ref().map_or(1, |r| r.burst.max(1) as u32),
             max_concurrency: spec.max_concurrency.max(1) as u32,
-            request_timeout: timeout(&spec.timeouts.request, "timeouts.request")?,
-            connect_timeout: timeout(&spec.timeouts.connect, "timeouts.connect")?,
+            request_timeout: bounded(&spec.timeouts.request, "timeouts.request", MAX_REQUEST_TIMEOUT)?,
+            connect_timeout: bounded(&spec.timeouts.connect, "timeouts.connect", MAX_CONNECT_TIMEOUT)?,
             failure_threshold: spec.circuit_breaker.failure_threshold.max(1) as u32,
             open_for: timeout(&spec.circuit_breaker.open_for, "circuitBreaker.openFor")?,
+            max_response_bytes: u64::try_from(spec.max_response_bytes)
+                .unwrap_or(1)
+                .clamp(1, MAX_RESPONSE_BYTES),
+            follow_redirects: spec.follow_redirects,
         };
-        let mut http = reqwest::Client::builder()
-            .timeout(limits.request_timeout)
-            .connect_timeout(limits.connect_timeout)
-            .pool_max_idle_per_host(limits.max_concurrency as usize)
-            .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")));
+        let mut http = super::client_builder(&limits, &base, &self.egress);
         if let Some(tls) = &spec.tls {
             if let Some(ca) = &tls.ca_secret_ref {
                 let pem = read(ca.name.clone(), ca.key.clone(), "tls.caSecretRef").await?;
@@ -222,7 +245,10 @@ impl Registry {
         Ok(Target::new(
             key.to_owned(),
             base,
-            http,
+            super::EgressClient {
+                http,
+                egress: self.egress.clone(),
+            },
             credentials,
             &limits,
             fencing,

@@ -1,7 +1,10 @@
 //! Joining a request path onto a TargetSystem's base URL so that the result
 //! can never leave it: same scheme, host and port, and a path below the base
-//! path. Templates already percent-encode interpolated values; this is the
-//! second wall, checked on the final URL. Pure.
+//! path (matched on a `/` boundary: a base `/tenant-a` does not admit
+//! `/tenant-a-admin`). Templates already percent-encode interpolated values;
+//! this is the second wall, checked on the final URL. Control characters,
+//! raw or percent-encoded, are refused: the URL parser silently drops tabs
+//! and newlines, which would let `/.\t./x` climb out as `/../x`. Pure.
 
 use reqwest::Url;
 
@@ -12,6 +15,53 @@ pub enum UrlError {
     BadBase(String),
     #[error("path {0:?} must start with '/' and stay below the baseUrl")]
     Escapes(String),
+    #[error("path {0:?} holds a control character (raw or percent-encoded); paths may not")]
+    ControlCharacter(String),
+}
+
+impl UrlError {
+    /// Stable label for metrics and condition reasons.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UrlError::BadBase(_) | UrlError::Escapes(_) => "PathEscapesBaseUrl",
+            UrlError::ControlCharacter(_) => "PathHasControlCharacters",
+        }
+    }
+}
+
+/// A control character (below 0x20, or 0x7f), raw or as `%XX`.
+fn has_control_character(path: &str) -> bool {
+    let control = |b: u8| b < 0x20 || b == 0x7f;
+    let bytes = path.as_bytes();
+    bytes.iter().copied().any(control)
+        || bytes.windows(3).any(|w| {
+            w.first() == Some(&b'%')
+                && std::str::from_utf8(w.get(1..).unwrap_or_default())
+                    .ok()
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                    .is_some_and(control)
+        })
+}
+
+/// `path` is `base` or below it, on a `/` boundary.
+fn path_within(base_path: &str, path: &str) -> bool {
+    let base_path = base_path.trim_end_matches('/');
+    base_path.is_empty() || path == base_path || path.strip_prefix(base_path).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// `url` has `base`'s origin (scheme, host, port).
+pub fn same_origin(base: &Url, url: &Url) -> bool {
+    url.scheme() == base.scheme()
+        && url.host() == base.host()
+        && url.port_or_known_default() == base.port_or_known_default()
+}
+
+/// `url` is on `base`'s origin, below its path, and carries no user info.
+pub fn within(base: &Url, url: &Url) -> bool {
+    same_origin(base, url)
+        && path_within(base.path(), url.path())
+        && url.username().is_empty()
+        && url.password().is_none()
 }
 
 /// Parses and checks a base URL.
@@ -27,6 +77,9 @@ pub fn parse_base(base: &str) -> Result<Url, UrlError> {
 /// anything but `base`'s origin and path.
 pub fn join(base: &Url, path: &str, query: &[(String, String)]) -> Result<Url, UrlError> {
     let escapes = || UrlError::Escapes(path.to_owned());
+    if has_control_character(path) {
+        return Err(UrlError::ControlCharacter(path.to_owned()));
+    }
     if !path.starts_with('/') || path.starts_with("//") || path.contains('\\') {
         return Err(escapes());
     }
@@ -49,10 +102,7 @@ pub fn join(base: &Url, path: &str, query: &[(String, String)]) -> Result<Url, U
     if !query.is_empty() {
         url.query_pairs_mut().extend_pairs(query);
     }
-    let same_origin = url.scheme() == base.scheme()
-        && url.host() == base.host()
-        && url.port_or_known_default() == base.port_or_known_default();
-    if !same_origin || !url.path().starts_with(base_path) || !url.username().is_empty() {
+    if !within(base, &url) {
         return Err(escapes());
     }
     Ok(url)
@@ -93,6 +143,45 @@ mod tests {
         let url = join(&base(), "/contacts/evil.example.com%2Fx%40y", &[]).expect("joins");
         assert_eq!(url.host_str(), Some("api.example.com"));
         assert_eq!(url.path(), "/v2/contacts/evil.example.com%2Fx%40y");
+    }
+
+    #[test]
+    fn threat_egress_control_characters_in_a_path_are_refused() {
+        for path in [
+            "/contacts/\t",
+            "/.\t./admin",
+            "/contacts\r\nX-Injected: 1",
+            "/contacts/%09",
+            "/contacts/%0d%0aX: 1",
+            "/contacts/%00",
+            "/contacts/%7F",
+            "/contacts/\u{7f}",
+            "/contacts/\u{0}",
+        ] {
+            assert_eq!(
+                join(&base(), path, &[]),
+                Err(UrlError::ControlCharacter(path.into())),
+                "{path:?}"
+            );
+        }
+        assert!(join(&base(), "/contacts/%20a%2F", &[]).is_ok());
+    }
+
+    #[test]
+    fn threat_egress_a_base_path_is_matched_on_a_slash_boundary() {
+        let tenant = parse_base("https://api.example.com/tenant-a").expect("valid base");
+        // A tab would be dropped by the URL parser, turning `.\t.` into `..`.
+        for path in ["/.\t./tenant-a-admin", "/.%09./tenant-a-admin"] {
+            assert!(join(&tenant, path, &[]).is_err(), "{path:?}");
+        }
+        let inside = |p: &str| within(&tenant, &Url::parse(p).expect("url"));
+        assert!(inside("https://api.example.com/tenant-a"));
+        assert!(inside("https://api.example.com/tenant-a/x"));
+        assert!(!inside("https://api.example.com/tenant-a-admin"));
+        assert!(!inside("https://api.example.com/tenant-ab/x"));
+        assert!(!inside("https://api.example.com:8443/tenant-a/x"));
+        assert!(!inside("http://api.example.com/tenant-a/x"));
+        assert!(!inside("https://user@api.example.com/tenant-a/x"));
     }
 
     #[test]

@@ -10,6 +10,11 @@ use serde_json::{Value, json};
 
 use super::ControlPlane;
 
+/// The egress deny list of test controllers: the default without
+/// loopback, where the simulators listen. The API server's own socket
+/// stays refused (always on).
+pub const TEST_EGRESS_DENY: &str = "169.254.0.0/16,fe80::/10,0.0.0.0/8,::/128,::1/128";
+
 /// A `tether run` process, killed when dropped.
 pub struct Controller {
     child: Option<Child>,
@@ -27,8 +32,24 @@ fn free_port() -> u16 {
 }
 
 impl Controller {
-    /// Starts `tether run --namespace <namespace> <extra>`.
+    /// Starts `tether run --namespace <namespace> <extra>`, with
+    /// [`TEST_EGRESS_DENY`] unless `extra` sets `--egress-deny`.
     pub fn start(cp: &ControlPlane, namespace: &str, extra: &[&str]) -> Self {
+        let mut args: Vec<&str> = extra.to_vec();
+        if !extra.iter().any(|a| a.starts_with("--egress-deny")) {
+            args.push("--egress-deny");
+            args.push(TEST_EGRESS_DENY);
+        }
+        Self::start_exactly(cp, namespace, &args)
+    }
+
+    /// Starts `tether run --namespace <namespace> <extra>` with nothing
+    /// added: the controller's own egress default (loopback denied).
+    pub fn start_with_default_egress(cp: &ControlPlane, namespace: &str, extra: &[&str]) -> Self {
+        Self::start_exactly(cp, namespace, extra)
+    }
+
+    fn start_exactly(cp: &ControlPlane, namespace: &str, extra: &[&str]) -> Self {
         let mut args: Vec<String> = vec!["run".into(), "--namespace".into(), namespace.into()];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let log = cp
@@ -79,6 +100,11 @@ impl Controller {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The pid of the `tether run` process (setpriv execs it in place).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn logs(&self) -> String {
@@ -193,6 +219,15 @@ impl KubectlExt for ControlPlane {
     }
 }
 
+/// The last `max_bytes` (or a little less) of `text`, cut on a char boundary.
+fn tail(text: &str, max_bytes: usize) -> &str {
+    let mut start = text.len().saturating_sub(max_bytes);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text.get(start..).unwrap_or_default()
+}
+
 /// Runs `kubectl wait`; on failure panics with what was waited for, the
 /// objects' YAML and the controller's log (both cut to 6,000 bytes).
 fn wait(
@@ -216,8 +251,8 @@ fn wait(
             "{} did not reach {condition} within {timeout}: {}\n--- objects ---\n{}\n--- controller log ---\n{}",
             what.join(" "),
             String::from_utf8_lossy(&out.stderr),
-            &yaml[..yaml.len().min(6000)],
-            &log[log.len().saturating_sub(6000)..]
+            ::tether::text::prefix(&yaml, 6000),
+            tail(&log, 6000)
         );
     }
     String::from_utf8_lossy(&out.stdout).lines().count()

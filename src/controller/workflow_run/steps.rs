@@ -889,7 +889,7 @@ pub fn after_std(at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 
 fn classify(e: &AdapterError) -> Failure {
     let class = match e {
-        AdapterError::Call(CallError::Url(_)) => FailureClass::Permanent,
+        AdapterError::Call(CallError::Url(_) | CallError::EgressDenied(_)) => FailureClass::Permanent,
         AdapterError::Call(_) => FailureClass::Transient,
         _ if e.is_permanent() => FailureClass::Permanent,
         _ => FailureClass::Transient,
