@@ -518,17 +518,33 @@ async fn runs_read_in_progress_suspended_current_or_failed_and_kubectl_waits_for
 fn the_readme_snippet_is_the_shipped_argo_cd_health_checks() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(repo.join("README.md")).expect("README.md");
-    for kind in ["ExternalResource", "TargetSystem", "WorkflowRun", "Workflow", "Adapter", "Approval"] {
+    for kind in [
+        "ExternalResource",
+        "TargetSystem",
+        "WorkflowRun",
+        "Workflow",
+        "Adapter",
+        "Approval",
+    ] {
         let lua = std::fs::read_to_string(repo.join(format!("deploy/argocd/tether.dev_{kind}/health.lua")))
             .expect("a health check per kind");
         let indented: Vec<String> = lua
             .lines()
-            .map(|l| if l.is_empty() { String::new() } else { format!("    {l}") })
+            .map(|l| {
+                if l.is_empty() {
+                    String::new()
+                } else {
+                    format!("    {l}")
+                }
+            })
             .collect();
         let entry = format!(
             "  resource.customizations.health.tether.dev_{kind}: |\n{}\n",
             indented.join("\n")
         );
-        assert!(readme.contains(&entry), "README's argocd-cm snippet differs from deploy/argocd for {kind}");
+        assert!(
+            readme.contains(&entry),
+            "README's argocd-cm snippet differs from deploy/argocd for {kind}"
+        );
     }
 }
