@@ -482,6 +482,35 @@ async fn runs_read_in_progress_suspended_current_or_failed_and_kubectl_waits_for
             argo_rests_on: &["Succeeded"],
         },
     );
+    // A spec change after the end (cancelling a finished run) is
+    // acknowledged: a status older than its spec would read in progress.
+    assert_ok(&cp.kubectl(&[
+        "patch",
+        "-n",
+        &ns,
+        "twr/fine-1",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"cancel":true}}"#,
+    ]));
+    cp.wait_for(
+        &ns,
+        "twr/fine-1",
+        "jsonpath={.status.observedGeneration}=2",
+        "30s",
+        Some(&controller),
+    );
+    assert_health(
+        cp,
+        &ns,
+        "twr/fine-1",
+        Expect {
+            kstatus: "Current",
+            kstatus_rests_on: &[],
+            argo: "Healthy",
+            argo_rests_on: &["Succeeded"],
+        },
+    );
 
     // Failed, and compensated: `kubectl wait` for a failure returns.
     let ended_badly = Expect {
