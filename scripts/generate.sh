@@ -10,5 +10,8 @@ cargo run --quiet --bin tether -- crd --out-dir crds
 rm -rf charts/tether/crds && cp -r crds charts/tether/crds
 helm=$(scripts/helm.sh)
 mkdir -p deploy
-"$helm" template tether charts/tether --namespace tether-system > deploy/tether.yaml
+# Rendered for Kubernetes >= 1.36 (the API server the tests run), so the
+# approval MutatingAdmissionPolicy is included.
+"$helm" template tether charts/tether --namespace tether-system \
+  --api-versions admissionregistration.k8s.io/v1/MutatingAdmissionPolicy > deploy/tether.yaml
 echo "generated: crds/ charts/tether/crds/ deploy/tether.yaml"

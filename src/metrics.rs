@@ -40,6 +40,11 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PurposeLabels {
+    pub purpose: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: String,
 }
@@ -59,6 +64,9 @@ pub struct Metrics {
     pub step_duration: Family<OutcomeLabels, Histogram>,
     pub compensations: Family<OutcomeLabels, Counter>,
     pub webhook_requests: Family<OutcomeLabels, Counter>,
+    /// Reads of webhook and callback keys from their Secrets (the cache
+    /// keeps refused requests from costing one each).
+    pub key_reads: Family<PurposeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -82,6 +90,7 @@ impl Default for Metrics {
         });
         let compensations = Family::<OutcomeLabels, Counter>::default();
         let webhook_requests = Family::<OutcomeLabels, Counter>::default();
+        let key_reads = Family::<PurposeLabels, Counter>::default();
         registry.register("workflow_runs", "Workflow runs entering each phase", runs.clone());
         registry.register(
             "workflow_step_duration_seconds",
@@ -97,6 +106,11 @@ impl Default for Metrics {
             "webhook_requests",
             "Webhook trigger requests, by outcome (bad_signature: refused)",
             webhook_requests.clone(),
+        );
+        registry.register(
+            "key_reads",
+            "Reads of webhook and callback keys from their Secrets, by purpose",
+            key_reads.clone(),
         );
         registry.register("reconciles", "Reconciles run, by kind", reconciles.clone());
         registry.register(
@@ -144,7 +158,50 @@ impl Default for Metrics {
             step_duration,
             compensations,
             webhook_requests,
+            key_reads,
         }
+        .with_known_series()
+    }
+}
+
+/// The kinds whose reconciles are counted.
+pub const KINDS: [&str; 5] = ["Adapter", "TargetSystem", "ExternalResource", "Workflow", "WorkflowRun"];
+
+impl Metrics {
+    /// Creates every series whose labels are known in advance, at zero: a
+    /// series that appears only with its first event makes `rate()` and
+    /// dashboards blind until then (Prometheus' advice: initialise what
+    /// you can). Series per target appear with the target's first call.
+    fn with_known_series(self) -> Self {
+        for kind in KINDS {
+            let _ = self.reconciles.get_or_create(&KindLabels { kind });
+            let _ = self.reconcile_duration.get_or_create(&KindLabels { kind });
+            let _ = self.status_writes.get_or_create(&KindLabels { kind });
+            let _ = self.reconcile_errors.get_or_create(&ErrorLabels {
+                kind,
+                reason: crate::controller::guard::INTERNAL_ERROR,
+            });
+        }
+        for phase in [
+            "Running",
+            "Succeeded",
+            "Failed",
+            "Compensated",
+            "CompensationFailed",
+            "Cancelled",
+        ] {
+            let _ = self.runs.get_or_create(&PhaseLabels { phase: phase.into() });
+        }
+        for outcome in ["succeeded", "failed"] {
+            let _ = self.step_duration.get_or_create(&OutcomeLabels { outcome });
+        }
+        for outcome in ["compensated", "failed"] {
+            let _ = self.compensations.get_or_create(&OutcomeLabels { outcome });
+        }
+        for outcome in ["accepted", "replayed", "bad_signature", "stale"] {
+            let _ = self.webhook_requests.get_or_create(&OutcomeLabels { outcome });
+        }
+        self
     }
 }
 
@@ -154,7 +211,7 @@ impl Metrics {
     }
 
     pub fn observe_reconcile(&self, kind: &'static str, took: Duration) {
-        self.reconciles.get_or_create(&KindLabels { kind }).inc();
+        let _ = self.reconciles.get_or_create(&KindLabels { kind }).inc();
         self.reconcile_duration
             .get_or_create(&KindLabels { kind })
             .observe(took.as_secs_f64());

@@ -51,6 +51,10 @@ pub struct RunOptions {
     /// `--webhook-addr` it listens on).
     #[arg(long, env = "TETHER_CALLBACK_URL")]
     pub callback_url: Option<String>,
+    /// How far a webhook's `X-Tether-Timestamp` may be from the
+    /// controller's clock, either way; older or newer requests are refused.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub webhook_tolerance: Duration,
     /// Take part in leader election; only the holder of the Lease acts.
     #[arg(long)]
     pub leader_election: bool,
@@ -311,6 +315,10 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         compiled: Default::default(),
         written: Default::default(),
         callback_base,
+        triggers: crate::webhook::Triggers {
+            tolerance: options.webhook_tolerance,
+            ..Default::default()
+        },
     });
 
     tracing::info!(addr = %webhook_listener.local_addr()?, "serving workflow webhooks and callbacks");

@@ -1,31 +1,43 @@
 //! The webhook endpoint of `tether run` (`--webhook-addr`): a signed POST
 //! to `/webhooks/<namespace>/<workflow>` starts a run of that workflow.
 //!
-//! Requests carry `X-Tether-Signature: sha256=<hex>`, the HMAC-SHA256 of the
-//! raw body under the key in the Secret the Workflow's webhook trigger
-//! names; anything else is refused with 401 and counted. The body (JSON)
-//! goes through the trigger's `parameters` expression to become the run's
-//! parameters. A request with `X-Tether-Delivery: <id>` starts at most one
-//! run per id (the run's name derives from it), so a sender's retries do
-//! not start the workflow twice.
+//! A request carries `X-Tether-Timestamp` (unix seconds), `X-Tether-Delivery`
+//! (the sender's id of this delivery) and `X-Tether-Signature:
+//! sha256=<hex>`, the HMAC-SHA256 of `"{timestamp}.{delivery}.{body}"` under
+//! the key in the Secret the Workflow's webhook trigger names. A timestamp
+//! outside the tolerance window (`--webhook-tolerance`, 5 min) is refused,
+//! so a captured request is worth nothing after it; inside the window, a
+//! delivery starts at most one run: its run's name derives from the
+//! delivery id, and accepted deliveries are remembered until their window
+//! closes, so a replay gets the run it started even after that run was
+//! deleted. Refusals are counted and cost no API call: the Workflow comes
+//! from the reflector and the key from [`keys::KeyCache`].
 //!
 //! Step callbacks: a `call` step with `callback` sends `$callback.url`
 //! (`/callbacks/<ns>/<run>/<step>/<attempt>?token=<token>`, the token an
-//! HMAC of run, step and attempt under the step's key) to the target, and
-//! waits. The first POST with the right token is recorded in an annotation
-//! of the run (conditional on its resourceVersion, so two cannot both win)
-//! and wakes it; any other is refused.
+//! HMAC of run UID, step and attempt under the step's key) to the target,
+//! and waits. The first POST with the right token is recorded in an
+//! annotation of the run (conditional on its resourceVersion, so two cannot
+//! both win) together with a MAC over run UID, step, attempt and the body's
+//! digest under the same key; the run controller counts the annotation only
+//! when that MAC verifies, so a tenant who may patch runs but does not hold
+//! the key cannot stand in for the callback. Bodies are read up to a limit
+//! (1 MiB for webhooks, 64 KiB for callbacks) and refused beyond it.
+
+pub mod deliveries;
+pub mod keys;
+pub mod refusal;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hmac::{Hmac, Mac};
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::{Value, json};
@@ -38,43 +50,108 @@ use crate::controller::Context;
 use crate::controller::workflow::{TRIGGER_LABEL, create_run};
 use crate::expr::Expr;
 use crate::metrics::OutcomeLabels;
+use deliveries::{Admit, Deliveries};
+use keys::{Freshness, KeyCache, Purpose};
+use refusal::Refusal;
 
-/// Header with the body's signature.
+/// Header with the signature of timestamp, delivery and body.
 pub const SIGNATURE_HEADER: &str = "x-tether-signature";
-/// Header with the sender's delivery id (optional, makes retries safe).
+/// Header with the sender's delivery id (required, signed).
 pub const DELIVERY_HEADER: &str = "x-tether-delivery";
+/// Header with the time of signing, in unix seconds (required, signed).
+pub const TIMESTAMP_HEADER: &str = "x-tether-timestamp";
+/// How far a webhook's timestamp may be from the controller's clock.
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+/// Largest webhook body read.
+pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
+/// Largest callback body read.
+pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
+/// Longest delivery id.
+pub const MAX_DELIVERY_ID: usize = 128;
+
+/// What the webhook and callback endpoints keep between requests.
+pub struct Triggers {
+    pub keys: KeyCache,
+    pub deliveries: Deliveries,
+    /// How far a webhook's timestamp may be from now, either way.
+    pub tolerance: Duration,
+}
+
+impl Default for Triggers {
+    fn default() -> Self {
+        Self {
+            keys: KeyCache::default(),
+            deliveries: Deliveries::default(),
+            tolerance: DEFAULT_TOLERANCE,
+        }
+    }
+}
 
 /// The path that triggers a workflow.
 pub fn path(namespace: &str, workflow: &str) -> String {
     format!("/webhooks/{namespace}/{workflow}")
 }
 
-/// `sha256=<hex>` of `body` under `key`: what a sender puts in the header.
-pub fn sign(key: &[u8], body: &[u8]) -> String {
-    // HMAC takes keys of any length: this cannot fail.
-    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
-        Ok(mut mac) => {
-            mac.update(body);
-            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-        }
-        Err(_) => String::new(),
+fn mac(key: &[u8], parts: &[&[u8]]) -> Option<Hmac<Sha256>> {
+    // HMAC takes keys of any length: this does not fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
+    for part in parts {
+        mac.update(part);
     }
+    Some(mac)
 }
 
-/// Whether `signature` (the header's value) is the HMAC of `body` under
-/// `key`, compared in constant time.
-pub fn verify(key: &[u8], body: &[u8], signature: &str) -> bool {
+fn mac_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    mac(key, parts)
+        .map(|m| hex::encode(m.finalize().into_bytes()))
+        .unwrap_or_default()
+}
+
+/// Whether `hex_digest` is the HMAC of `parts` under `key`, compared in
+/// constant time.
+fn verify_hex(key: &[u8], parts: &[&[u8]], hex_digest: &str) -> bool {
+    let Ok(digest) = hex::decode(hex_digest.trim()) else {
+        return false;
+    };
+    mac(key, parts).is_some_and(|m| m.verify_slice(&digest).is_ok())
+}
+
+/// Whether a delivery id may be signed: 1 to 128 characters of
+/// `[A-Za-z0-9_:-]` (no `.`, which separates the signed fields).
+pub fn valid_delivery(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_DELIVERY_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':'))
+}
+
+/// `sha256=<hex>` of `"{timestamp}.{delivery}.{body}"` under `key`: what a
+/// sender puts in `X-Tether-Signature`.
+pub fn sign(key: &[u8], timestamp: i64, delivery: &str, body: &[u8]) -> String {
+    let timestamp = timestamp.to_string();
+    let digest = mac_hex(key, &[timestamp.as_bytes(), b".", delivery.as_bytes(), b".", body]);
+    format!("sha256={digest}")
+}
+
+/// Whether `signature` (the header's value) signs timestamp, delivery and
+/// body under `key`, compared in constant time.
+pub fn verify(key: &[u8], timestamp: i64, delivery: &str, body: &[u8], signature: &str) -> bool {
     let Some(hex_digest) = signature.trim().strip_prefix("sha256=") else {
         return false;
     };
-    let Ok(digest) = hex::decode(hex_digest) else {
-        return false;
-    };
-    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(key) else {
-        return false;
-    };
-    mac.update(body);
-    mac.verify_slice(&digest).is_ok()
+    let timestamp = timestamp.to_string();
+    verify_hex(
+        key,
+        &[timestamp.as_bytes(), b".", delivery.as_bytes(), b".", body],
+        hex_digest,
+    )
+}
+
+/// Whether `timestamp` is within `tolerance` of `now` (unix seconds).
+pub fn fresh(timestamp: i64, now: i64, tolerance: Duration) -> bool {
+    let tolerance = i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX);
+    now.checked_sub(timestamp).is_some_and(|age| age.abs() <= tolerance)
 }
 
 /// The path of one attempt's callback.
@@ -84,29 +161,40 @@ pub fn callback_path(namespace: &str, run: &str, step: &str, attempt: i32) -> St
 
 /// The one-time token of one attempt's callback (hex).
 pub fn callback_token(key: &[u8], run_uid: &str, step: &str, attempt: i32) -> String {
-    let signature = sign(key, format!("{run_uid}/{step}/{attempt}").as_bytes());
-    signature.trim_start_matches("sha256=").to_owned()
+    mac_hex(key, &[format!("{run_uid}/{step}/{attempt}").as_bytes()])
 }
 
-/// The bytes of a key in a Secret, if the Secret and the key exist.
-pub async fn secret_key(client: &kube::Client, namespace: &str, secret: &SecretKeyRef) -> Option<Vec<u8>> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    match secrets.get_opt(&secret.name).await {
-        Ok(Some(found)) => found
-            .data
-            .and_then(|mut d| d.remove(&secret.key))
-            .map(|b| b.0)
-            .filter(|k| !k.is_empty()),
-        Ok(None) => None,
-        Err(err) => {
-            tracing::warn!(%err, secret = %secret.name, "reading a key Secret");
-            None
-        }
-    }
+fn verify_callback_token(key: &[u8], run_uid: &str, step: &str, attempt: i32, token: &str) -> bool {
+    verify_hex(key, &[format!("{run_uid}/{step}/{attempt}").as_bytes()], token)
 }
 
-/// Largest callback body accepted.
-pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
+/// What the callback endpoint records in the run's annotation: the
+/// attempt, the body and a MAC binding both to the run's UID and step
+/// under the step's key (domain-separated from the token).
+pub fn callback_record(key: &[u8], run_uid: &str, step: &str, attempt: i32, body: &Value) -> Value {
+    let mac = record_mac(key, run_uid, step, attempt, body);
+    json!({ "attempt": attempt, "body": body, "mac": mac })
+}
+
+fn record_message(run_uid: &str, step: &str, attempt: i32, body: &Value) -> String {
+    let digest = hex::encode(Sha256::digest(body.to_string().as_bytes()));
+    format!("tether-callback-record\n{run_uid}/{step}/{attempt}\n{digest}")
+}
+
+fn record_mac(key: &[u8], run_uid: &str, step: &str, attempt: i32, body: &Value) -> String {
+    mac_hex(key, &[record_message(run_uid, step, attempt, body).as_bytes()])
+}
+
+/// Whether a recorded callback was written by the callback endpoint for
+/// this run, step and attempt: its MAC verifies under the step's key.
+pub fn verify_callback_record(key: &[u8], run_uid: &str, step: &str, attempt: i32, record: &Value) -> bool {
+    let recorded_attempt = record.get("attempt").and_then(Value::as_i64);
+    let (Some(mac), Some(body)) = (record.get("mac").and_then(Value::as_str), record.get("body")) else {
+        return false;
+    };
+    recorded_attempt == Some(i64::from(attempt))
+        && verify_hex(key, &[record_message(run_uid, step, attempt, body).as_bytes()], mac)
+}
 
 pub fn router(ctx: Arc<Context>) -> Router {
     Router::new()
@@ -114,6 +202,70 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/webhooks/{namespace}/{workflow}", post(trigger))
         .route("/callbacks/{namespace}/{run}/{step}/{attempt}", post(callback))
         .with_state(ctx)
+}
+
+/// The body, read up to `limit` bytes: a larger one is refused without
+/// reading the rest (a `Content-Length` above the limit, unread).
+async fn bounded(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Refusal> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Refusal::TooLarge(limit));
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Refusal::TooLarge(limit))
+}
+
+/// A key that `verifies`, from the cache; when the cached key does not,
+/// the key is read again (it may have been rotated), at most every few
+/// seconds. `refused` is the refusal when no key verifies.
+async fn key_that_verifies(
+    ctx: &Context,
+    purpose: Purpose,
+    namespace: &str,
+    secret: &SecretKeyRef,
+    verifies: impl Fn(&[u8]) -> bool,
+    refused: Refusal,
+) -> Result<Vec<u8>, Refusal> {
+    let mut found = false;
+    for want in [Freshness::Cached, Freshness::Refresh] {
+        let key = ctx
+            .triggers
+            .keys
+            .get(&ctx.client, &ctx.metrics, purpose, namespace, secret, want)
+            .await;
+        if let Some(key) = key {
+            if verifies(&key) {
+                return Ok(key);
+            }
+            found = true;
+        }
+    }
+    if found {
+        Err(refused)
+    } else {
+        Err(Refusal::NoKey {
+            purpose,
+            secret: secret.name.clone(),
+            key: secret.key.clone(),
+        })
+    }
+}
+
+/// The answer to a refused request, counted under its label.
+fn refuse(ctx: &Context, refusal: &Refusal) -> Response {
+    count(ctx, refusal.label());
+    (refusal.status(), axum::Json(json!({ "error": refusal.to_string() }))).into_response()
+}
+
+fn count(ctx: &Context, outcome: &'static str) {
+    ctx.metrics
+        .webhook_requests
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc();
 }
 
 #[derive(serde::Deserialize)]
@@ -124,226 +276,239 @@ struct TokenQuery {
 
 async fn callback(
     State(ctx): State<Arc<Context>>,
-    Path((namespace, run_name, step, attempt)): Path<(String, String, String, i32)>,
+    Path((namespace, run, step, attempt)): Path<(String, String, String, i32)>,
     axum::extract::Query(query): axum::extract::Query<TokenQuery>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
-    let runs: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &namespace);
-    let run = match runs.get_opt(&run_name).await {
-        Ok(Some(run)) => run,
-        Ok(None) => {
-            return refuse(
-                &ctx,
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no WorkflowRun {namespace}/{run_name}"),
-            );
+    let attempt = Attempt {
+        namespace,
+        run,
+        step,
+        attempt,
+    };
+    match record(&ctx, &attempt, &query.token, &headers, body).await {
+        Ok(()) => {
+            count(&ctx, "callback");
+            (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": true }))).into_response()
         }
-        Err(e) => return refuse(&ctx, StatusCode::SERVICE_UNAVAILABLE, "error", e.to_string()),
-    };
-    let status = run.status.clone().unwrap_or_default();
-    let spec = status
-        .pinned
-        .as_ref()
-        .and_then(|p| serde_json::from_value::<crate::api::workflow::WorkflowSpec>(p.spec.clone()).ok());
-    let secret = spec
-        .as_ref()
-        .and_then(|s| s.steps.iter().find(|s| s.name == step))
-        .and_then(|s| s.call.as_ref())
-        .and_then(|c| c.callback.as_ref())
-        .map(|c| c.secret_ref.clone());
-    let Some(secret) = secret else {
-        return refuse(
-            &ctx,
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("step {step:?} of {run_name} takes no callback"),
-        );
-    };
-    let Some(key) = secret_key(&ctx.client, &namespace, &secret).await else {
-        return refuse(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_key",
-            "the callback key is missing",
-        );
-    };
-    let uid = kube::ResourceExt::uid(&run).unwrap_or_default();
-    let expected = format!("{uid}/{step}/{attempt}");
-    if !verify(&key, expected.as_bytes(), &format!("sha256={}", query.token)) {
-        tracing::info!(run = %run_name, %step, "callback refused: bad token");
-        return refuse(&ctx, StatusCode::UNAUTHORIZED, "bad_token", "wrong or missing token");
+        Err(refusal) => {
+            if matches!(refusal, Refusal::BadToken) {
+                tracing::info!(run = %attempt.run, step = %attempt.step, "callback refused: bad token");
+            }
+            refuse(&ctx, &refusal)
+        }
     }
-    let waiting = status
-        .steps
-        .iter()
-        .any(|s| s.name == step && s.phase == StepPhase::Waiting && s.attempt == attempt);
-    let annotation = crate::controller::workflow_run::steps::callback_annotation(&step);
+}
+
+/// The attempt a callback URL names.
+struct Attempt {
+    namespace: String,
+    run: String,
+    step: String,
+    attempt: i32,
+}
+
+/// Checks a callback and records it in the run's annotation.
+async fn record(ctx: &Context, at: &Attempt, token: &str, headers: &HeaderMap, body: Body) -> Result<(), Refusal> {
+    let Attempt {
+        namespace,
+        run: run_name,
+        step,
+        attempt,
+    } = at;
+    let attempt = *attempt;
+    // Everything up to the token's check comes from memory: a flood of
+    // wrong tokens costs no API call.
+    let cached = ctx
+        .runs
+        .get(&ObjectRef::<WorkflowRun>::new(run_name).within(namespace))
+        .ok_or_else(|| Refusal::NotFound(format!("no WorkflowRun {namespace}/{run_name}")))?;
+    let secret = cached
+        .status
+        .as_ref()
+        .and_then(|s| s.pinned.as_ref())
+        .and_then(|p| serde_json::from_value::<crate::api::workflow::WorkflowSpec>(p.spec.clone()).ok())
+        .and_then(|spec| {
+            spec.steps
+                .into_iter()
+                .find(|s| &s.name == step)
+                .and_then(|s| s.call)
+                .and_then(|c| c.callback)
+                .map(|c| c.secret_ref)
+        })
+        .ok_or_else(|| Refusal::NotFound(format!("step {step:?} of {run_name} takes no callback")))?;
+    let uid = kube::ResourceExt::uid(cached.as_ref()).unwrap_or_default();
+    let token_ok = |key: &[u8]| verify_callback_token(key, &uid, step, attempt, token);
+    let key = key_that_verifies(ctx, Purpose::Callback, namespace, &secret, token_ok, Refusal::BadToken).await?;
+    let payload = json_body(&bounded(headers, body, MAX_CALLBACK_BYTES).await?)?;
+    // The token holds: read the run as it is now, for a conditional write.
+    let runs: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), namespace);
+    let run = runs
+        .get_opt(run_name)
+        .await
+        .map_err(Refusal::ReadRun)?
+        .filter(|run| kube::ResourceExt::uid(run).as_deref() == Some(uid.as_str()))
+        .ok_or_else(|| Refusal::NotFound(format!("no WorkflowRun {namespace}/{run_name} with this callback")))?;
+    let waiting = run.status.as_ref().is_some_and(|s| {
+        s.steps
+            .iter()
+            .any(|s| &s.name == step && s.phase == StepPhase::Waiting && s.attempt == attempt)
+    });
+    let annotation = crate::controller::workflow_run::steps::callback_annotation(step);
+    // Only a genuine record uses the token: a forged annotation does not
+    // block the real callback.
     let used = kube::ResourceExt::annotations(&run)
         .get(&annotation)
         .and_then(|v| serde_json::from_str::<Value>(v).ok())
-        .is_some_and(|v| v.get("attempt").and_then(Value::as_i64) == Some(i64::from(attempt)));
+        .is_some_and(|record| verify_callback_record(&key, &uid, step, attempt, &record));
     if used || !waiting {
-        return refuse(
-            &ctx,
-            StatusCode::CONFLICT,
-            "used",
+        return Err(Refusal::Used(
             "this callback was used already, or the step no longer waits for it",
-        );
+        ));
     }
-    if body.len() > MAX_CALLBACK_BYTES {
-        return refuse(
-            &ctx,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "bad_payload",
-            "the body is larger than 64 KiB",
-        );
-    }
-    let payload = match json_body(&body) {
-        Ok(payload) => payload,
-        Err(message) => return refuse(&ctx, StatusCode::BAD_REQUEST, "bad_payload", message),
-    };
-    let record = json!({ "attempt": attempt, "body": payload }).to_string();
+    let record = callback_record(&key, &uid, step, attempt, &payload).to_string();
     let patch = json!({
         "metadata": { "resourceVersion": run.metadata.resource_version, "annotations": { annotation: record } }
     });
     match runs
         .patch(
-            &run_name,
+            run_name,
             &kube::api::PatchParams::default(),
             &kube::api::Patch::Merge(&patch),
         )
         .await
     {
-        Ok(_) => {
-            ctx.metrics
-                .webhook_requests
-                .get_or_create(&OutcomeLabels { outcome: "callback" })
-                .inc();
-            (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": true }))).into_response()
-        }
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            refuse(&ctx, StatusCode::CONFLICT, "used", "another callback got there first")
-        }
-        Err(e) => refuse(&ctx, StatusCode::SERVICE_UNAVAILABLE, "error", e.to_string()),
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Refusal::Used("another callback got there first")),
+        Err(e) => Err(Refusal::RecordCallback(e)),
     }
 }
 
 /// The body as JSON (an empty body is `null`).
-fn json_body(body: &[u8]) -> Result<Value, String> {
+fn json_body(body: &[u8]) -> Result<Value, Refusal> {
     if body.is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))
+    serde_json::from_slice(body).map_err(|e| Refusal::BadPayload(format!("the body is not JSON: {e}")))
 }
 
-fn refuse(ctx: &Context, status: StatusCode, outcome: &'static str, message: impl Into<String>) -> Response {
-    ctx.metrics
-        .webhook_requests
-        .get_or_create(&OutcomeLabels { outcome })
-        .inc();
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
 async fn trigger(
     State(ctx): State<Arc<Context>>,
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let Some(workflow) = ctx.workflows.get(&ObjectRef::<Workflow>::new(&name).within(&namespace)) else {
-        return refuse(
-            &ctx,
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no Workflow {namespace}/{name}"),
-        );
-    };
-    let Some(hook) = workflow.spec.triggers.as_ref().and_then(|t| t.webhook.as_ref()) else {
-        return refuse(
-            &ctx,
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("Workflow {namespace}/{name} has no webhook trigger"),
-        );
-    };
-    let Some(key) = secret_key(&ctx.client, &namespace, &hook.secret_ref).await else {
-        return refuse(
-            &ctx,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_key",
-            format!(
-                "the webhook key (Secret {:?}, key {:?}) is missing",
-                hook.secret_ref.name, hook.secret_ref.key
-            ),
-        );
-    };
-    let signature = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !verify(&key, &body, signature) {
-        tracing::info!(workflow = %name, namespace = %namespace, "webhook refused: bad signature");
-        return refuse(
-            &ctx,
-            StatusCode::UNAUTHORIZED,
-            "bad_signature",
-            "missing or wrong X-Tether-Signature",
-        );
-    }
-    let payload = match json_body(&body) {
-        Ok(payload) => payload,
-        Err(message) => return refuse(&ctx, StatusCode::BAD_REQUEST, "bad_payload", message),
-    };
-    let parameters =
-        Expr::compile("spec.triggers.webhook.parameters", &hook.parameters, &[]).and_then(|e| e.eval(&payload, &[]));
-    let parameters = match parameters {
-        Ok(p @ Value::Object(_)) => p,
-        Ok(other) => {
-            return refuse(
-                &ctx,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "bad_payload",
-                format!("the parameters expression yielded {other}, not an object"),
-            );
+    match start(&ctx, &namespace, &name, &headers, body).await {
+        Ok(Started::New(run)) => {
+            count(&ctx, "accepted");
+            (StatusCode::ACCEPTED, axum::Json(json!({ "run": run }))).into_response()
         }
-        Err(e) => return refuse(&ctx, StatusCode::UNPROCESSABLE_ENTITY, "bad_payload", e.to_string()),
-    };
-    let delivery = headers.get(DELIVERY_HEADER).and_then(|v| v.to_str().ok());
-    let run_name = delivery.map(|id| {
-        let digest = Sha256::digest(id.as_bytes());
-        let short: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
-        format!("{name}-{short}")
-    });
-    let generate = format!("{name}-");
-    let created = create_run(
-        &ctx,
+        Ok(Started::Replay(run)) => {
+            count(&ctx, "replayed");
+            (StatusCode::OK, axum::Json(json!({ "run": run, "replayed": true }))).into_response()
+        }
+        Err(refusal) => {
+            if matches!(refusal, Refusal::BadSignature | Refusal::Stale(_)) {
+                tracing::info!(workflow = %name, %namespace, %refusal, "webhook refused");
+            }
+            refuse(&ctx, &refusal)
+        }
+    }
+}
+
+/// What an accepted webhook did.
+enum Started {
+    /// Started this run.
+    New(String),
+    /// A delivery seen before: this run was started for it.
+    Replay(String),
+}
+
+/// Checks a webhook (headers, window, size, signature, replay) and starts
+/// its run.
+async fn start(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Started, Refusal> {
+    let workflow = ctx
+        .workflows
+        .get(&ObjectRef::<Workflow>::new(name).within(namespace))
+        .ok_or_else(|| Refusal::NotFound(format!("no Workflow {namespace}/{name}")))?;
+    let hook = workflow
+        .spec
+        .triggers
+        .as_ref()
+        .and_then(|t| t.webhook.as_ref())
+        .ok_or_else(|| Refusal::NotFound(format!("Workflow {namespace}/{name} has no webhook trigger")))?;
+    let signature = header(headers, SIGNATURE_HEADER).unwrap_or_default();
+    let delivery = header(headers, DELIVERY_HEADER)
+        .filter(|d| valid_delivery(d))
+        .ok_or(Refusal::BadHeader("X-Tether-Delivery (1 to 128 of A-Z a-z 0-9 - _ :)"))?;
+    let timestamp = header(headers, TIMESTAMP_HEADER)
+        .and_then(|t| t.parse::<i64>().ok())
+        .ok_or(Refusal::BadHeader("X-Tether-Timestamp (unix seconds)"))?;
+    let now = chrono::Utc::now().timestamp();
+    let tolerance = ctx.triggers.tolerance;
+    if !fresh(timestamp, now, tolerance) {
+        return Err(Refusal::Stale(tolerance.as_secs()));
+    }
+    let body = bounded(headers, body, MAX_WEBHOOK_BYTES).await?;
+    let signed = |key: &[u8]| verify(key, timestamp, delivery, &body, signature);
+    key_that_verifies(
+        ctx,
+        Purpose::Webhook,
+        namespace,
+        &hook.secret_ref,
+        signed,
+        Refusal::BadSignature,
+    )
+    .await?;
+    match ctx.triggers.deliveries.admit(namespace, name, delivery, now) {
+        Admit::New => {}
+        Admit::Replay(run) => return Ok(Started::Replay(run)),
+        Admit::Full => return Err(Refusal::Busy),
+    }
+    let payload = json_body(&body)?;
+    let parameters = Expr::compile("spec.triggers.webhook.parameters", &hook.parameters, &[])
+        .and_then(|e| e.eval(&payload, &[]))
+        .map_err(|e| Refusal::BadParameters(e.to_string()))?;
+    if !parameters.is_object() {
+        return Err(Refusal::BadParameters(format!(
+            "the parameters expression yielded {parameters}, not an object"
+        )));
+    }
+    let digest = Sha256::digest(delivery.as_bytes());
+    let short: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    let run = create_run(
+        ctx,
         &workflow,
-        run_name.as_deref().unwrap_or_default(),
-        run_name.is_none().then_some(generate.as_str()),
+        &format!("{name}-{short}"),
+        None,
         parameters,
         &[(TRIGGER_LABEL, "webhook")],
     )
+    .await
+    .map_err(Refusal::CreateRun)?;
+    let run = kube::ResourceExt::name_any(&run);
+    let expires = timestamp.saturating_add(i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX));
+    ctx.triggers.deliveries.record(namespace, name, delivery, &run, expires);
+    ctx.publish(
+        workflow.as_ref(),
+        kube::runtime::events::EventType::Normal,
+        "RunCreated",
+        "Webhook",
+        format!("webhook started run {run}"),
+    )
     .await;
-    match created {
-        Ok(run) => {
-            ctx.metrics
-                .webhook_requests
-                .get_or_create(&OutcomeLabels { outcome: "accepted" })
-                .inc();
-            let run_name = kube::ResourceExt::name_any(&run);
-            ctx.publish(
-                workflow.as_ref(),
-                kube::runtime::events::EventType::Normal,
-                "RunCreated",
-                "Webhook",
-                format!("webhook started run {run_name}"),
-            )
-            .await;
-            (StatusCode::ACCEPTED, axum::Json(json!({ "run": run_name }))).into_response()
-        }
-        Err(e) => refuse(&ctx, StatusCode::SERVICE_UNAVAILABLE, "error", e.to_string()),
-    }
+    Ok(Started::New(run))
 }
 
 #[cfg(test)]
@@ -351,12 +516,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_signature_verifies_only_with_its_key_and_body() {
-        let signature = sign(b"key", b"{\"a\":1}");
-        assert!(verify(b"key", b"{\"a\":1}", &signature));
-        assert!(!verify(b"other", b"{\"a\":1}", &signature));
-        assert!(!verify(b"key", b"{\"a\":2}", &signature));
-        assert!(!verify(b"key", b"{\"a\":1}", "sha256=zz"));
-        assert!(!verify(b"key", b"{\"a\":1}", ""));
+    fn a_signature_verifies_only_with_its_key_timestamp_delivery_and_body() {
+        let body = b"{\"a\":1}";
+        let signature = sign(b"key", 1_000, "d-1", body);
+        assert!(verify(b"key", 1_000, "d-1", body, &signature));
+        assert!(!verify(b"other", 1_000, "d-1", body, &signature));
+        assert!(!verify(b"key", 1_000, "d-1", b"{\"a\":2}", &signature));
+        assert!(!verify(b"key", 1_001, "d-1", body, &signature));
+        assert!(!verify(b"key", 1_000, "d-2", body, &signature));
+        assert!(!verify(b"key", 1_000, "d-1", body, "sha256=zz"));
+        assert!(!verify(b"key", 1_000, "d-1", body, ""));
+    }
+
+    #[test]
+    fn a_delivery_id_cannot_carry_the_separator_or_be_empty() {
+        assert!(valid_delivery("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+        assert!(!valid_delivery(""));
+        assert!(!valid_delivery("a.b"));
+        assert!(!valid_delivery(&"x".repeat(MAX_DELIVERY_ID + 1)));
+    }
+
+    #[test]
+    fn a_timestamp_counts_only_inside_the_tolerance_either_way() {
+        let five_minutes = Duration::from_secs(300);
+        assert!(fresh(1_000, 1_300, five_minutes));
+        assert!(fresh(1_300, 1_000, five_minutes));
+        assert!(!fresh(1_000, 1_301, five_minutes));
+        assert!(!fresh(i64::MIN, i64::MAX, five_minutes));
+    }
+
+    #[test]
+    fn a_callback_record_verifies_only_for_its_run_step_attempt_and_body() {
+        let body = json!({"status": "done"});
+        let record = callback_record(b"key", "uid-1", "export", 1, &body);
+        assert!(verify_callback_record(b"key", "uid-1", "export", 1, &record));
+        assert!(!verify_callback_record(b"other", "uid-1", "export", 1, &record));
+        assert!(!verify_callback_record(b"key", "uid-2", "export", 1, &record));
+        assert!(!verify_callback_record(b"key", "uid-1", "import", 1, &record));
+        assert!(!verify_callback_record(b"key", "uid-1", "export", 2, &record));
+        let mut tampered = record.clone();
+        tampered["body"] = json!({"status": "failed"});
+        assert!(!verify_callback_record(b"key", "uid-1", "export", 1, &tampered));
+        let forged = json!({"attempt": 1, "body": body});
+        assert!(!verify_callback_record(b"key", "uid-1", "export", 1, &forged));
+        // The token of an attempt is not a record's MAC.
+        let mut with_token = record.clone();
+        with_token["mac"] = json!(callback_token(b"key", "uid-1", "export", 1));
+        assert!(!verify_callback_record(b"key", "uid-1", "export", 1, &with_token));
     }
 }

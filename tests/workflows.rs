@@ -525,26 +525,27 @@ async fn a_signed_webhook_starts_a_run_and_a_bad_signature_is_refused_and_counte
     let url = format!("http://127.0.0.1:{}{path}", controller.webhook_port);
     let body = json!({"customer": {"email": "lin@example.com"}}).to_string();
     let client = reqwest::Client::new();
-    let send = |signature: String, delivery: &'static str| {
+    let send = |key: &[u8], delivery: &'static str| {
+        let timestamp = chrono::Utc::now().timestamp();
         client
             .post(&url)
-            .header("X-Tether-Signature", signature)
+            .header("X-Tether-Timestamp", timestamp.to_string())
+            .header(
+                "X-Tether-Signature",
+                tether::webhook::sign(key, timestamp, delivery, body.as_bytes()),
+            )
             .header("X-Tether-Delivery", delivery)
             .body(body.clone())
             .send()
     };
-    let forged = send(tether::webhook::sign(b"wrong-key", body.as_bytes()), "d-1")
-        .await
-        .expect("webhook answers");
+    let forged = send(b"wrong-key", "d-1").await.expect("webhook answers");
     assert_eq!(forged.status(), 401);
-    let accepted = send(tether::webhook::sign(key.as_bytes(), body.as_bytes()), "d-2")
-        .await
-        .expect("webhook answers");
+    let accepted = send(key.as_bytes(), "d-2").await.expect("webhook answers");
     assert_eq!(accepted.status(), 202);
     let answer: Value = accepted.json().await.unwrap_or_default();
     let run_name = answer["run"].as_str().unwrap_or_default().to_owned();
     // The sender retries the same delivery: the same run.
-    let again: Value = send(tether::webhook::sign(key.as_bytes(), body.as_bytes()), "d-2")
+    let again: Value = send(key.as_bytes(), "d-2")
         .await
         .expect("webhook answers")
         .json()

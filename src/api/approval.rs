@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{ObjectRef, conditions_schema};
+use super::common::conditions_schema;
 
 /// A decision on one approval gate.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -30,8 +30,11 @@ use super::common::{ObjectRef, conditions_schema};
 #[x_kube(validation = Rule::new("self == oldSelf").message("an Approval cannot be changed once made: delete it and create a new one"))]
 #[serde(rename_all = "camelCase")]
 pub struct ApprovalSpec {
-    /// The WorkflowRun that waits (same namespace).
-    pub run_ref: ObjectRef,
+    /// The WorkflowRun that waits (same namespace). With `uid`, the
+    /// Approval counts only for that run; without it, only for a run of
+    /// that name created no later than the Approval, and only the first
+    /// one it is applied to.
+    pub run_ref: RunRef,
     /// Name of the `approval` step in that run.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z][a-z0-9-]*$"))]
     pub step: String,
@@ -49,6 +52,28 @@ pub struct ApprovalSpec {
     pub decided_by: Option<String>,
 }
 
+/// The run an Approval decides for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct RunRef {
+    /// Name of the WorkflowRun.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `metadata.uid` of the WorkflowRun: binds the decision to that run,
+    /// not to a later one that reuses its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub uid: Option<String>,
+}
+
+impl RunRef {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            uid: None,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum Decision {
     Approve,
@@ -63,6 +88,10 @@ pub struct ApprovalStatus {
     /// When the run took the decision into account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<DateTime<Utc>>,
+    /// `metadata.uid` of the run that took the decision: an Approval is
+    /// applied to one run only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_uid: Option<String>,
     /// `Applied`: the run received the decision; `False` with a reason when
     /// the run or step does not exist or is not waiting.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -106,6 +106,7 @@ pub enum FailurePolicy {
 #[x_kube(validation = Rule::new("(has(self.call) ? 1 : 0) + (has(self.resource) ? 1 : 0) + (has(self.approval) ? 1 : 0) + (has(self.wait) ? 1 : 0) == 1").message("a step sets exactly one of call, resource, approval or wait"))]
 #[x_kube(validation = Rule::new("!has(self.dependsOn) || !(self.name in self.dependsOn)").message("a step cannot depend on itself"))]
 #[x_kube(validation = Rule::new("!has(self.parallelism) || has(self.forEach)").message("parallelism applies only to a step with forEach"))]
+#[x_kube(validation = Rule::new("!has(self.forEach) || !(has(self.wait) || has(self.approval))").message("forEach is for call and resource steps; a wait or approval step waits once for the whole step"))]
 #[serde(rename_all = "camelCase")]
 pub struct Step {
     /// Unique within the workflow; used by `dependsOn` and `$steps.<name>`.
@@ -124,7 +125,8 @@ pub struct Step {
     pub when: Option<String>,
 
     /// Expression yielding an array: the step runs once per item (`$item`,
-    /// `$index`), and dependents wait for every item (fan-in).
+    /// `$index`), and dependents wait for every item (fan-in). Only for
+    /// `call` and `resource` steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub for_each: Option<String>,
@@ -407,7 +409,9 @@ pub enum ConcurrencyPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookTrigger {
-    /// HMAC-SHA256 key; requests carry `X-Tether-Signature: sha256=<hex>`.
+    /// HMAC-SHA256 key; requests carry `X-Tether-Timestamp: <unix seconds>`,
+    /// `X-Tether-Delivery: <id>` and `X-Tether-Signature: sha256=<hex>` of
+    /// `"{timestamp}.{delivery}.{body}"`.
     pub secret_ref: SecretKeyRef,
     /// Expression over the request body that yields the run's parameters.
     #[serde(default = "default_webhook_parameters")]

@@ -74,8 +74,13 @@ impl Scoped for crate::api::Adapter {
     }
 }
 
-/// `reconcile(object, ctx)`, with a panic turned into the object's
-/// `InternalError` and an `await_change`.
+/// `reconcile(object, ctx)` as a task of its own, with a panic turned into
+/// the object's `InternalError` and an `await_change`.
+///
+/// Its own task, because kube-runtime polls every reconcile of a controller
+/// inside one stream: a reconcile that blocks its thread (waiting for the
+/// expression sandbox) would hold up all its siblings. As a task on a
+/// runtime worker, the sandbox's `block_in_place` moves the others away.
 pub async fn reconcile<K, E, F, Fut>(
     object: Arc<K>,
     ctx: Arc<Context>,
@@ -85,14 +90,36 @@ pub async fn reconcile<K, E, F, Fut>(
 where
     K: Scoped + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
-    Fut: Future<Output = Result<Action, E>>,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+    E: Send + 'static,
 {
-    match catch(reconcile(object.clone(), ctx.clone())).await {
+    let task = AbortOnDrop(tokio::spawn(catch(reconcile(object.clone(), ctx.clone()))));
+    let outcome = match task.join().await {
+        Ok(caught) => caught,
+        Err(join) => Err(format!("the reconcile task ended: {join}")),
+    };
+    match outcome {
         Ok(result) => result,
         Err(message) => {
             report(object.as_ref(), &ctx, kind, &message).await;
             Ok(Action::await_change())
         }
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped (a reconcile
+/// whose controller shuts down or gives up on it does not run on).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -190,6 +190,8 @@ pub struct Context {
     pub written: Mutex<HashMap<String, String>>,
     /// Base URL of step callbacks (the webhook endpoint as targets reach it).
     pub callback_base: String,
+    /// Webhook and callback keys, accepted deliveries, the tolerance.
+    pub triggers: crate::webhook::Triggers,
 }
 
 impl Context {

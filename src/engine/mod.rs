@@ -437,6 +437,17 @@ fn observe(def: &Definition, run: &str, next: &mut WorkflowRunStatus, observatio
         return;
     }
     let active = matches!(s.phase, StepPhase::Running | StepPhase::Waiting);
+    if active && s.items.is_some() && matches!(observation, Observation::Succeeded { .. } | Observation::Waiting { .. })
+    {
+        // A fan-out ends when its items have: an outcome of the whole step
+        // (a step kind that waits once) cannot stand for them.
+        fail_step(
+            s,
+            "forEach: this step completes as a whole, not item by item (forEach is for call and resource steps)".into(),
+            now,
+        );
+        return;
+    }
     match observation {
         Observation::Succeeded { outputs, .. } if active => {
             s.phase = StepPhase::Succeeded;

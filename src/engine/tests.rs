@@ -295,6 +295,35 @@ fn a_fan_out_runs_at_most_parallelism_items_at_once_and_fans_in() {
 }
 
 #[test]
+fn a_fan_out_never_succeeds_on_an_outcome_of_the_whole_step_with_items_not_done() {
+    // A `wait` step with forEach answers each item with a step-level
+    // `Waiting`, then a `Check` succeeds the step: 0 of 3 items done.
+    let (d, start) = fan_out(3, 10, false);
+    let (s, _) = advance(&d, "r", &WorkflowRunStatus::default(), &[], now(), &start);
+    let waiting = Observation::Waiting {
+        step: "each".into(),
+        until: Some(later(1)),
+        outputs: None,
+    };
+    let (s, _) = advance(&d, "r", &s, &[waiting], now(), &start);
+    let (s, a) = advance(&d, "r", &s, &[ok("each")], later(2), &start);
+    assert_eq!(s.steps[0].phase, StepPhase::Failed, "{:?}", s.steps[0]);
+    assert!(
+        s.steps[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("forEach is for call and resource steps")),
+        "{:?}",
+        s.steps[0].message
+    );
+    assert!(
+        !ran(&a).contains(&"run after#1".to_owned()),
+        "the dependent never starts"
+    );
+    assert_ne!(s.phase, RunPhase::Succeeded);
+}
+
+#[test]
 fn a_failed_item_stops_the_fan_out_and_the_completed_items_are_undone() {
     let (d, start) = fan_out(30, 10, true);
     let (s, a) = advance(&d, "r", &WorkflowRunStatus::default(), &[], now(), &start);

@@ -59,6 +59,14 @@ impl ControlPlane {
     /// Starts a control plane with the CRDs and chart of the checkout at
     /// `repo` installed.
     pub fn start(repo: &Path) -> Result<ControlPlane, String> {
+        let cp = Self::start_empty(repo)?;
+        cp.install_crds()?;
+        Ok(cp)
+    }
+
+    /// Starts a control plane with nothing of Tether's installed: what a
+    /// cluster looks like before `helm install`.
+    pub fn start_empty(repo: &Path) -> Result<ControlPlane, String> {
         let repo = repo.to_path_buf();
         let bin_dir = build_binaries(&repo)?;
         let dir = tempfile::Builder::new()
@@ -152,7 +160,6 @@ impl ControlPlane {
             repo,
         };
         cp.wait_ready()?;
-        cp.install_crds()?;
         Ok(cp)
     }
 

@@ -82,6 +82,7 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         metrics_addr: "127.0.0.1:0".parse()?,
         webhook_addr: "127.0.0.1:0".parse()?,
         callback_url: None,
+        webhook_tolerance: crate::webhook::DEFAULT_TOLERANCE,
         leader_election: false,
         lease_name: "tether-controller".into(),
         lease_namespace: None,
@@ -94,11 +95,21 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
     };
     let controller = tokio::spawn(run_with_client(client, run_options));
 
-    eprintln!("==> kubectl apply -f examples/");
-    check(
-        &cp.kubectl(&["apply", "-n", &ns, "-f", &repo.join("examples").to_string_lossy()]),
-        "applying examples/",
-    )?;
+    // Approvals last: an Approval without `runRef.uid` counts only for a
+    // run created no later than itself (docs/workflows.md, Approvals).
+    let (approvals, manifests) = examples(&repo.join("examples"))?;
+    for (what, files) in [("examples/", manifests), ("examples/approval-*", approvals)] {
+        eprintln!("==> kubectl apply -f {what}");
+        let mut args: Vec<String> = vec!["apply".into(), "-n".into(), ns.clone()];
+        for file in &files {
+            args.push("-f".into());
+            args.push(file.to_string_lossy().into_owned());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if !files.is_empty() {
+            check(&cp.kubectl(&args), "applying examples/")?;
+        }
+    }
 
     let started = Instant::now();
     let mut last = String::new();
@@ -159,4 +170,19 @@ fn check(out: &std::process::Output, what: &str) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("{what}: {}", String::from_utf8_lossy(&out.stderr))
     }
+}
+
+/// The manifests of `examples/` (YAML files, sorted), Approvals apart.
+fn examples(dir: &std::path::Path) -> anyhow::Result<(Vec<std::path::PathBuf>, Vec<std::path::PathBuf>)> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json"))
+        .collect();
+    files.sort();
+    Ok(files.into_iter().partition(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("approval-"))
+    }))
 }

@@ -123,6 +123,11 @@ impl Compiled {
                     "{field}: a forEach step completes each item with its answer; pollUntil and callback are for single steps"
                 ));
             }
+            if s.for_each.is_some() && (s.wait.is_some() || s.approval.is_some()) {
+                kind_errors.push(format!(
+                    "{field}: forEach is for call and resource steps; a wait or approval step waits once for the whole step"
+                ));
+            }
             let kind = if let Some(call) = &s.call {
                 compile_call(&format!("{field}.call"), call, &mut errors).map(|c| StepKind::Call(Box::new(c)))
             } else if let Some(r) = &s.resource {
@@ -400,6 +405,26 @@ steps:
             "{errors:?}"
         );
         assert_eq!(errors[1], "spec.steps[a].call: set pollUntil or callback, not both");
+    }
+
+    #[test]
+    fn for_each_on_a_wait_or_approval_step_is_refused_naming_the_step() {
+        let errors = Compiled::compile(&spec(
+            r#"
+steps:
+  - {name: pause, forEach: "[1, 2, 3]", wait: {duration: 1s}}
+  - {name: gate, forEach: "[1, 2]", approval: {}}
+"#,
+        ))
+        .err()
+        .unwrap_or_default();
+        assert_eq!(
+            errors,
+            vec![
+                "spec.steps[pause]: forEach is for call and resource steps; a wait or approval step waits once for the whole step",
+                "spec.steps[gate]: forEach is for call and resource steps; a wait or approval step waits once for the whole step",
+            ]
+        );
     }
 
     #[test]

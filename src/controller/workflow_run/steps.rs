@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Map, Value, json};
@@ -26,6 +27,7 @@ use crate::controller::workflow::compile::{
 use crate::engine::{Action, FailureClass, Observation, Start};
 use crate::expr::Expr;
 use crate::target::{CallError, HttpCall};
+use crate::webhook::keys::{Freshness, Purpose};
 
 /// Field manager of the ExternalResources that `resource` steps own.
 pub const RESOURCE_MANAGER: &str = "tether-workflow";
@@ -48,6 +50,14 @@ pub struct Scope<'a> {
 }
 
 type Failure = (String, FailureClass);
+
+/// The Approvals of one gate of one run.
+struct Gate {
+    /// The one that decides (the oldest that counts).
+    decision: Option<Arc<Approval>>,
+    /// Those that name the gate but were made for another run, with why.
+    not_for_us: Vec<(Arc<Approval>, String)>,
+}
 
 impl<'a> Scope<'a> {
     /// The scope of one round's `actions`: `$steps` once, and the items of
@@ -252,7 +262,11 @@ impl<'a> Scope<'a> {
                 default_decision,
                 ..
             } => {
-                if let Some(approval) = self.approval_for(name) {
+                let gate = self.approval_for(name);
+                for (other, why) in gate.not_for_us {
+                    self.mark_not_for_this_run(&other, why).await;
+                }
+                if let Some(approval) = gate.decision {
                     let who = approval.spec.decided_by.clone().unwrap_or_else(|| "unknown".into());
                     let why = approval.spec.reason.clone().unwrap_or_default();
                     self.mark_applied(&approval, name).await;
@@ -317,6 +331,16 @@ impl<'a> Scope<'a> {
                     .get(&callback_annotation(name))
                     .and_then(|text| serde_json::from_str::<Value>(text).ok())
                     .filter(|v| v.get("attempt").and_then(Value::as_i64) == Some(i64::from(status.attempt)));
+                let received = match received {
+                    Some(record)
+                        if self
+                            .genuine_callback(name, status.attempt, &callback.secret, &record)
+                            .await =>
+                    {
+                        Some(record)
+                    }
+                    _ => None,
+                };
                 let Some(received) = received else {
                     if after_std(started, callback.timeout) <= self.now {
                         return Some(failed(
@@ -441,19 +465,56 @@ impl<'a> Scope<'a> {
         Some(failed(last))
     }
 
-    fn approval_for(&self, step: &str) -> Option<Arc<Approval>> {
+    /// The Approval that decides gate `step` (the oldest that counts), and
+    /// each Approval that names the gate but not this run, with why.
+    fn approval_for(&self, step: &str) -> Gate {
         let namespace = self.namespace();
-        let run = self.run.name_any();
-        self.ctx
-            .approvals
-            .state()
-            .into_iter()
-            .filter(|a| {
-                a.namespace().as_deref() == Some(namespace.as_str())
-                    && a.spec.run_ref.name == run
-                    && a.spec.step == step
-            })
-            .min_by_key(|a| a.creation_timestamp())
+        let mut counting = Vec::new();
+        let mut not_for_us = Vec::new();
+        for approval in self.ctx.approvals.state() {
+            if approval.namespace().as_deref() != Some(namespace.as_str()) {
+                continue;
+            }
+            match approval_verdict(&approval, self.run, step) {
+                Verdict::Counts => counting.push(approval),
+                Verdict::NotForThisRun(why) => not_for_us.push((approval, why)),
+                Verdict::Elsewhere => {}
+            }
+        }
+        Gate {
+            decision: counting.into_iter().min_by_key(|a| a.creation_timestamp()),
+            not_for_us,
+        }
+    }
+
+    /// Says on an Approval, once, that it does not count for this run
+    /// (`Applied=False`, reason `NotForThisRun`); the rest of its status,
+    /// a binding to another run included, is kept.
+    async fn mark_not_for_this_run(&self, approval: &Approval, why: String) {
+        let mut status = approval.status.clone().unwrap_or_default();
+        if conditions::find(&status.conditions, "Applied").is_some() {
+            return;
+        }
+        status.observed_generation = approval.metadata.generation;
+        status.conditions = conditions::merge(
+            &status.conditions,
+            &[conditions::Desired::new(
+                "Applied",
+                false,
+                APPROVAL_NOT_FOR_THIS_RUN,
+                format!("does not count for run {}: {why}", self.run.name_any()),
+            )],
+            approval.metadata.generation,
+            self.now,
+        );
+        let api: Api<Approval> = Api::namespaced(self.ctx.client.clone(), &self.namespace());
+        if let Err(err) = self
+            .ctx
+            .apply_status(&api, &approval.name_any(), "Approval", &status)
+            .await
+        {
+            tracing::warn!(approval = %approval.name_any(), %err, "cannot record that the approval does not count");
+        }
     }
 
     /// `$callback` of an attempt: the one-time URL and its token.
@@ -463,17 +524,15 @@ impl<'a> Scope<'a> {
         attempt: i32,
         secret: &crate::api::common::SecretKeyRef,
     ) -> Result<Value, Failure> {
-        let key = crate::webhook::secret_key(&self.ctx.client, &self.namespace(), secret)
-            .await
-            .ok_or_else(|| {
-                (
-                    format!(
-                        "the callback key (Secret {:?}, key {:?}) is missing",
-                        secret.name, secret.key
-                    ),
-                    FailureClass::Transient,
-                )
-            })?;
+        let key = self.callback_key(secret, Freshness::Cached).await.ok_or_else(|| {
+            (
+                format!(
+                    "the callback key (Secret {:?}, key {:?}) is missing",
+                    secret.name, secret.key
+                ),
+                FailureClass::Transient,
+            )
+        })?;
         let token = crate::webhook::callback_token(&key, &self.run.uid().unwrap_or_default(), step, attempt);
         let url = format!(
             "{}{}?token={token}",
@@ -483,12 +542,70 @@ impl<'a> Scope<'a> {
         Ok(json!({ "url": url, "token": token }))
     }
 
+    async fn callback_key(&self, secret: &crate::api::common::SecretKeyRef, want: Freshness) -> Option<Vec<u8>> {
+        self.ctx
+            .triggers
+            .keys
+            .get(
+                &self.ctx.client,
+                &self.ctx.metrics,
+                Purpose::Callback,
+                &self.namespace(),
+                secret,
+                want,
+            )
+            .await
+    }
+
+    /// Whether the recorded callback of `step` was written by the callback
+    /// endpoint for this run and attempt (its MAC verifies under the step's
+    /// key); a record that does not is reported once per content, and
+    /// ignored.
+    async fn genuine_callback(
+        &self,
+        step: &str,
+        attempt: i32,
+        secret: &crate::api::common::SecretKeyRef,
+        record: &Value,
+    ) -> bool {
+        let uid = self.run.uid().unwrap_or_default();
+        for want in [Freshness::Cached, Freshness::Refresh] {
+            if let Some(key) = self.callback_key(secret, want).await
+                && crate::webhook::verify_callback_record(&key, &uid, step, attempt, record)
+            {
+                return true;
+            }
+        }
+        self.ctx
+            .metrics
+            .webhook_requests
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                outcome: "forged_callback",
+            })
+            .inc();
+        self.ctx
+            .publish(
+                self.run,
+                EventType::Warning,
+                CALLBACK_FORGED,
+                "Callback",
+                format!(
+                    "ignored annotation {}: it was not written by Tether's callback endpoint (its MAC does not verify); \
+                     step {step} still waits for its callback",
+                    callback_annotation(step)
+                ),
+            )
+            .await;
+        false
+    }
+
     /// Records on the Approval that the run took its decision.
     async fn mark_applied(&self, approval: &Approval, step: &str) {
         let now = self.now;
         let status = crate::api::approval::ApprovalStatus {
             observed_generation: approval.metadata.generation,
             applied_at: Some(now),
+            run_uid: self.run.uid(),
             conditions: conditions::merge(
                 &approval
                     .status
@@ -697,6 +814,61 @@ pub fn start(
     }
 }
 
+/// Whether `approval` decides gate `step` of `run`: it names the run and
+/// the step; with `runRef.uid`, that is the run's UID; without, the run was
+/// created no later than the Approval; and it was not applied to another
+/// run already. So an Approval of a deleted run never counts for a new run
+/// that reuses the name.
+pub fn approval_counts(approval: &Approval, run: &WorkflowRun, step: &str) -> bool {
+    approval_verdict(approval, run, step) == Verdict::Counts
+}
+
+/// What an Approval is to one gate of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It decides this gate.
+    Counts,
+    /// It names another run or another gate.
+    Elsewhere,
+    /// It names this run and gate, but was made for another run that had
+    /// the name: why.
+    NotForThisRun(String),
+}
+
+/// The rule of [`approval_counts`], saying why an Approval that names the
+/// run does not count.
+pub fn approval_verdict(approval: &Approval, run: &WorkflowRun, step: &str) -> Verdict {
+    let uid = run.uid();
+    if approval.spec.run_ref.name != run.name_any() || approval.spec.step != step {
+        return Verdict::Elsewhere;
+    }
+    let current = uid.as_deref().unwrap_or_default();
+    let applied = approval.status.as_ref().and_then(|s| s.run_uid.as_deref());
+    if let Some(applied) = applied
+        && applied != current
+    {
+        return Verdict::NotForThisRun(format!("it was applied to run UID {applied}, not {current}"));
+    }
+    match approval.spec.run_ref.uid.as_deref() {
+        Some(bound) if bound == current => Verdict::Counts,
+        Some(bound) => Verdict::NotForThisRun(format!("it names run UID {bound}, not {current}")),
+        None => match (approval.creation_timestamp(), run.creation_timestamp()) {
+            (Some(decided), Some(started)) if decided.0 >= started.0 => Verdict::Counts,
+            _ => Verdict::NotForThisRun(format!(
+                "it was created before run {} (UID {current}); set spec.runRef.uid, or create it anew",
+                run.name_any()
+            )),
+        },
+    }
+}
+
+/// Reason of an Approval's `Applied=False` when it names a run of that
+/// name but was made for another.
+pub const APPROVAL_NOT_FOR_THIS_RUN: &str = "NotForThisRun";
+
+/// Reason of the Event when a callback annotation does not verify.
+pub const CALLBACK_FORGED: &str = "CallbackForged";
+
 /// The annotation in which the webhook endpoint leaves a step's callback.
 pub fn callback_annotation(step: &str) -> String {
     format!("callback.tether.dev/{step}")
@@ -730,4 +902,84 @@ fn summary(response: &Value) -> String {
     let status = response.get("status").and_then(Value::as_u64).unwrap_or_default();
     let body = response.get("body").cloned().unwrap_or(Value::Null);
     crate::text::shortened(&format!("HTTP {status}: {}", crate::target::error_message(&body)), 256)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::api::approval::{ApprovalSpec, ApprovalStatus, RunRef};
+    use crate::api::workflow_run::WorkflowRunSpec;
+
+    fn at(second: i64) -> Option<Time> {
+        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + second)
+            .ok()
+            .map(Time)
+    }
+
+    fn run(uid: &str, created: i64) -> WorkflowRun {
+        let mut run = WorkflowRun::new(
+            "deploy",
+            WorkflowRunSpec {
+                workflow_ref: crate::api::common::ObjectRef::new("ship"),
+                parameters: Value::Null,
+                cancel: false,
+            },
+        );
+        run.metadata.uid = Some(uid.into());
+        run.metadata.creation_timestamp = at(created);
+        run
+    }
+
+    fn approval(uid: Option<&str>, created: i64, applied_to: Option<&str>) -> Approval {
+        let mut approval = Approval::new(
+            "ok",
+            ApprovalSpec {
+                run_ref: RunRef {
+                    name: "deploy".into(),
+                    uid: uid.map(str::to_owned),
+                },
+                step: "gate".into(),
+                decision: Decision::Approve,
+                reason: None,
+                decided_by: None,
+            },
+        );
+        approval.metadata.creation_timestamp = at(created);
+        approval.status = applied_to.map(|uid| ApprovalStatus {
+            run_uid: Some(uid.into()),
+            ..ApprovalStatus::default()
+        });
+        approval
+    }
+
+    #[test]
+    fn an_approval_counts_only_for_the_run_and_gate_it_was_made_for() {
+        let current = run("uid-2", 100);
+        // Bound by UID: that run only, whenever it was created.
+        assert!(approval_counts(&approval(Some("uid-2"), 50, None), &current, "gate"));
+        assert!(!approval_counts(&approval(Some("uid-1"), 150, None), &current, "gate"));
+        // Without a UID: made no earlier than the run (same second included).
+        assert!(approval_counts(&approval(None, 100, None), &current, "gate"));
+        assert!(approval_counts(&approval(None, 160, None), &current, "gate"));
+        assert!(!approval_counts(&approval(None, 99, None), &current, "gate"));
+        // Applied to another run already: never again.
+        assert!(!approval_counts(&approval(None, 160, Some("uid-1")), &current, "gate"));
+        assert!(approval_counts(&approval(None, 160, Some("uid-2")), &current, "gate"));
+        // Another gate.
+        assert!(!approval_counts(
+            &approval(Some("uid-2"), 160, None),
+            &current,
+            "other-gate"
+        ));
+        assert_eq!(
+            approval_verdict(&approval(Some("uid-2"), 160, None), &current, "other-gate"),
+            Verdict::Elsewhere
+        );
+        assert_eq!(
+            approval_verdict(&approval(Some("uid-1"), 160, None), &current, "gate"),
+            Verdict::NotForThisRun("it names run UID uid-1, not uid-2".into())
+        );
+    }
 }
