@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: what CI runs and what the README names.
-#   1. builds (once, cached outside the repo) kube-apiserver, etcd, kubectl
-#      and helm from their upstream Go modules at pinned versions;
+#   1. builds (once, cached outside the repo) kube-apiserver, etcd, kubectl,
+#      helm and tether-health (kstatus + the Lua VM of Argo CD, for the
+#      GitOps health tests) from their upstream Go modules at pinned versions;
 #   2. checks formatting and lints;
 #   3. runs every test: unit tests, the simulator, and the integration tests
 #      against a real control plane (tests/), including the generated-files
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 echo "==> control plane binaries"; scripts/control-plane.sh
 echo "==> helm"; scripts/helm.sh
+echo "==> health tools (kstatus, Argo CD Lua)"; scripts/health-tools.sh
 echo "==> cargo fmt --check"; cargo fmt --all -- --check
 echo "==> cargo clippy"; cargo clippy --all-targets --locked -- -D warnings
 echo "==> cargo test"

@@ -1,32 +1,80 @@
 //! Building `meta/v1` conditions the Kubernetes way: `lastTransitionTime`
 //! moves only when a condition's status moves, so an unchanged reconcile
-//! produces an identical status (and no write). Pure: `now` is passed in.
+//! produces an identical status (and no write). `Reconciling` and `Stalled`
+//! are present only while `True` (kstatus' abnormal-true conditions): a
+//! write that does not set them removes them. Pure: `now` is passed in.
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::common::condition::{ABNORMAL_TRUE, RECONCILING, STALLED};
+
+/// The status of a condition: `True`, `False` or `Unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    True,
+    False,
+    Unknown,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::True => "True",
+            Status::False => "False",
+            Status::Unknown => "Unknown",
+        }
+    }
+}
+
+impl From<bool> for Status {
+    fn from(value: bool) -> Self {
+        if value { Status::True } else { Status::False }
+    }
+}
 
 /// A condition to set: type, status, reason, message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
     pub type_: &'static str,
-    pub status: bool,
+    pub status: Status,
     pub reason: String,
     pub message: String,
 }
 
 impl Desired {
-    pub fn new(type_: &'static str, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &'static str,
+        status: impl Into<Status>,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             type_,
-            status,
+            status: status.into(),
             reason: reason.into(),
             message: message.into(),
         }
     }
+
+    /// `Reconciling=True`: work is under way (kstatus `InProgress`).
+    pub fn reconciling(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(RECONCILING, true, reason, message)
+    }
+
+    /// `Stalled=True`: no progress without a change (kstatus `Failed`).
+    pub fn stalled(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(STALLED, true, reason, message)
+    }
+
+    pub fn is_true(&self) -> bool {
+        self.status == Status::True
+    }
 }
 
 /// The conditions after setting `desired` over `previous`; conditions of
-/// other types are kept as they were.
+/// other types are kept as they were, except `Reconciling` and `Stalled`,
+/// which stay only when `desired` sets them `True`.
 pub fn merge(
     previous: &[Condition],
     desired: &[Desired],
@@ -39,7 +87,7 @@ pub fn merge(
         .cloned()
         .collect();
     for d in desired {
-        let status = if d.status { "True" } else { "False" }.to_owned();
+        let status = d.status.as_str().to_owned();
         let old = previous.iter().find(|c| c.type_ == d.type_);
         let last_transition_time = match old {
             Some(old) if old.status == status => old.last_transition_time.clone(),
@@ -54,6 +102,9 @@ pub fn merge(
             last_transition_time,
         });
     }
+    out.retain(|c| {
+        !ABNORMAL_TRUE.contains(&c.type_.as_str()) || desired.iter().any(|d| d.type_ == c.type_ && d.is_true())
+    });
     out.sort_by(|a, b| a.type_.cmp(&b.type_));
     out
 }
@@ -129,5 +180,36 @@ mod tests {
         assert_eq!(one.len(), 2);
         assert!(is_true(&one, "Synced"));
         assert!(!is_true(&one, "Ready"));
+    }
+
+    #[test]
+    fn reconciling_and_stalled_are_present_only_while_true() {
+        let t0 = DateTime::from_timestamp(1_000, 0).unwrap_or_default();
+        let busy = merge(
+            &[],
+            &[
+                Desired::new("Ready", false, "Creating", ""),
+                Desired::reconciling("Creating", "creating"),
+            ],
+            Some(1),
+            t0,
+        );
+        assert!(is_true(&busy, RECONCILING));
+        let done = merge(&busy, &[Desired::new("Ready", true, "Created", "")], Some(1), t0);
+        assert!(find(&done, RECONCILING).is_none(), "{done:?}");
+        let explicit_false = merge(&busy, &[Desired::new(STALLED, false, "x", "")], Some(1), t0);
+        assert!(find(&explicit_false, STALLED).is_none(), "{explicit_false:?}");
+    }
+
+    #[test]
+    fn unknown_is_written_as_unknown() {
+        let t0 = DateTime::from_timestamp(1_000, 0).unwrap_or_default();
+        let running = merge(
+            &[],
+            &[Desired::new("Succeeded", Status::Unknown, "Running", "")],
+            Some(1),
+            t0,
+        );
+        assert_eq!(find(&running, "Succeeded").map(|c| c.status.as_str()), Some("Unknown"));
     }
 }

@@ -60,10 +60,22 @@ fn printer_columns_and_short_names_make_kubectl_get_useful() {
     let examples = cp.repo.join("examples");
     assert_ok(&cp.kubectl(&["apply", "-n", &ns, "-f", &examples.to_string_lossy()]));
     for (short, header) in [
-        ("tts", ["NAME", "ADAPTER", "URL", "READY", "CIRCUIT", "AGE"].as_slice()),
+        (
+            "tts",
+            ["NAME", "ADAPTER", "URL", "READY", "CIRCUIT", "REASON", "AGE"].as_slice(),
+        ),
         (
             "xr",
-            &["NAME", "TARGET", "TYPE", "EXTERNAL-ID", "READY", "SYNCED", "AGE"],
+            &[
+                "NAME",
+                "TARGET",
+                "TYPE",
+                "EXTERNAL-ID",
+                "READY",
+                "SYNCED",
+                "REASON",
+                "AGE",
+            ],
         ),
         ("twf", &["NAME", "STEPS", "READY", "LAST-RUN", "AGE"]),
         ("twr", &["NAME", "WORKFLOW", "PHASE", "STEP", "PROGRESS", "AGE"]),

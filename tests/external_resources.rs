@@ -342,8 +342,14 @@ async fn observe_only_adopts_an_existing_object_and_never_writes() {
             json!({"externalName": "legacy", "managementPolicy": "ObserveOnly", "pollInterval": "1s"}),
         ),
     );
-    cp.wait_for(&ns, "xr/legacy", "condition=Ready", "60s", Some(&controller));
-    cp.wait_for(&ns, "xr/legacy", "condition=Synced=False", "60s", Some(&controller));
+    // Adopted, and the declared `plan` differs: reported drift, which is
+    // not Ready (the object does not match) and Stalled (only a change helps).
+    cp.wait_for(&ns, "xr/legacy", "condition=Stalled", "60s", Some(&controller));
+    assert!(!cp.jsonpath(&ns, "xr/legacy", "{.status.externalId}").is_empty());
+    assert_eq!(
+        cp.jsonpath(&ns, "xr/legacy", "{.status.conditions[?(@.type==\"Ready\")].reason}"),
+        "DriftDetected"
+    );
     support::assert_ok(&cp.kubectl(&["delete", "-n", &ns, "xr/legacy", "--timeout=60s"]));
 
     let stats = sim.stats();

@@ -238,7 +238,9 @@ pub struct AdapterStatus {
     /// Names of the resource types the adapter offers, comma-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_types: Option<String>,
-    /// `Ready`: every expression compiles and the mapping is usable.
+    /// `Ready`: every expression compiles and the mapping is usable (or the
+    /// service URL is valid). `Stalled` (present only while `True`): the spec
+    /// must be fixed; the reason and message say where.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

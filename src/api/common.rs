@@ -147,14 +147,78 @@ pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
     schema
 }
 
-/// Condition types and reasons shared by every kind.
+/// Condition types shared by every kind. Every kind follows the Kubernetes
+/// API conventions and kstatus (`sigs.k8s.io/cli-utils/pkg/kstatus`), so
+/// `kubectl wait`, Flux, kpt and Argo CD read them the same way:
+///
+/// - `Ready`: the object has reached what its spec asks for (its meaning per
+///   kind is in the kind's status documentation);
+/// - `Reconciling` (present only while `True`): work is under way and the
+///   object is expected to get there by itself; kstatus `InProgress`;
+/// - `Stalled` (present only while `True`): the object cannot progress until
+///   something changes (its spec, a Secret, the external object); kstatus
+///   `Failed`;
+/// - `status.observedGeneration` on every status write: a status older than
+///   the spec reads `InProgress`.
 pub mod condition {
     /// The object has reached the state its spec asks for.
     pub const READY: &str = "Ready";
     /// The last reconcile reached the external system and applied the spec.
     pub const SYNCED: &str = "Synced";
+    /// Work is under way (abnormal-true: present only while `True`).
+    pub const RECONCILING: &str = "Reconciling";
+    /// No progress without a change (abnormal-true: present only while `True`).
+    pub const STALLED: &str = "Stalled";
+    /// A WorkflowRun's outcome: `Unknown` until it ends, then `True` or
+    /// `False` (the Tekton / Knative convention).
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// A TargetSystem is failing or its circuit is not closed.
+    pub const DEGRADED: &str = "Degraded";
+    /// Another ExternalResource manages the same external object.
+    pub const CONFLICT: &str = "Conflict";
     /// The spec cannot be acted on until it is changed.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+
+    /// Condition types that are present only while `True` (kstatus'
+    /// "abnormal-true" polarity): a status write that does not set them
+    /// removes them.
+    pub const ABNORMAL_TRUE: [&str; 2] = [RECONCILING, STALLED];
+}
+
+/// Condition reasons that more than one kind (or a GitOps health check)
+/// relies on. A health check matches these strings: change them only with
+/// the checks under `deploy/argocd`.
+pub mod reason {
+    /// The target's circuit breaker is open: calls are refused until a trial
+    /// call succeeds.
+    pub const CIRCUIT_OPEN: &str = "CircuitOpen";
+    /// The circuit lets one trial call through.
+    pub const CIRCUIT_HALF_OPEN: &str = "CircuitHalfOpen";
+    /// The external object differs from the spec and the policy is to
+    /// report, not correct.
+    pub const DRIFT_DETECTED: &str = "DriftDetected";
+    /// A create is in flight.
+    pub const CREATING: &str = "Creating";
+    /// The external object does not exist and will not be created.
+    pub const NOT_FOUND: &str = "NotFound";
+    /// Another ExternalResource manages the external object.
+    pub const CONFLICT: &str = "Conflict";
+    /// A run's steps are executing.
+    pub const RUNNING: &str = "Running";
+    /// A run waits for an Approval.
+    pub const WAITING_FOR_APPROVAL: &str = "WaitingForApproval";
+    /// A run undoes its completed steps.
+    pub const COMPENSATING: &str = "Compensating";
+    /// A run finished with every step succeeded.
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// A run failed and nothing needed undoing.
+    pub const FAILED: &str = "Failed";
+    /// A run failed and its completed steps were undone.
+    pub const COMPENSATED: &str = "Compensated";
+    /// A run failed and undoing its steps failed too.
+    pub const COMPENSATION_FAILED: &str = "CompensationFailed";
+    /// A run was cancelled.
+    pub const CANCELLED: &str = "Cancelled";
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use super::common::{Duration, ObjectRef, any_value, conditions_schema, free_form
     printcolumn = r#"{"name":"External-ID","type":"string","jsonPath":".status.externalId"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Synced","type":"string","jsonPath":".status.conditions[?(@.type==\"Synced\")].status"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -159,8 +159,16 @@ pub struct ExternalResourceStatus {
     /// Declared fields that differ at the target (with `driftPolicy: Report`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drifted_fields: Vec<String>,
-    /// `Ready` (exists and matches), `Synced` (last reconcile reached the
-    /// target), `Conflict` (another ExternalResource claims the object).
+    /// `Ready`: the object exists at the target and matched the declared
+    /// properties when last observed; `False` with the reason that matters
+    /// (`Creating`, `DriftDetected`, `CircuitOpen`, `NotFound`, `Conflict`,
+    /// or the error). `Synced`: the last reconcile reached the target and
+    /// applied the spec. `Reconciling` (present only while `True`): a create
+    /// or a retry is under way. `Stalled` (present only while `True`): no
+    /// progress without a change: a permanent error, drift that the policy
+    /// only reports, a missing object, a conflict. `Conflict`: another
+    /// ExternalResource manages the object. Every status write sets
+    /// `observedGeneration`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -25,6 +25,7 @@ use super::common::{Duration, ObjectRef, SecretKeyRef, SecretRef, conditions_sch
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".spec.baseUrl"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Circuit","type":"string","jsonPath":".status.circuit"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -324,8 +325,14 @@ pub struct TargetSystemStatus {
     /// When the health probe last ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<DateTime<Utc>>,
-    /// `Ready` (reachable, credentials valid) and `Degraded` (throttled or
-    /// failing; the circuit may be open).
+    /// `Ready`: the credentials are loaded, the health check (if any)
+    /// answers and the circuit is closed; `False` with the reason that
+    /// matters (`CircuitOpen`, `CircuitHalfOpen`, `HealthCheckFailed`, a
+    /// missing Secret or Adapter). `Degraded`: calls fail or the circuit is
+    /// not closed. `Reconciling` (present only while `True`): Tether keeps
+    /// probing and recovers by itself (an open circuit, a failing probe).
+    /// `Stalled` (present only while `True`): the Adapter or Secret must be
+    /// fixed. Every status write sets `observedGeneration`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

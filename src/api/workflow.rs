@@ -446,7 +446,8 @@ pub struct WorkflowStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_path: Option<String>,
     /// `Ready`: the definition is valid (acyclic, expressions compile,
-    /// targets exist).
+    /// schedules parse). `Stalled` (present only while `True`): the
+    /// definition must be fixed; the message lists the problems.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

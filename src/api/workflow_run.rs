@@ -204,8 +204,15 @@ pub struct WorkflowRunStatus {
     /// What a failed compensation left behind, for a human to clean up.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_to_clean_up: Vec<String>,
-    /// `Succeeded` (the run finished well), `Ready` (the run is progressing
-    /// or done without error), `Compensated`.
+    /// `Succeeded`: `Unknown` while the run is under way, then `True` (every
+    /// step succeeded) or `False` (reason `Failed`, `Compensated`,
+    /// `CompensationFailed`, `Cancelled`); `kubectl wait
+    /// --for=condition=Succeeded=False` waits for a failure. `Ready`: `True`
+    /// only once the run succeeded. `Reconciling` (present only while
+    /// `True`): the run is under way (reason `Running`, `WaitingForApproval`,
+    /// `Compensating`). `Stalled` (present only while `True`): the run ended
+    /// badly and will not progress again. Every status write sets
+    /// `observedGeneration`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -28,6 +28,17 @@ pub enum Error {
     },
 }
 
+/// `Ready=True`: the mapping compiles (or the service URL is valid). An
+/// invalid Adapter is also `Stalled`: only an edit of its spec helps.
+pub fn with_progress(ready: Desired) -> Vec<Desired> {
+    if ready.is_true() {
+        vec![ready]
+    } else {
+        let stalled = Desired::stalled(ready.reason.clone(), ready.message.clone());
+        vec![ready, stalled]
+    }
+}
+
 pub async fn reconcile(adapter: Arc<Adapter>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let (form, types, ready) = match (&adapter.spec.rest, &adapter.spec.service) {
@@ -58,7 +69,12 @@ pub async fn reconcile(adapter: Arc<Adapter>, ctx: Arc<Context>) -> Result<Actio
         observed_generation: adapter.metadata.generation,
         form: Some(form.to_owned()),
         resource_types: types,
-        conditions: conditions::set_exactly(&previous.conditions, &[ready], adapter.metadata.generation, Utc::now()),
+        conditions: conditions::set_exactly(
+            &previous.conditions,
+            &with_progress(ready),
+            adapter.metadata.generation,
+            Utc::now(),
+        ),
     };
     if adapter.status.as_ref() != Some(&next) {
         let api: Api<Adapter> = Api::all(ctx.client.clone());
@@ -77,4 +93,22 @@ pub fn error_policy(adapter: Arc<Adapter>, error: &Error, ctx: Arc<Context>) -> 
     ctx.metrics.reconcile_error(KIND, "WriteStatusFailed");
     tracing::warn!(name = %adapter.name_any(), error = %error, "Adapter reconcile failed");
     Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::common::condition::STALLED;
+
+    #[test]
+    fn an_invalid_adapter_is_stalled_and_a_valid_one_only_ready() {
+        let valid = with_progress(Desired::new(READY, true, "Compiled", ""));
+        assert_eq!(valid.len(), 1);
+        let invalid = with_progress(Desired::new(READY, false, "ExpressionError", "bad"));
+        assert!(
+            invalid
+                .iter()
+                .any(|d| d.type_ == STALLED && d.is_true() && d.reason == "ExpressionError")
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! Reconciling a TargetSystem: build (or reuse) its shared target, probe
-//! its health, and report `Ready`, `Degraded` and the circuit state.
+//! its health (target), and report `Ready`, `Degraded`, `Reconciling` or
+//! `Stalled` and the circuit state ([`desired`], pure).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,15 +11,98 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 
 use super::Context;
+use super::Failure;
 use crate::api::TargetSystem;
 use crate::api::adapter::HttpMethod;
 use crate::api::common::condition::READY;
+use crate::api::common::reason;
 use crate::api::target_system::{CircuitState, TargetSystemStatus};
 use crate::conditions::{self, Desired};
 use crate::target::HttpCall;
 
 pub const KIND: &str = "TargetSystem";
-pub const DEGRADED: &str = "Degraded";
+pub use crate::api::common::condition::DEGRADED;
+
+/// What the health probe found.
+#[derive(Debug)]
+pub enum Probe {
+    /// No `healthCheck` in the spec.
+    NotConfigured,
+    /// A 2xx answer.
+    Healthy,
+    /// Another HTTP status.
+    Answered(u16),
+    /// No answer (or the call was refused: throttled, circuit open).
+    Failed { reason: &'static str, message: String },
+}
+
+/// What this reconcile found.
+#[derive(Debug)]
+pub enum Found {
+    /// The target could not be built (Adapter or Secret missing or invalid).
+    AdapterFailed(Failure),
+    Probed {
+        probe: Probe,
+        circuit: CircuitState,
+    },
+}
+
+/// The conditions of a TargetSystem. `Ready=True`: the credentials are
+/// loaded, the health check (if any) answers, and the circuit is closed.
+/// An open or half-open circuit, or a failing probe, is `Reconciling`
+/// (Tether keeps probing and recovers by itself; kstatus `InProgress`) with
+/// `Degraded=True`; an Adapter or Secret that needs fixing is `Stalled`.
+pub fn desired(found: &Found) -> Vec<Desired> {
+    match found {
+        Found::AdapterFailed(failure) => {
+            let progress = if failure.permanent {
+                Desired::stalled(failure.reason, failure.message.clone())
+            } else {
+                Desired::reconciling(failure.reason, format!("retrying: {}", failure.message))
+            };
+            vec![
+                Desired::new(READY, false, failure.reason, failure.message.clone()),
+                progress,
+            ]
+        }
+        Found::Probed { probe, circuit } => {
+            let trouble: Option<(&str, String)> = match (circuit, probe) {
+                (CircuitState::Open, _) => Some((
+                    reason::CIRCUIT_OPEN,
+                    "calls are paused after repeated failures; a trial call is let through once the circuit's openFor has passed".into(),
+                )),
+                (CircuitState::HalfOpen, _) => Some((
+                    reason::CIRCUIT_HALF_OPEN,
+                    "a trial call decides whether calls resume".into(),
+                )),
+                (_, Probe::Answered(status)) => {
+                    Some(("HealthCheckFailed", format!("the health check answered HTTP {status}")))
+                }
+                (_, Probe::Failed { reason, message }) => Some((reason, message.clone())),
+                (_, Probe::Healthy | Probe::NotConfigured) => None,
+            };
+            match trouble {
+                Some((why, message)) => vec![
+                    Desired::new(READY, false, why, message.clone()),
+                    Desired::new(DEGRADED, true, why, message.clone()),
+                    Desired::reconciling(why, message),
+                ],
+                None => {
+                    let ready = match probe {
+                        Probe::NotConfigured => Desired::new(
+                            READY,
+                            true,
+                            "Configured",
+                            "credentials loaded; no health check configured",
+                        ),
+                        _ => Desired::new(READY, true, "Reachable", "the health check answered"),
+                    };
+                    vec![ready, Desired::new(DEGRADED, false, "Healthy", "calls flow")]
+                }
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -39,66 +123,38 @@ pub async fn reconcile(ts: Arc<TargetSystem>, ctx: Arc<Context>) -> Result<Actio
         .and_then(|h| h.interval.to_std())
         .unwrap_or(Duration::from_secs(30))
         .max(Duration::from_secs(1));
-    let (ready, degraded, circuit) = match ctx.adapter_for(&ts).await {
-        Err(failure) => (Desired::new(READY, false, failure.reason, failure.message), None, None),
+    let (found, circuit) = match ctx.adapter_for(&ts).await {
+        Err(failure) => (Found::AdapterFailed(failure), None),
         Ok(adapter) => {
             let target = adapter.target();
             let probe = match &ts.spec.health_check {
-                Some(check) => Some(
-                    target
-                        .send(HttpCall {
-                            operation: "health".into(),
-                            method: HttpMethod::Get,
-                            path: check.path.clone(),
-                            query: vec![],
-                            headers: vec![],
-                            body: None,
-                            base: None,
-                        })
-                        .await,
-                ),
-                None => None,
+                Some(check) => match target
+                    .send(HttpCall {
+                        operation: "health".into(),
+                        method: HttpMethod::Get,
+                        path: check.path.clone(),
+                        query: vec![],
+                        headers: vec![],
+                        body: None,
+                        base: None,
+                    })
+                    .await
+                {
+                    Ok(answer) if answer.is_success() => Probe::Healthy,
+                    Ok(answer) => Probe::Answered(answer.status),
+                    Err(e) => Probe::Failed {
+                        reason: e.reason(),
+                        message: e.to_string(),
+                    },
+                },
+                None => Probe::NotConfigured,
             };
-            let circuit = Some(target.circuit_state());
-            let ready = match &probe {
-                Some(Ok(answer)) if answer.is_success() => {
-                    Desired::new(READY, true, "Reachable", "the health check answered")
-                }
-                Some(Ok(answer)) => Desired::new(
-                    READY,
-                    false,
-                    "HealthCheckFailed",
-                    format!("the health check answered HTTP {}", answer.status),
-                ),
-                Some(Err(e)) => Desired::new(READY, false, e.reason(), e.to_string()),
-                None => Desired::new(
-                    READY,
-                    true,
-                    "Configured",
-                    "credentials loaded; no health check configured",
-                ),
-            };
-            let degraded = match circuit {
-                Some(CircuitState::Open) => Desired::new(
-                    DEGRADED,
-                    true,
-                    "CircuitOpen",
-                    "calls are paused after repeated failures",
-                ),
-                Some(CircuitState::HalfOpen) => Desired::new(
-                    DEGRADED,
-                    true,
-                    "CircuitHalfOpen",
-                    "a trial call decides whether calls resume",
-                ),
-                _ if !ready.status => Desired::new(DEGRADED, true, ready.reason.clone(), ready.message.clone()),
-                _ => Desired::new(DEGRADED, false, "Healthy", "calls flow"),
-            };
-            (ready, Some(degraded), circuit)
+            let circuit = target.circuit_state();
+            (Found::Probed { probe, circuit }, Some(circuit))
         }
     };
+    let desired = desired(&found);
     let previous = ts.status.clone().unwrap_or_default();
-    let desired: Vec<Desired> = std::iter::once(ready).chain(degraded).collect();
     let next = TargetSystemStatus {
         observed_generation: ts.metadata.generation,
         circuit,
@@ -126,4 +182,53 @@ pub fn error_policy(ts: Arc<TargetSystem>, error: &Error, ctx: Arc<Context>) -> 
     ctx.metrics.reconcile_error(KIND, "WriteStatusFailed");
     tracing::warn!(name = %ts.name_any(), error = %error, "TargetSystem reconcile failed");
     Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::common::condition::{RECONCILING, STALLED};
+
+    fn get<'a>(desired: &'a [Desired], type_: &str) -> Option<(bool, &'a str)> {
+        desired
+            .iter()
+            .find(|d| d.type_ == type_)
+            .map(|d| (d.is_true(), d.reason.as_str()))
+    }
+
+    #[test]
+    fn a_closed_circuit_and_a_healthy_probe_is_ready_and_nothing_else() {
+        let d = desired(&Found::Probed {
+            probe: Probe::Healthy,
+            circuit: CircuitState::Closed,
+        });
+        assert_eq!(get(&d, READY), Some((true, "Reachable")));
+        assert_eq!(get(&d, DEGRADED), Some((false, "Healthy")));
+        assert_eq!(get(&d, RECONCILING), None);
+        assert_eq!(get(&d, STALLED), None);
+    }
+
+    #[test]
+    fn an_open_circuit_is_not_ready_even_without_a_health_check() {
+        let d = desired(&Found::Probed {
+            probe: Probe::NotConfigured,
+            circuit: CircuitState::Open,
+        });
+        assert_eq!(get(&d, READY), Some((false, reason::CIRCUIT_OPEN)));
+        assert_eq!(get(&d, DEGRADED), Some((true, reason::CIRCUIT_OPEN)));
+        assert_eq!(get(&d, RECONCILING), Some((true, reason::CIRCUIT_OPEN)));
+    }
+
+    #[test]
+    fn a_failing_probe_is_reconciling_and_a_broken_adapter_stalled() {
+        let d = desired(&Found::Probed {
+            probe: Probe::Answered(503),
+            circuit: CircuitState::Closed,
+        });
+        assert_eq!(get(&d, READY), Some((false, "HealthCheckFailed")));
+        assert_eq!(get(&d, RECONCILING), Some((true, "HealthCheckFailed")));
+        let d = desired(&Found::AdapterFailed(Failure::permanent("AdapterInvalid", "fix it")));
+        assert_eq!(get(&d, STALLED), Some((true, "AdapterInvalid")));
+        assert_eq!(get(&d, READY), Some((false, "AdapterInvalid")));
+    }
 }

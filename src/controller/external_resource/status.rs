@@ -1,18 +1,35 @@
 //! The status of an ExternalResource as a pure function of the previous
 //! status, the spec and what this reconcile found or did. The same inputs
 //! give the same status, so a no-op resync writes nothing.
+//!
+//! What the conditions say (and so what kstatus and the Argo CD check in
+//! `deploy/argocd` compute):
+//!
+//! | situation | Ready | Synced | Reconciling | Stalled | kstatus |
+//! | --- | --- | --- | --- | --- | --- |
+//! | exists and matches | True | True | - | - | Current |
+//! | creating, or retrying a transient failure | kept / False | False | True | - | InProgress |
+//! | the target's circuit is open | False `CircuitOpen` | False | True | - | InProgress |
+//! | drift only reported (`driftPolicy: Report`, `ObserveOnly`) | False `DriftDetected` | False | - | True | Failed |
+//! | permanent error, not found, conflict | False | False | - | True | Failed |
+//!
+//! Reported drift is `Stalled`, not `Reconciling`: by the user's own policy
+//! Tether will not converge it, so only a change (to the target, to the
+//! properties, or to `driftPolicy`) makes progress; a Flux or Argo CD wait
+//! fails with the message instead of hanging.
 
 use chrono::{DateTime, Utc};
 
 use super::plan::applied_hash;
 use crate::adapter::ExternalObject;
 use crate::api::common::condition::{READY, SYNCED};
+use crate::api::common::reason;
 use crate::api::external_resource::{ExternalResourceSpec, ExternalResourceStatus, ManagementPolicy, PendingCreate};
 use crate::conditions::{self, Desired};
 use crate::diff;
 
 /// Condition type set while another ExternalResource manages the object.
-pub const CONFLICT: &str = "Conflict";
+pub use crate::api::common::condition::CONFLICT;
 /// Largest `status.observed`, in bytes of JSON; larger states are left out.
 pub const MAX_OBSERVED_BYTES: usize = 16 * 1024;
 
@@ -111,8 +128,14 @@ pub fn compute(
             };
             let message = format!("{} differs at {}; not corrected: {why}", object.id, drifted.join(", "));
             vec![
-                Desired::new(READY, true, "Observed", format!("{} exists", object.id)),
-                Desired::new(SYNCED, false, "DriftDetected", message),
+                Desired::new(READY, false, reason::DRIFT_DETECTED, message.clone()),
+                Desired::new(SYNCED, false, reason::DRIFT_DETECTED, message.clone()),
+                Desired::stalled(
+                    reason::DRIFT_DETECTED,
+                    format!(
+                        "{message}; correct the object at the target, change the properties, or set driftPolicy: Correct"
+                    ),
+                ),
             ]
         }
         Outcome::Creating { idempotency_key } => {
@@ -134,12 +157,17 @@ pub fn compute(
                 vec![
                     ready,
                     Desired::new(SYNCED, false, synced.reason.clone(), synced.message.clone()),
+                    Desired::reconciling(
+                        synced.reason.clone(),
+                        format!("retrying the create: {}", synced.message),
+                    ),
                 ]
             } else {
                 let message = "creating the object at the target".to_owned();
                 vec![
-                    Desired::new(READY, false, "Creating", message.clone()),
-                    Desired::new(SYNCED, false, "Creating", message),
+                    Desired::new(READY, false, reason::CREATING, message.clone()),
+                    Desired::new(SYNCED, false, reason::CREATING, message.clone()),
+                    Desired::reconciling(reason::CREATING, message),
                 ]
             }
         }
@@ -151,17 +179,19 @@ pub fn compute(
                 }
             };
             vec![
-                Desired::new(READY, false, "NotFound", message.clone()),
-                Desired::new(SYNCED, false, "NotFound", message),
+                Desired::new(READY, false, reason::NOT_FOUND, message.clone()),
+                Desired::new(SYNCED, false, reason::NOT_FOUND, message.clone()),
+                Desired::stalled(reason::NOT_FOUND, message),
             ]
         }
         Outcome::Conflict { id, owner } => {
             let message =
                 format!("the external object {id} is managed by ExternalResource {owner}; nothing was changed");
             vec![
-                Desired::new(READY, false, "Conflict", message.clone()),
-                Desired::new(SYNCED, false, "Conflict", message.clone()),
-                Desired::new(CONFLICT, true, "AlreadyManaged", message),
+                Desired::new(READY, false, reason::CONFLICT, message.clone()),
+                Desired::new(SYNCED, false, reason::CONFLICT, message.clone()),
+                Desired::new(CONFLICT, true, "AlreadyManaged", message.clone()),
+                Desired::stalled(reason::CONFLICT, message),
             ]
         }
         Outcome::Failed {
@@ -173,12 +203,19 @@ pub fn compute(
             if *create_not_applied {
                 next.pending_create = None;
             }
-            // A passing failure does not make an existing object un-Ready.
+            // A passing failure does not make an existing object un-Ready,
+            // except an open circuit: the target is known to be failing, and
+            // nothing reading `Ready` may take the object as current.
             let ready = conditions::find(&prev.conditions, READY)
-                .filter(|_| !permanent)
+                .filter(|_| !permanent && *reason != reason::CIRCUIT_OPEN)
                 .map(|c| Desired::new(READY, c.status == "True", c.reason.clone(), c.message.clone()))
                 .unwrap_or_else(|| Desired::new(READY, false, *reason, message.clone()));
-            vec![ready, Desired::new(SYNCED, false, *reason, message.clone())]
+            let progress = if *permanent {
+                Desired::stalled(*reason, message.clone())
+            } else {
+                Desired::reconciling(*reason, format!("retrying: {message}"))
+            };
+            vec![ready, Desired::new(SYNCED, false, *reason, message.clone()), progress]
         }
     };
     next.conditions = conditions::set_exactly(&prev.conditions, &conditions, generation, now);
@@ -193,6 +230,7 @@ pub fn differs(a: Option<&ExternalResourceStatus>, b: &ExternalResourceStatus) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::common::condition::{RECONCILING, STALLED};
     use serde_json::json;
 
     fn spec() -> ExternalResourceSpec {
@@ -320,5 +358,91 @@ mod tests {
         let object = contact_object("c-2");
         let later = synced(Some(&conflict), &object, "Created", at(20));
         assert!(conditions::find(&later.conditions, CONFLICT).is_none());
+    }
+
+    fn reason_of(status: &ExternalResourceStatus, type_: &str) -> Option<String> {
+        conditions::find(&status.conditions, type_).map(|c| format!("{}/{}", c.status, c.reason))
+    }
+
+    #[test]
+    fn creating_is_reconciling_and_not_ready() {
+        let creating = step(None, &Outcome::Creating { idempotency_key: "k1" }, at(10));
+        assert_eq!(reason_of(&creating, READY).as_deref(), Some("False/Creating"));
+        assert_eq!(reason_of(&creating, RECONCILING).as_deref(), Some("True/Creating"));
+        assert_eq!(reason_of(&creating, STALLED), None);
+    }
+
+    #[test]
+    fn a_synced_object_clears_reconciling_and_stalled() {
+        let creating = step(None, &Outcome::Creating { idempotency_key: "k1" }, at(10));
+        let object = contact_object("c-1");
+        let created = synced(Some(&creating), &object, "Created", at(20));
+        assert_eq!(reason_of(&created, READY).as_deref(), Some("True/Created"));
+        assert_eq!(reason_of(&created, RECONCILING), None);
+        assert_eq!(reason_of(&created, STALLED), None);
+        assert_eq!(created.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn reported_drift_is_stalled_and_not_ready() {
+        let object = contact_object("c-1");
+        let ready = synced(None, &object, "InSync", at(10));
+        let drifted = ["/plan".to_owned()];
+        let after = step(
+            Some(&ready),
+            &Outcome::DriftReported {
+                object: &object,
+                drifted: &drifted,
+            },
+            at(20),
+        );
+        assert_eq!(reason_of(&after, READY).as_deref(), Some("False/DriftDetected"));
+        assert_eq!(reason_of(&after, STALLED).as_deref(), Some("True/DriftDetected"));
+        assert_eq!(reason_of(&after, RECONCILING), None);
+    }
+
+    #[test]
+    fn an_open_circuit_makes_a_ready_object_not_ready_while_it_retries() {
+        let object = contact_object("c-1");
+        let ready = synced(None, &object, "InSync", at(10));
+        let after = step(Some(&ready), &failed(reason::CIRCUIT_OPEN, false), at(20));
+        assert_eq!(reason_of(&after, READY).as_deref(), Some("False/CircuitOpen"));
+        assert_eq!(reason_of(&after, RECONCILING).as_deref(), Some("True/CircuitOpen"));
+        assert_eq!(reason_of(&after, STALLED), None);
+    }
+
+    #[test]
+    fn a_permanent_failure_is_stalled_and_a_transient_one_reconciling() {
+        let permanent = Outcome::Failed {
+            reason: "AdapterInvalid",
+            message: "fix the mapping".into(),
+            permanent: true,
+            create_not_applied: false,
+        };
+        let stalled = step(None, &permanent, at(10));
+        assert_eq!(reason_of(&stalled, STALLED).as_deref(), Some("True/AdapterInvalid"));
+        assert_eq!(reason_of(&stalled, READY).as_deref(), Some("False/AdapterInvalid"));
+        assert_eq!(reason_of(&stalled, RECONCILING), None);
+        let transient = step(Some(&stalled), &failed("TargetUnavailable", false), at(20));
+        assert_eq!(
+            reason_of(&transient, RECONCILING).as_deref(),
+            Some("True/TargetUnavailable")
+        );
+        assert_eq!(reason_of(&transient, STALLED), None);
+    }
+
+    #[test]
+    fn not_found_and_conflict_are_stalled() {
+        let not_found = step(None, &Outcome::NotFound, at(10));
+        assert_eq!(reason_of(&not_found, STALLED).as_deref(), Some("True/NotFound"));
+        let conflict = step(
+            None,
+            &Outcome::Conflict {
+                id: "c-1",
+                owner: "ns/a",
+            },
+            at(10),
+        );
+        assert_eq!(reason_of(&conflict, STALLED).as_deref(), Some("True/Conflict"));
     }
 }

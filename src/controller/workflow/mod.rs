@@ -144,7 +144,12 @@ async fn reconcile_workflow(workflow: &Workflow, ctx: &Context) -> Result<Action
         )
         .await;
     }
-    next.conditions = conditions::merge(&current.conditions, &[ready], workflow.meta().generation, now);
+    // An invalid definition is also `Stalled`: only an edit of the spec helps.
+    let mut desired = vec![ready.clone()];
+    if !ready.is_true() {
+        desired.push(Desired::stalled(ready.reason.clone(), ready.message.clone()));
+    }
+    next.conditions = conditions::merge(&current.conditions, &desired, workflow.meta().generation, now);
 
     // Schedules fire only for a valid definition.
     let mut wake: Option<DateTime<Utc>> = None;

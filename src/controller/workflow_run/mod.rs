@@ -25,10 +25,12 @@ use serde_json::{Value, json};
 
 use super::workflow::compile::{Compiled, StepKind, refs, resolve_parameters, run_vars, spec_hash};
 use super::{Context, lock};
+use crate::api::common::condition::{READY, SUCCEEDED};
+use crate::api::common::reason;
 use crate::api::workflow::WorkflowSpec;
 use crate::api::workflow_run::{PinnedDefinition, RunPhase, StepPhase, WorkflowRunStatus};
 use crate::api::{Workflow, WorkflowRun};
-use crate::conditions::{self, Desired};
+use crate::conditions::{self, Desired, Status};
 use crate::engine::{self, Observation};
 use steps::Scope;
 
@@ -197,6 +199,14 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
     let has_finalizer = run.finalizers().iter().any(|f| f == FINALIZER);
 
     if finished || (deleting && status.pinned.is_none()) {
+        // A finished run still acknowledges a later spec change (a `cancel`
+        // set after the end): kstatus reads a status older than the spec as
+        // in progress, forever.
+        if finished && !deleting && status.observed_generation != run.meta().generation {
+            writer
+                .write(&status, &acknowledged(&status, run.meta().generation))
+                .await?;
+        }
         if has_finalizer {
             writer.set_finalizer(&run, false).await?;
         } else if cache_current {
@@ -234,11 +244,15 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
             else {
                 let message = format!("Workflow {workflow_name:?} does not exist in namespace {namespace:?}");
                 let mut next = status.clone();
+                next.observed_generation = run.meta().generation;
+                // The Workflow may be on its way (same sync, another watch):
+                // retried, so under way rather than stalled.
                 next.conditions = conditions::merge(
                     &status.conditions,
                     &[
-                        Desired::new("Ready", false, "WorkflowNotFound", message.clone()),
-                        Desired::new("Succeeded", false, "WorkflowNotFound", message),
+                        Desired::new(READY, false, "WorkflowNotFound", message.clone()),
+                        Desired::new(SUCCEEDED, Status::Unknown, "WorkflowNotFound", message.clone()),
+                        Desired::reconciling("WorkflowNotFound", message),
                     ],
                     run.meta().generation,
                     Utc::now(),
@@ -370,88 +384,8 @@ fn finish(
     now: chrono::DateTime<Utc>,
 ) {
     next.observed_generation = run.meta().generation;
-    let failed_step = next
-        .steps
-        .iter()
-        .find(|s| s.phase == StepPhase::Failed)
-        .map(|s| format!("step {} failed: {}", s.name, s.message.as_deref().unwrap_or("failed")));
-    let why = if cancelled {
-        "the run was cancelled".to_owned()
-    } else {
-        failed_step.unwrap_or_else(|| "the run stopped".into())
-    };
-    let (ready, succeeded): (Desired, Desired) = match next.phase {
-        RunPhase::Succeeded => (
-            Desired::new("Ready", true, "Succeeded", "every step succeeded"),
-            Desired::new("Succeeded", true, "Succeeded", "every step succeeded"),
-        ),
-        RunPhase::Running | RunPhase::Pending => {
-            let message = format!("running {}", next.current_step.as_deref().unwrap_or("-"));
-            (
-                Desired::new("Ready", false, "Running", message.clone()),
-                Desired::new("Succeeded", false, "Running", message),
-            )
-        }
-        RunPhase::WaitingForApproval => {
-            let waiting: Vec<&str> = next
-                .steps
-                .iter()
-                .filter(|s| s.phase == StepPhase::Waiting)
-                .map(|s| s.name.as_str())
-                .collect();
-            let message = format!(
-                "waiting for an Approval of step {} (kubectl create an Approval with runRef {} )",
-                waiting.join(", "),
-                run.name_any()
-            );
-            (
-                Desired::new("Ready", false, "WaitingForApproval", message.clone()),
-                Desired::new("Succeeded", false, "WaitingForApproval", message),
-            )
-        }
-        RunPhase::Compensating => (
-            Desired::new(
-                "Ready",
-                false,
-                "Compensating",
-                format!("{why}; undoing completed steps"),
-            ),
-            Desired::new("Succeeded", false, "Compensating", why.clone()),
-        ),
-        RunPhase::Compensated => (
-            Desired::new(
-                "Ready",
-                false,
-                "Compensated",
-                format!("{why}; completed steps were undone"),
-            ),
-            Desired::new(
-                "Succeeded",
-                false,
-                if cancelled { "Cancelled" } else { "Compensated" },
-                why.clone(),
-            ),
-        ),
-        RunPhase::CompensationFailed => {
-            let message = format!("{why}; left to clean up: {}", next.left_to_clean_up.join("; "));
-            (
-                Desired::new("Ready", false, "CompensationFailed", message.clone()),
-                Desired::new("Succeeded", false, "CompensationFailed", message),
-            )
-        }
-        RunPhase::Failed | RunPhase::Cancelled => {
-            let reason = if next.phase == RunPhase::Cancelled {
-                "Cancelled"
-            } else {
-                "Failed"
-            };
-            (
-                Desired::new("Ready", false, reason, why.clone()),
-                Desired::new("Succeeded", false, reason, why.clone()),
-            )
-        }
-    };
-    next.conditions = conditions::merge(&next.conditions, &[ready, succeeded], run.meta().generation, now);
+    let desired = run_conditions(next, cancelled, &run.name_any());
+    next.conditions = conditions::merge(&next.conditions, &desired, run.meta().generation, now);
     if next.phase == RunPhase::Succeeded && next.outputs.is_empty() && !compiled.outputs.is_empty() {
         let vars = run_vars(params, next, run);
         for (name, expr) in &compiled.outputs {
@@ -468,6 +402,97 @@ fn finish(
             }
         }
     }
+}
+
+/// The conditions of a run in its phase. `Succeeded` is `Unknown` until the
+/// run ends (the Tekton / Knative convention: `kubectl wait
+/// --for=condition=Succeeded=False` means "failed" and waits while the run
+/// runs), then `True` or `False`. A run under way (pending, running, waiting
+/// for an approval, compensating) is `Reconciling`; a run that ended badly
+/// (`Failed`, `Compensated`, `CompensationFailed`, `Cancelled`) is `Stalled`:
+/// it will not progress again, so kstatus reads `Failed` and a Flux or
+/// Argo CD wait fails instead of hanging. `Ready` is `True` only for a run
+/// that succeeded. Pure.
+pub fn run_conditions(status: &WorkflowRunStatus, cancelled: bool, run_name: &str) -> Vec<Desired> {
+    let failed_step = status
+        .steps
+        .iter()
+        .find(|s| s.phase == StepPhase::Failed)
+        .map(|s| format!("step {} failed: {}", s.name, s.message.as_deref().unwrap_or("failed")));
+    let why = if cancelled {
+        "the run was cancelled".to_owned()
+    } else {
+        failed_step.unwrap_or_else(|| "the run stopped".into())
+    };
+    let under_way = |reason: &str, message: String| {
+        vec![
+            Desired::new(READY, false, reason, message.clone()),
+            Desired::new(SUCCEEDED, Status::Unknown, reason, message.clone()),
+            Desired::reconciling(reason, message),
+        ]
+    };
+    let ended_badly = |reason: &str, message: String| {
+        vec![
+            Desired::new(READY, false, reason, message.clone()),
+            Desired::new(SUCCEEDED, false, reason, message.clone()),
+            Desired::stalled(reason, message),
+        ]
+    };
+    match status.phase {
+        RunPhase::Succeeded => vec![
+            Desired::new(READY, true, reason::SUCCEEDED, "every step succeeded"),
+            Desired::new(SUCCEEDED, true, reason::SUCCEEDED, "every step succeeded"),
+        ],
+        RunPhase::Running | RunPhase::Pending => under_way(
+            reason::RUNNING,
+            format!("running {}", status.current_step.as_deref().unwrap_or("-")),
+        ),
+        RunPhase::WaitingForApproval => {
+            let waiting: Vec<&str> = status
+                .steps
+                .iter()
+                .filter(|s| s.phase == StepPhase::Waiting)
+                .map(|s| s.name.as_str())
+                .collect();
+            under_way(
+                reason::WAITING_FOR_APPROVAL,
+                format!(
+                    "waiting for an Approval of step {} (kubectl create an Approval with runRef {run_name} )",
+                    waiting.join(", "),
+                ),
+            )
+        }
+        RunPhase::Compensating => under_way(reason::COMPENSATING, format!("{why}; undoing completed steps")),
+        RunPhase::Compensated => {
+            let reason = if cancelled {
+                reason::CANCELLED
+            } else {
+                reason::COMPENSATED
+            };
+            let mut desired = ended_badly(reason, format!("{why}; completed steps were undone"));
+            // `Succeeded` carries the cause alone, which users grep for.
+            if let Some(succeeded) = desired.iter_mut().find(|d| d.type_ == SUCCEEDED) {
+                succeeded.message = why;
+            }
+            desired
+        }
+        RunPhase::CompensationFailed => ended_badly(
+            reason::COMPENSATION_FAILED,
+            format!("{why}; left to clean up: {}", status.left_to_clean_up.join("; ")),
+        ),
+        RunPhase::Failed => ended_badly(reason::FAILED, why),
+        RunPhase::Cancelled => ended_badly(reason::CANCELLED, why),
+    }
+}
+
+/// A finished run's status, unchanged but for the generation it describes.
+fn acknowledged(status: &WorkflowRunStatus, generation: Option<i64>) -> WorkflowRunStatus {
+    let mut next = status.clone();
+    next.observed_generation = generation;
+    for c in &mut next.conditions {
+        c.observed_generation = generation;
+    }
+    next
 }
 
 /// A run that cannot start: the reason in its conditions, phase Failed.
@@ -487,8 +512,9 @@ async fn fail_before_start(
     next.conditions = conditions::merge(
         &status.conditions,
         &[
-            Desired::new("Ready", false, reason, message.clone()),
-            Desired::new("Succeeded", false, reason, message.clone()),
+            Desired::new(READY, false, reason, message.clone()),
+            Desired::new(SUCCEEDED, false, reason, message.clone()),
+            Desired::stalled(reason, message.clone()),
         ],
         run.meta().generation,
         now,
@@ -684,5 +710,75 @@ impl Writer<'_> {
                 source,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::common::condition::{RECONCILING, STALLED};
+
+    fn conditions_in(phase: RunPhase, cancelled: bool) -> Vec<(String, String, String)> {
+        let status = WorkflowRunStatus {
+            phase,
+            ..WorkflowRunStatus::default()
+        };
+        let mut out: Vec<(String, String, String)> = run_conditions(&status, cancelled, "run-1")
+            .into_iter()
+            .map(|d| (d.type_.to_owned(), d.status.as_str().to_owned(), d.reason))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn has(conditions: &[(String, String, String)], type_: &str, status: &str, reason: &str) -> bool {
+        conditions
+            .iter()
+            .any(|(t, s, r)| t == type_ && s == status && r == reason)
+    }
+
+    #[test]
+    fn succeeded_is_unknown_and_reconciling_while_a_run_is_under_way() {
+        for (phase, reason) in [
+            (RunPhase::Pending, reason::RUNNING),
+            (RunPhase::Running, reason::RUNNING),
+            (RunPhase::WaitingForApproval, reason::WAITING_FOR_APPROVAL),
+            (RunPhase::Compensating, reason::COMPENSATING),
+        ] {
+            let c = conditions_in(phase, false);
+            assert!(has(&c, SUCCEEDED, "Unknown", reason), "{phase:?}: {c:?}");
+            assert!(has(&c, RECONCILING, "True", reason), "{phase:?}: {c:?}");
+            assert!(has(&c, READY, "False", reason), "{phase:?}: {c:?}");
+            assert!(!c.iter().any(|(t, _, _)| t == STALLED), "{phase:?}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn a_run_that_ended_badly_is_stalled_and_not_succeeded() {
+        for (phase, cancelled, reason) in [
+            (RunPhase::Failed, false, reason::FAILED),
+            (RunPhase::Compensated, false, reason::COMPENSATED),
+            (RunPhase::Compensated, true, reason::CANCELLED),
+            (RunPhase::CompensationFailed, false, reason::COMPENSATION_FAILED),
+            (RunPhase::Cancelled, true, reason::CANCELLED),
+        ] {
+            let c = conditions_in(phase, cancelled);
+            assert!(has(&c, SUCCEEDED, "False", reason), "{phase:?}: {c:?}");
+            assert!(has(&c, STALLED, "True", reason), "{phase:?}: {c:?}");
+            assert!(has(&c, READY, "False", reason), "{phase:?}: {c:?}");
+            assert!(!c.iter().any(|(t, _, _)| t == RECONCILING), "{phase:?}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn a_succeeded_run_is_ready_with_nothing_under_way() {
+        let c = conditions_in(RunPhase::Succeeded, false);
+        assert_eq!(
+            c,
+            [
+                (READY.to_owned(), "True".to_owned(), reason::SUCCEEDED.to_owned()),
+                (SUCCEEDED.to_owned(), "True".to_owned(), reason::SUCCEEDED.to_owned()),
+            ]
+        );
     }
 }
