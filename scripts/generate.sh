@@ -2,12 +2,14 @@
 # Regenerates every generated file from its source:
 #   crds/                  from the Rust types (`tether crd`)
 #   charts/tether/crds/    the same CRDs, shipped with the chart
+#   charts/tether/argocd/  the Argo CD health checks of deploy/argocd/, for the chart
 #   deploy/tether.yaml     the chart rendered with its default values
 # `cargo test` (tests/generated.rs) fails when a checked-in copy differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run --quiet --bin tether -- crd --out-dir crds
 rm -rf charts/tether/crds && cp -r crds charts/tether/crds
+rm -rf charts/tether/argocd && cp -r deploy/argocd charts/tether/argocd
 helm=$(scripts/helm.sh)
 mkdir -p deploy
 # Rendered for Kubernetes >= 1.36 (the API server the tests run), so the

@@ -101,3 +101,23 @@ fn rendered_chart_equals_the_chart_and_lints() {
         "deploy/tether.yaml differs from charts/tether; run scripts/generate.sh"
     );
 }
+
+#[test]
+fn the_chart_ships_the_argo_cd_health_checks_of_deploy() {
+    let source = repo().join("deploy/argocd");
+    let copy = repo().join("charts/tether/argocd");
+    let mut kinds: Vec<String> = std::fs::read_dir(&source)
+        .expect("deploy/argocd")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    kinds.sort();
+    assert!(kinds.len() >= 5, "{kinds:?}");
+    for kind in kinds {
+        let lua = |dir: &Path| read(&dir.join(&kind).join("health.lua"));
+        assert!(
+            lua(&source) == lua(&copy),
+            "charts/tether/argocd/{kind} differs from deploy/argocd; run scripts/generate.sh"
+        );
+    }
+}

@@ -1,0 +1,37 @@
+-- Argo CD health of a Tether ExternalResource (tether.dev/v1alpha1).
+-- Healthy: Ready=True and nothing under way. Degraded: Stalled=True (a
+-- permanent error, drift that driftPolicy only reports, a missing object, a
+-- conflict) or the target's circuit is open. Progressing: work under way
+-- (Reconciling=True), or the controller has not seen this generation yet.
+local hs = {}
+local function condition(type)
+  if obj.status == nil or obj.status.conditions == nil then return nil end
+  for _, c in ipairs(obj.status.conditions) do
+    if c.type == type then return c end
+  end
+  return nil
+end
+local function says(c) return (c.reason or "") .. ": " .. (c.message or "") end
+
+if obj.status == nil or obj.status.observedGeneration == nil
+    or obj.status.observedGeneration ~= obj.metadata.generation then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the controller to observe the latest spec"
+  return hs
+end
+local stalled, reconciling, ready = condition("Stalled"), condition("Reconciling"), condition("Ready")
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"; hs.message = says(stalled); return hs
+end
+if ready ~= nil and ready.status ~= "True" and ready.reason == "CircuitOpen" then
+  hs.status = "Degraded"; hs.message = says(ready); return hs
+end
+if reconciling ~= nil and reconciling.status == "True" then
+  hs.status = "Progressing"; hs.message = says(reconciling); return hs
+end
+if ready ~= nil and ready.status == "True" then
+  hs.status = "Healthy"; hs.message = says(ready); return hs
+end
+hs.status = "Progressing"
+hs.message = ready ~= nil and says(ready) or "Waiting for the Ready condition"
+return hs
