@@ -104,6 +104,10 @@ pub struct Stats {
     pub retry_after_violations: u64,
     /// Calls to the OAuth2 token endpoint.
     pub token_requests: u64,
+    /// Writes refused by a relation ([`super::store::RELATIONS`]): deleting
+    /// a parent that children point at (409), or naming a parent that does
+    /// not exist (422).
+    pub refused: u64,
 }
 
 impl Stats {
