@@ -180,9 +180,9 @@ async fn a_change_of_the_referenced_object_updates_the_child_at_its_target() {
     let (ns, controller) = setup(cp, "refs-update", &sim);
     cp.apply_json(&ns, &customer("ada", "ada@example.com"));
     cp.apply_json(&ns, &customer("bob", "bob@example.com"));
+    cp.wait_all(&ns, "xr", "condition=Ready", "60s", Some(&controller));
     cp.apply_json(&ns, &order("first-order", "ada"));
     cp.wait_for(&ns, "xr/first-order", "condition=Ready", "60s", Some(&controller));
-    cp.wait_for(&ns, "xr/bob", "condition=Ready", "60s", Some(&controller));
 
     // The parent's field changes: the child's desired state changes with it.
     cp.apply_json(&ns, &customer("ada", "ada@lovelace.example"));
