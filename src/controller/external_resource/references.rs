@@ -324,7 +324,23 @@ impl ReferenceIndex {
             }
         }
         if changed.metadata.deletion_timestamp.is_some() {
-            wake.extend(now);
+            wake.extend(now.iter().cloned());
+            // Its finalizer is gone: this is the last event of the object,
+            // so the index forgets it (names are not kept forever).
+            if changed.finalizers().is_empty() {
+                index.recorded.remove(&(namespace.clone(), name.clone()));
+                for target in &now {
+                    if let Some(set) = index.by_name.get_mut(&(namespace.clone(), target.clone())) {
+                        set.remove(&name);
+                        if set.is_empty() {
+                            index.by_name.remove(&(namespace.clone(), target.clone()));
+                        }
+                    }
+                }
+                if let Some(of_namespace) = index.selectors.get_mut(&namespace) {
+                    of_namespace.remove(&name);
+                }
+            }
         }
         wake.remove(&name);
         wake.into_iter()
@@ -496,5 +512,11 @@ mod tests {
         let moved = er("order", json!({"customer": {"name": "bob"}}));
         index.affected(&moved);
         assert!(index.affected(&ada).is_empty(), "the old reference is forgotten");
+        let bob = er("bob", json!({}));
+        assert_eq!(index.affected(&bob).len(), 1);
+        let mut gone = moved.clone();
+        gone.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        assert_eq!(index.affected(&gone), vec![ObjectRef::new("bob").within("shop")]);
+        assert!(index.affected(&bob).is_empty(), "a deleted dependent is forgotten");
     }
 }
