@@ -27,7 +27,8 @@ fn simulator() -> SimHandle {
     .expect("simulator starts")
 }
 
-/// An Adapter for the simulator's customers, orders and API keys.
+/// An Adapter for the simulator's customers, orders, API keys, webhooks
+/// and invoices.
 fn shop_adapter(name: &str) -> Value {
     let crud = |collection: &str, type_: &str| {
         json!({
@@ -43,7 +44,8 @@ fn shop_adapter(name: &str) -> Value {
     json!({
         "apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": name},
         "spec": {"rest": {"resourceTypes": [
-            crud("customers", "customer"), crud("orders", "order"), api_key, crud("webhooks", "webhook")
+            crud("customers", "customer"), crud("orders", "order"), api_key, crud("webhooks", "webhook"),
+            crud("invoices", "invoice")
         ]}}
     })
 }
@@ -278,6 +280,41 @@ async fn an_orphaned_parent_goes_at_once_and_leaves_its_object() {
     assert_ok(&cp.kubectl(&["delete", "-n", &ns, "xr/ada", "--timeout=20s"]));
     assert_eq!(sim.objects("customers").len(), 1, "orphaned at the target");
     assert_eq!(sim.stats().refused, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_to_a_resource_of_another_target_system_carries_its_id_across() {
+    let cp = ControlPlane::shared();
+    let (crm, billing) = (simulator(), simulator());
+    let (ns, controller) = setup(cp, "refs-cross-target", &crm);
+    // A second system (another simulator, its own TargetSystem and Secret).
+    let adapter = format!("shop-{ns}");
+    cp.apply_json(
+        &ns,
+        &json!({"apiVersion": "tether.dev/v1alpha1", "kind": "TargetSystem", "metadata": {"name": "billing"},
+                "spec": {"adapterRef": {"name": adapter}, "baseUrl": billing.base_url(),
+                         "auth": {"bearer": {"tokenSecretRef": {"name": "target-token", "key": "token"}}}}}),
+    );
+    cp.apply_json(&ns, &customer("ada", "ada@example.com"));
+    let mut invoice = resource(
+        "ada-invoice",
+        "invoice",
+        json!({
+            "references": {"customer": {"name": "ada"}},
+            "propertiesFrom": {"crmCustomerId": ".refs.customer.externalId"},
+            "properties": {"amount": 42}
+        }),
+    );
+    invoice["spec"]["targetRef"]["name"] = json!("billing");
+    cp.apply_json(&ns, &invoice);
+    cp.wait_for(&ns, "xr/ada-invoice", "condition=Ready", "60s", Some(&controller));
+    let customer_id = crm.objects("customers")[0]["id"].clone();
+    assert_eq!(
+        billing.objects("invoices")[0]["crmCustomerId"],
+        customer_id,
+        "the CRM's id, in billing"
+    );
+    assert!(crm.objects("invoices").is_empty() && billing.objects("customers").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
