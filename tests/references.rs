@@ -176,6 +176,30 @@ async fn a_child_applied_before_its_parent_waits_then_is_created_with_its_id_on_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_by_labels_waits_for_its_match_and_resolves_on_its_watch_event() {
+    let cp = ControlPlane::shared();
+    let sim = simulator();
+    let (ns, controller) = setup(cp, "refs-selector", &sim);
+    let mut by_label = order("first-order", "unused");
+    by_label["spec"]["references"]["customer"] = json!({"selector": {"matchLabels": {"shop.example/role": "buyer"}}});
+    cp.apply_json(&ns, &by_label);
+    wait_reason(cp, &ns, "first-order", "WaitingForReference", &controller);
+    let mut ada = customer("ada", "ada@example.com");
+    ada["metadata"]["labels"] = json!({"shop.example/role": "buyer"});
+    cp.apply_json(&ns, &ada);
+    cp.wait_for(&ns, "xr/ada", "condition=Ready", "30s", Some(&controller));
+    // The poll interval is 5 minutes: only the watch event can move it.
+    eventually("the order is created for the labelled customer", 5, || {
+        !sim.objects("orders").is_empty()
+    })
+    .await;
+    assert_eq!(
+        sim.objects("orders")[0]["customerId"],
+        sim.objects("customers")[0]["id"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_of_the_referenced_object_updates_the_child_at_its_target() {
     let cp = ControlPlane::shared();
     let sim = simulator();
