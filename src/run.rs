@@ -363,7 +363,17 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
             })
             .collect()
     };
+    // A changed ExternalResource wakes those that reference it (its id or
+    // readiness may be what they wait for), and, while it is deleted, those
+    // it references (their deletion waits for it). The index learns the
+    // references from the same events, so no event scans the store.
+    let reference_index = ctrl::external_resource::references::ReferenceIndex::default();
+    let by_reference = move |changed: ExternalResource| reference_index.affected(&changed);
     let external_resources = er_controller
+        .watches_stream(
+            objects(scope.watch::<ExternalResource>(&client, everything())),
+            by_reference,
+        )
         .watches_stream(objects(scope.watch::<TargetSystem>(&client, everything())), by_target)
         .watches(adapter_api.clone(), watcher::Config::default(), by_adapter)
         .graceful_shutdown_on(stopped())

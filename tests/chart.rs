@@ -92,6 +92,7 @@ fn helm_install_of_the_previous_version_upgrades_and_a_second_release_installs_b
         ("clusterrole", "tether-edit"),
         ("clusterrole", "tether-view"),
         ("validatingadmissionpolicy", "tether-targetsystem-secrets"),
+        ("validatingadmissionpolicy", "tether-externalresource-secrets"),
         // The API server offers MutatingAdmissionPolicy (1.36): rendered.
         ("mutatingadmissionpolicy", "tether-approval-decided-by"),
     ] {

@@ -1,6 +1,7 @@
 //! The README's main command works: `tether sandbox` starts a control plane,
 //! the simulator and the controller, applies examples/, and the example
-//! ExternalResource converges and the example workflow run finishes.
+//! ExternalResources converge (an order after the customer it references)
+//! and the example workflow run finishes.
 
 #[test]
 fn the_sandbox_brings_the_examples_to_ready() {
@@ -24,4 +25,14 @@ fn the_sandbox_brings_the_examples_to_ready() {
     assert!(stderr.contains("every WorkflowRun settled (Succeeded)"), "{stderr}");
     // The ExternalResource's contact and the one the workflow's resource step made.
     assert!(stderr.contains("simulator holds 2 contact(s)"), "{stderr}");
+    // The customer and its order (examples/externalresource-customer-order.yaml):
+    // the order was created with the id the CRM gave the customer.
+    assert!(
+        stdout.contains("externalresource.tether.dev/grace-first-order"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("1 customer(s), 1 order(s) of a known customer"),
+        "{stderr}"
+    );
 }

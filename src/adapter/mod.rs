@@ -49,8 +49,49 @@ impl ObjectRequest<'_> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExternalObject {
     pub id: String,
-    /// The observed properties (the Adapter's `observe` extraction).
+    /// The observed properties (the Adapter's `observe` extraction), without
+    /// the secret fields.
     pub state: Value,
+    /// The answer's secret fields (the resource type's `secretFields`), for
+    /// the resource's Secret only.
+    pub secrets: SecretValues,
+}
+
+/// Values of an answer's secret fields. `Debug` shows the field names only,
+/// so a logged object or error never carries a value.
+#[derive(Clone, Default, PartialEq)]
+pub struct SecretValues(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl SecretValues {
+    /// Takes `fields` out of `body` (a JSON object): strings as they are,
+    /// other values as JSON text. Fields the answer lacks are left out.
+    pub fn take(body: &mut Value, fields: &[String]) -> Self {
+        let mut values = BTreeMap::new();
+        if let Value::Object(map) = body {
+            for field in fields {
+                match map.remove(field) {
+                    Some(Value::String(s)) => {
+                        values.insert(field.clone(), s);
+                    }
+                    Some(Value::Null) | None => {}
+                    Some(other) => {
+                        values.insert(field.clone(), other.to_string());
+                    }
+                }
+            }
+        }
+        Self(values)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The result of looking for an object.

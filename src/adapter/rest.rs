@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{
     ActionOutcome, AdapterError, Deletion, ExternalObject, ExternalSystem, ObjectRequest, Observation, Result,
-    error_message,
+    SecretValues, error_message,
 };
 use crate::api::adapter::{HttpMethod, HttpRequestTemplate, RestAction, RestMapping, RestResourceType};
 use crate::expr::{Expr, ExprError};
@@ -103,6 +103,7 @@ pub struct CompiledType {
     find: Option<(CompiledRequest, Expr)>,
     not_found: Vec<u16>,
     idempotency_header: Option<String>,
+    secret_fields: Vec<String>,
 }
 
 pub struct CompiledAction {
@@ -198,6 +199,7 @@ fn compile_type(t: &RestResourceType) -> Result<CompiledType, Vec<ExprError>> {
             .filter_map(|s| u16::try_from(*s).ok())
             .collect(),
         idempotency_header: Some(t.idempotency_key_header.clone()).filter(|h| !h.is_empty()),
+        secret_fields: t.secret_fields.clone(),
     })
 }
 
@@ -266,6 +268,11 @@ impl RestAdapter {
         context: &Value,
         known_id: Option<&str>,
     ) -> Result<ExternalObject> {
+        // Secret fields leave the answer before any expression reads it, so
+        // neither `observe` nor an error message can carry them.
+        let mut body = body.clone();
+        let secrets = SecretValues::take(&mut body, &t.secret_fields);
+        let body = &body;
         let id = match t.id.eval(body, &[context])? {
             Value::String(s) if !s.is_empty() => s,
             Value::Number(n) => n.to_string(),
@@ -279,6 +286,7 @@ impl RestAdapter {
         Ok(ExternalObject {
             id,
             state: t.observe.eval(body, &[context])?,
+            secrets,
         })
     }
 
@@ -368,7 +376,11 @@ impl ExternalSystem for RestAdapter {
             return Err(self.rejected("update", &answer));
         }
         Ok(match &answer.body {
-            body @ Value::Object(_) => Some(t.observe.eval(body, &[&context])?),
+            body @ Value::Object(_) => {
+                let mut body = body.clone();
+                SecretValues::take(&mut body, &t.secret_fields);
+                Some(t.observe.eval(&body, &[&context])?)
+            }
             _ => None,
         })
     }

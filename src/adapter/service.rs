@@ -121,6 +121,7 @@ impl ServiceAdapter {
                 (true, Some(id)) => Observation::Present(ExternalObject {
                     id,
                     state: answer.observed,
+                    secrets: Default::default(),
                 }),
                 (true, None) => {
                     return Err(CallError::InvalidResponse(format!(

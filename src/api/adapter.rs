@@ -112,6 +112,18 @@ pub struct RestResourceType {
     #[serde(default = "default_idempotency_header")]
     #[schemars(length(max = 128))]
     pub idempotency_key_header: String,
+
+    /// Top-level fields of the answer (to a create, read or find) that are
+    /// secret — a generated API key, a password. They are written to a
+    /// Secret owned by the ExternalResource (`spec.writeSecretRef`) and
+    /// removed from the observed state, so they never reach status, Events,
+    /// logs or metrics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))
+    )]
+    pub secret_fields: Vec<String>,
 }
 
 fn default_id_expression() -> String {

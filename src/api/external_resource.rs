@@ -4,6 +4,8 @@
 //! of a create in flight (its idempotency key), what was last applied and
 //! observed.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -11,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::common::{Duration, ObjectRef, any_value, conditions_schema, free_form_object};
+use super::common::{Duration, ObjectRef, SecretKeyRef, SecretRef, any_value, conditions_schema, free_form_object};
 
 /// One object in a target system.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -88,6 +90,68 @@ pub struct ExternalResourceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(regex(pattern = r"^(/[^/]*)+$")))]
     pub ignore_fields: Vec<String>,
+
+    /// Other ExternalResources of this namespace that this one needs, by a
+    /// name of your choice (`customer: {name: ada}`). This resource waits,
+    /// without calling its target, until each is Ready; each is deleted at
+    /// its target only after this one. There is no namespace field: a
+    /// reference never leaves the namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 16))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[a-zA-Z_][a-zA-Z0-9_]{0,62}$'))").message("reference names must be identifiers (letters, digits, _), as they are used in expressions: .refs.<name>"))]
+    pub references: BTreeMap<String, ResourceReference>,
+
+    /// Properties computed from the references: property name to a jq
+    /// expression over `{refs: {<name>: {name, externalId, observed}}}`,
+    /// e.g. `customerId: .refs.customer.externalId`. Merged over
+    /// `properties`, then compared and sent like them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub properties_from: BTreeMap<String, String>,
+
+    /// Properties whose values are read from a Secret of this namespace when
+    /// a request is sent (create, update): they reach the target, never the
+    /// status. Write-only: they are not compared for drift.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    pub secret_properties: BTreeMap<String, SecretValueSource>,
+
+    /// The Secret (owned by this ExternalResource, deleted with it) that
+    /// receives the answer fields the Adapter's resource type declares
+    /// secret (`secretFields`). Defaults to `<name>-secrets`. Those fields
+    /// never appear in status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_secret_ref: Option<SecretRef>,
+}
+
+/// Another ExternalResource of the same namespace, by name or by labels.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[x_kube(validation = Rule::new("has(self.name) != has(self.selector)").message("set exactly one of name or selector"))]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceReference {
+    /// Name of the ExternalResource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: Option<String>,
+    /// Labels that select exactly one ExternalResource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<ReferenceSelector>,
+}
+
+/// Labels that must all match.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceSelector {
+    #[schemars(extend("minProperties" = 1, "maxProperties" = 16))]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// Where a secret property's value comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretValueSource {
+    /// One key of a Secret in this namespace.
+    pub secret_key_ref: SecretKeyRef,
 }
 
 fn default_poll_interval() -> Duration {

@@ -129,6 +129,10 @@ pub struct Freshness {
     pub generation: Option<i64>,
     pub resync: Option<String>,
     pub dependencies: (Option<i64>, Option<i64>),
+    /// A hash of what the object's references resolved to (ids, observed
+    /// fields, or why they wait): a referenced object that changes makes
+    /// the next pass due at once.
+    pub references: Option<String>,
     /// When the next pass is due; `None`: only a change makes it due.
     pub due: Option<std::time::Instant>,
 }
@@ -137,8 +141,10 @@ impl Freshness {
     /// How long until the next pass is due, if `now` describes the same
     /// object and dependencies; `Duration::MAX` when only a change will do.
     pub fn wait(&self, now: &Freshness, at: std::time::Instant) -> Option<Duration> {
-        let same =
-            self.generation == now.generation && self.resync == now.resync && self.dependencies == now.dependencies;
+        let same = self.generation == now.generation
+            && self.resync == now.resync
+            && self.dependencies == now.dependencies
+            && self.references == now.references;
         if !same {
             return None;
         }

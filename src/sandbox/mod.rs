@@ -149,9 +149,11 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
             if ready.status.success() && runs_settled {
                 eprintln!(
                     "==> every ExternalResource is Ready and every WorkflowRun settled ({phases}) after {}s; \
-                     simulator holds {} contact(s)",
+                     simulator holds {} contact(s), {} customer(s), {} order(s) of a known customer",
                     started.elapsed().as_secs(),
-                    simulator.objects("contacts").len()
+                    simulator.objects("contacts").len(),
+                    simulator.objects("customers").len(),
+                    orders_of_known_customers(&simulator.objects("customers"), &simulator.objects("orders")),
                 );
                 return Ok(());
             }
@@ -171,6 +173,19 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
     }
     eprintln!("==> stopping (the control plane is removed once this process exits)");
     Ok(())
+}
+
+/// Orders whose `customerId` is the id of a customer: the example's order
+/// was created with the id its reference resolved to.
+fn orders_of_known_customers(customers: &[serde_json::Value], orders: &[serde_json::Value]) -> usize {
+    orders
+        .iter()
+        .filter(|o| {
+            customers
+                .iter()
+                .any(|c| c.get("id").is_some() && c.get("id") == o.get("customerId"))
+        })
+        .count()
 }
 
 fn check(out: &std::process::Output, what: &str) -> anyhow::Result<()> {

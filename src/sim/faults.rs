@@ -173,6 +173,10 @@ pub struct Stats {
     pub token_requests: u64,
     /// Requests answered with a [`Hostile`] answer.
     pub hostile_answers: u64,
+    /// Writes refused by a relation ([`super::store::RELATIONS`]): deleting
+    /// a parent that children point at (409), or naming a parent that does
+    /// not exist (422).
+    pub refused: u64,
 }
 
 impl Stats {

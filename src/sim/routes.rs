@@ -360,6 +360,9 @@ async fn create(
         );
     };
     let key = headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok());
+    if let Some(refused) = refuse_missing_parent(&state, &collection, &body) {
+        return refused;
+    }
     let (created, drop_answer, answer_delay) = {
         let mut inner = state.lock();
         let created = inner.store.create(&collection, body, key);
@@ -453,6 +456,9 @@ async fn replace(
             "the body must be a JSON object",
         );
     };
+    if let Some(refused) = refuse_missing_parent(&state, &collection, &body) {
+        return refused;
+    }
     let replaced = state.lock().store.replace(&collection, &id, body);
     found_or_404(replaced, &collection, &id)
 }
@@ -474,6 +480,9 @@ async fn patch(
             "the body must be a JSON merge patch object",
         );
     };
+    if let Some(refused) = refuse_missing_parent(&state, &collection, &body) {
+        return refused;
+    }
     let patched = state.lock().store.merge(&collection, &id, &body);
     found_or_404(patched, &collection, &id)
 }
@@ -487,6 +496,19 @@ async fn delete(
         Ok(guard) => guard,
         Err(response) => return response,
     };
+    let children = state.lock().store.children(&collection, &id);
+    if !children.is_empty() {
+        state.lock().stats.refused += 1;
+        return error(
+            StatusCode::CONFLICT,
+            "has_children",
+            format!(
+                "{collection}/{id} cannot be deleted: {} still point at it ({})",
+                children.len(),
+                children.join(", ")
+            ),
+        );
+    }
     if state.lock().store.delete(&collection, &id) {
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -496,6 +518,19 @@ async fn delete(
             format!("no {collection} with id {id}"),
         )
     }
+}
+
+/// 422 when `body` points at a parent that does not exist (by
+/// [`super::store::RELATIONS`]), counted as refused.
+fn refuse_missing_parent(state: &SimState, collection: &str, body: &Value) -> Option<Response> {
+    let mut inner = state.lock();
+    let (field, parent, id) = inner.store.missing_parent(collection, body)?;
+    inner.stats.refused += 1;
+    Some(error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_parent",
+        format!("{field}: no {parent} with id {id}"),
+    ))
 }
 
 fn found_or_404(found: Option<Value>, collection: &str, id: &str) -> Response {

@@ -37,6 +37,16 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
+/// Relations between collections, as real APIs enforce them: (child
+/// collection, field of the child, parent collection). A parent that a
+/// child points at cannot be deleted; a child cannot point at a parent that
+/// does not exist.
+pub const RELATIONS: &[(&str, &str, &str)] = &[("orders", "customerId", "customers")];
+
+/// Collections whose objects get a server-generated `secret` on create (an
+/// API key shown to its creator), like a real API's credentials endpoint.
+pub const SECRET_COLLECTIONS: &[&str] = &["api-keys"];
+
 #[derive(Default, Debug)]
 pub struct Store {
     collections: BTreeMap<String, Collection>,
@@ -64,7 +74,12 @@ impl Store {
         }
         col.next_id += 1;
         let id = format!("{}-{:06}", singular(collection), col.next_id);
-        let object = stamp(body.clone(), &id, 1, tick, tick);
+        let mut object = stamp(body.clone(), &id, 1, tick, tick);
+        if SECRET_COLLECTIONS.contains(&collection)
+            && let Value::Object(map) = &mut object
+        {
+            map.insert("secret".into(), json!(format!("sk_{}", uuid::Uuid::new_v4().simple())));
+        }
         col.objects.insert(id.clone(), object.clone());
         if let Some(key) = idempotency_key {
             col.idempotency.insert(key.to_owned(), (id, body));
@@ -113,6 +128,40 @@ impl Store {
         merge_patch(&mut merged, patch);
         *object = stamp(merged, id, version + 1, created, tick);
         Some(object.clone())
+    }
+
+    /// The ids of the children (by [`RELATIONS`]) that point at `id`.
+    pub fn children(&self, collection: &str, id: &str) -> Vec<String> {
+        RELATIONS
+            .iter()
+            .filter(|(_, _, parent)| *parent == collection)
+            .flat_map(|(child, field, _)| {
+                self.collections
+                    .get(*child)
+                    .map(|c| {
+                        c.objects
+                            .iter()
+                            .filter(|(_, o)| o.get(*field).and_then(Value::as_str) == Some(id))
+                            .map(|(child_id, _)| child_id.clone())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// The first relation field of `body` (for `collection`) that names a
+    /// parent that does not exist: `(field, parent collection, id)`.
+    pub fn missing_parent(&self, collection: &str, body: &Value) -> Option<(String, String, String)> {
+        RELATIONS
+            .iter()
+            .filter(|(child, _, _)| *child == collection)
+            .find_map(|(_, field, parent)| {
+                let id = body.get(*field)?.as_str()?;
+                self.get(parent, id)
+                    .is_none()
+                    .then(|| ((*field).to_owned(), (*parent).to_owned(), id.to_owned()))
+            })
     }
 
     pub fn delete(&mut self, collection: &str, id: &str) -> bool {
@@ -219,6 +268,22 @@ fn matches(object: &Value, filters: &[(String, String)]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_parent_with_children_is_known_and_a_missing_parent_is_named() {
+        let mut store = Store::default();
+        let Created::New(customer) = store.create("customers", json!({"name": "ada"}), None) else {
+            panic!("created")
+        };
+        let id = customer["id"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(store.missing_parent("orders", &json!({"customerId": id})), None);
+        assert_eq!(
+            store.missing_parent("orders", &json!({"customerId": "customer-999"})),
+            Some(("customerId".into(), "customers".into(), "customer-999".into()))
+        );
+        store.create("orders", json!({"customerId": id}), None);
+        assert_eq!(store.children("customers", &id).len(), 1);
+    }
+
     #[test]
     fn a_running_job_is_done_after_its_reads() {
         let mut store = Store::default();

@@ -10,6 +10,8 @@
 //! fails the conditional write and never sends the create.
 
 pub mod plan;
+pub mod references;
+pub mod secrets;
 pub mod status;
 
 use std::sync::Arc;
@@ -25,11 +27,14 @@ use kube::{Resource, ResourceExt};
 use super::{Context, EXTERNAL_RESOURCE_FINALIZER, Failure, Freshness, RESYNC_ANNOTATION, lock};
 use crate::adapter::{AnyAdapter, Deletion, ExternalObject, ExternalSystem, ObjectRequest, Observation};
 use crate::api::ExternalResource;
-use crate::api::external_resource::{DeletionPolicy, ExternalResourceStatus, ManagementPolicy};
+use crate::api::external_resource::{DeletionPolicy, ExternalResourceSpec, ExternalResourceStatus, ManagementPolicy};
 use plan::{Decision, Facts, Lookup};
+use references::Unresolved;
 use status::Outcome;
 
 pub const KIND: &str = "ExternalResource";
+/// Reason of a resource that waits for a reference to be Ready.
+pub const WAITING_FOR_REFERENCE: &str = "WaitingForReference";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,6 +46,12 @@ pub enum Error {
     },
     #[error("cannot delete the external object yet: {0}")]
     DeletionBlocked(String),
+    /// Other ExternalResources still reference this one: it is deleted at
+    /// its target after them.
+    #[error("still referenced by {0}")]
+    InUse(String),
+    #[error("deleting the owned Secret: {0}")]
+    SecretCleanup(String),
     #[error(transparent)]
     Finalizer(#[from] Box<finalizer::Error<Error>>),
 }
@@ -58,7 +69,7 @@ impl Error {
                 finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner.is_stale_read(),
                 _ => false,
             },
-            Error::DeletionBlocked(_) => false,
+            Error::DeletionBlocked(_) | Error::InUse(_) | Error::SecretCleanup(_) => false,
         }
     }
 
@@ -66,6 +77,8 @@ impl Error {
         match self {
             Error::WriteStatus { .. } => "WriteStatusFailed",
             Error::DeletionBlocked(_) => "DeletionBlocked",
+            Error::InUse(_) => "InUse",
+            Error::SecretCleanup(_) => "SecretCleanupFailed",
             Error::Finalizer(_) => "FinalizerFailed",
         }
     }
@@ -100,6 +113,14 @@ pub fn error_policy(er: Arc<ExternalResource>, error: &Error, ctx: Arc<Context>)
         ));
     }
     ctx.metrics.reconcile_error(KIND, error.reason());
+    if let Error::Finalizer(boxed) = error
+        && let finalizer::Error::CleanupFailed(Error::InUse(_)) = boxed.as_ref()
+    {
+        // Waiting for dependents is the expected order, not a failure: the
+        // watch event of the last dependent's deletion wakes this one.
+        tracing::debug!(name = %er.name_any(), error = %error, "deletion waits for dependents");
+        return Action::requeue(Duration::from_secs(30));
+    }
     tracing::warn!(name = %er.name_any(), namespace = ?er.namespace(), error = %error, "reconcile failed");
     let failure = Failure {
         reason: error.reason(),
@@ -178,6 +199,11 @@ impl<'a> StatusWriter<'a> {
 
 async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
     let namespace = er.namespace().unwrap_or_default();
+    let resolution = resolve_references(er, ctx).await;
+    let references_hash = (!er.spec.references.is_empty()).then(|| match &resolution {
+        Ok(refs) => crate::diff::hash(refs),
+        Err(unresolved) => crate::diff::hash(&serde_json::Value::String(unresolved.message())),
+    });
     let target = ctx.target_system(&namespace, &er.spec.target_ref.name);
     let adapter_generation = target
         .as_ref()
@@ -187,6 +213,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
         generation: er.metadata.generation,
         resync: er.annotations().get(RESYNC_ANNOTATION).cloned(),
         dependencies: (target.as_ref().and_then(|t| t.metadata.generation), adapter_generation),
+        references: references_hash,
         due: None,
     };
     match still_fresh(ctx, er, &freshness) {
@@ -196,16 +223,26 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
     }
 
     let mut writer = StatusWriter::new(er, ctx);
-    let result = match target {
-        None => Err(Failure::missing(
+    // Nothing is sent to the target before every reference is Ready.
+    let prepared = match resolution {
+        Ok(refs) => prepare(er, ctx, &refs).await,
+        Err(unresolved) => Err(unresolved_failure(&unresolved)),
+    };
+    let desired = prepared.as_ref().map_or_else(|_| er.spec.clone(), |p| p.spec.clone());
+    let result = match (prepared, target) {
+        (Err(failure), _) => Err(failure),
+        (Ok(_), None) => Err(Failure::missing(
             "TargetNotFound",
             format!(
                 "TargetSystem {:?} does not exist in namespace {namespace}",
                 er.spec.target_ref.name
             ),
         )),
-        Some(ts) => match ctx.adapter_for(&ts).await {
-            Ok(adapter) => sync(er, ctx, &adapter, &mut writer).await?,
+        (Ok(prepared), Some(ts)) => match ctx.adapter_for(&ts).await {
+            Ok(adapter) => match sync(er, ctx, &adapter, &prepared, &mut writer).await? {
+                Ok(synced) => keep_secrets(ctx, er, synced).await,
+                Err(failure) => Err(failure),
+            },
             Err(failure) => Err(failure),
         },
     };
@@ -224,7 +261,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
             lock(&ctx.fresh).insert(key(er), Freshness { due, ..freshness });
             let next = status::compute(
                 writer.current.as_ref(),
-                &er.spec,
+                &desired,
                 er.metadata.generation,
                 &synced.outcome(),
                 now,
@@ -234,8 +271,14 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
         Err(failure) => {
             // Our own status write must not wake this up before it is due:
             // a permanent failure waits for a change, a transient one for
-            // its backoff.
-            let delay = (!failure.permanent).then(|| ctx.backoff(&key(er), &failure));
+            // its backoff. Waiting for a reference is neither: the watch
+            // event of the referenced object wakes it (its hash is part of
+            // the freshness), the poll interval is only a safety net.
+            let delay = if failure.reason == WAITING_FOR_REFERENCE {
+                Some(poll_interval(er))
+            } else {
+                (!failure.permanent).then(|| ctx.backoff(&key(er), &failure))
+            };
             let due = delay.map(|d| Instant::now() + d);
             lock(&ctx.fresh).insert(key(er), Freshness { due, ..freshness });
             ctx.metrics.reconcile_error(KIND, failure.reason);
@@ -270,6 +313,94 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
     writer.write(next).await?;
     tracing::debug!(name = %er.name_any(), outcome = %outcome_label, ?action, "reconciled");
     Ok(action)
+}
+
+/// The references of `er` resolved from the store; a reference that the
+/// store shows missing or not Ready is read again from the API server (the
+/// watch event that woke this pass may be ahead of the store). Cycles are
+/// checked first: a cycle would otherwise wait forever.
+async fn resolve_references(er: &ExternalResource, ctx: &Context) -> Result<serde_json::Value, Unresolved> {
+    if er.spec.references.is_empty() {
+        return Ok(serde_json::json!({}));
+    }
+    let namespace = er.namespace().unwrap_or_default();
+    let all = ctx.resources.state();
+    let mut candidates: Vec<Arc<ExternalResource>> = all
+        .iter()
+        .filter(|other| other.namespace().as_deref() == Some(namespace.as_str()))
+        .cloned()
+        .collect();
+    let by_name = |name: &str, list: &[Arc<ExternalResource>]| -> std::collections::BTreeSet<String> {
+        list.iter()
+            .find(|o| o.name_any() == name)
+            .map(|o| references::referenced_names(o, list.iter().map(AsRef::as_ref)))
+            .unwrap_or_default()
+    };
+    let me = er.name_any();
+    let edges = |name: &str| {
+        if name == me {
+            references::referenced_names(er, candidates.iter().map(AsRef::as_ref))
+        } else {
+            by_name(name, &candidates)
+        }
+    };
+    if let Some(cycle) = references::find_cycle(&me, edges) {
+        return Err(Unresolved::Cycle(cycle));
+    }
+    match references::resolve(er, candidates.iter().map(AsRef::as_ref)) {
+        Err(Unresolved::Waiting(_)) => {}
+        resolved => return resolved,
+    }
+    let api: Api<ExternalResource> = Api::namespaced(ctx.client.clone(), &namespace);
+    for name in er.spec.references.values().filter_map(|r| r.name.as_ref()) {
+        if let Ok(Some(fresh)) = api.get_opt(name).await {
+            candidates.retain(|o| o.name_any() != *name);
+            candidates.push(Arc::new(fresh));
+        }
+    }
+    references::resolve(er, candidates.iter().map(AsRef::as_ref))
+}
+
+fn unresolved_failure(unresolved: &Unresolved) -> Failure {
+    let failure = if unresolved.is_permanent() {
+        Failure::permanent
+    } else {
+        Failure::missing
+    };
+    failure(unresolved.reason(), unresolved.message())
+}
+
+/// The spec as this pass sees it (properties with `propertiesFrom`
+/// resolved, compared and recorded) and what is sent (those plus the
+/// secret properties, which are never compared or recorded).
+struct Prepared {
+    spec: ExternalResourceSpec,
+    sent: serde_json::Value,
+}
+
+async fn prepare(er: &ExternalResource, ctx: &Context, refs: &serde_json::Value) -> Result<Prepared, Failure> {
+    let properties = references::desired_properties(&er.spec.properties, &er.spec.properties_from, refs)
+        .map_err(|e| Failure::permanent("ExpressionError", e.to_string()))?;
+    let mut sent = properties.clone();
+    let secret_values = secrets::read_properties(ctx, er).await?;
+    if let serde_json::Value::Object(map) = &mut sent {
+        map.extend(secret_values);
+    }
+    let spec = ExternalResourceSpec {
+        properties,
+        ..er.spec.clone()
+    };
+    Ok(Prepared { spec, sent })
+}
+
+/// Writes the answer's secret fields to the resource's Secret.
+async fn keep_secrets(ctx: &Context, er: &ExternalResource, synced: Synced) -> Result<Synced, Failure> {
+    let object = match &synced {
+        Synced::Object { object, .. } | Synced::Drift { object, .. } => object,
+        Synced::NotFound | Synced::Conflict { .. } => return Ok(synced),
+    };
+    secrets::write(ctx, er, &object.secrets).await?;
+    Ok(synced)
 }
 
 fn still_fresh(ctx: &Context, er: &ExternalResource, now: &Freshness) -> Option<Duration> {
@@ -308,12 +439,16 @@ async fn sync(
     er: &ExternalResource,
     ctx: &Context,
     adapter: &AnyAdapter,
+    prepared: &Prepared,
     writer: &mut StatusWriter<'_>,
 ) -> Result<Result<Synced, Failure>, Error> {
-    let spec = &er.spec;
+    let spec = &prepared.spec;
     let status = writer.current.clone();
     let name = external_name(er);
-    let request = |id, key| object_request(er, &name, id, key);
+    let request = |id, key| ObjectRequest {
+        properties: &prepared.sent,
+        ..object_request(er, &name, id, key)
+    };
     let lookup = plan::lookup(spec, status.as_ref(), adapter.can_find(&spec.type_));
     let observation = match &lookup {
         Lookup::ById(id) => adapter.observe(&request(Some(id), None)).await,
@@ -484,6 +619,35 @@ fn claim_on_name(ctx: &Context, er: &ExternalResource, name: &str) -> Option<Str
 }
 
 async fn cleanup(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
+    let action = cleanup_target(er, ctx).await?;
+    secrets::remove(ctx, er)
+        .await
+        .map_err(|failure| Error::SecretCleanup(failure.message))?;
+    Ok(action)
+}
+
+/// The ExternalResources that still reference `er`: from the store, each
+/// confirmed by the API server (the store may still hold one whose
+/// deletion woke this pass).
+async fn dependents(er: &ExternalResource, ctx: &Context) -> Vec<String> {
+    let all = ctx.resources.state();
+    let listed = references::dependents(er, all.iter().map(AsRef::as_ref));
+    if listed.is_empty() {
+        return listed;
+    }
+    let api: Api<ExternalResource> = Api::namespaced(ctx.client.clone(), &er.namespace().unwrap_or_default());
+    let mut confirmed = Vec::new();
+    for name in listed {
+        match api.get_opt(&name).await {
+            Ok(None) => {}
+            // Still there, or unknown: assume it is, and hold.
+            Ok(Some(_)) | Err(_) => confirmed.push(name),
+        }
+    }
+    confirmed
+}
+
+async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
     lock(&ctx.fresh).remove(&key(er));
     if er.spec.deletion_policy == DeletionPolicy::Orphan || er.spec.management_policy == ManagementPolicy::ObserveOnly {
         let id = er
@@ -529,6 +693,39 @@ async fn cleanup(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> 
             .await?;
         Err::<Action, Error>(Error::DeletionBlocked(message))
     };
+    let held = dependents(er, ctx).await;
+    if references::deletion_waits(er, &held) {
+        let names = held.join(", ");
+        let message = format!(
+            "still referenced by {names}: deleted at the target once they are gone (a target with a relation would refuse it before)"
+        );
+        let previous = er
+            .status
+            .as_ref()
+            .and_then(|s| crate::conditions::find(&s.conditions, crate::api::common::condition::SYNCED))
+            .map(|c| c.message.clone());
+        if previous.as_deref() != Some(message.as_str()) {
+            ctx.publish(er, EventType::Normal, "WaitingForDependents", "Delete", message.clone())
+                .await;
+        }
+        let mut writer = StatusWriter::new(er, ctx);
+        let outcome = Outcome::Failed {
+            reason: "InUse",
+            message,
+            permanent: false,
+            create_not_applied: false,
+        };
+        writer
+            .write(status::compute(
+                writer.current.as_ref(),
+                &er.spec,
+                er.metadata.generation,
+                &outcome,
+                Utc::now(),
+            ))
+            .await?;
+        return Err(Error::InUse(names));
+    }
     let Some(ts) = ctx.target_system(&namespace, &er.spec.target_ref.name) else {
         return blocked(Failure::permanent(
             "TargetNotFound",

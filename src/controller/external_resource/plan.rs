@@ -158,6 +158,7 @@ mod tests {
         ExternalObject {
             id: "c-1".into(),
             state: json!({"email": "a@b", "plan": plan, "id": "c-1"}),
+            secrets: Default::default(),
         }
     }
 

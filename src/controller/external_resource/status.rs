@@ -252,6 +252,7 @@ mod tests {
         ExternalObject {
             id: id.into(),
             state: json!({"email": "a@b"}),
+            secrets: Default::default(),
         }
     }
 
@@ -283,6 +284,7 @@ mod tests {
         let object = ExternalObject {
             id: "c-1".into(),
             state: json!({"email": "a@b", "version": 1}),
+            secrets: Default::default(),
         };
         let first = synced(None, &object, "Created", at(10));
         let again = synced(Some(&first), &object, "Created", at(99));
