@@ -33,6 +33,9 @@ impl From<bool> for Status {
     }
 }
 
+/// The longest condition message Tether writes.
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+
 /// A condition to set: type, status, reason, message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
@@ -97,7 +100,9 @@ pub fn merge(
             type_: d.type_.to_owned(),
             status,
             reason: d.reason.clone(),
-            message: d.message.clone(),
+            // Messages quote targets and users: bounded, so no condition
+            // can push a status past the API server's limit.
+            message: crate::text::shortened(&d.message, MAX_MESSAGE_BYTES),
             observed_generation: generation,
             last_transition_time,
         });

@@ -173,6 +173,14 @@ async fn threat_a_tenant_cannot_use_a_secret_through_tether_that_they_cannot_rea
         &hook,
         "may not get every Secret this object names (token)",
     );
+    // Tether writes answer fields into a Secret with its own rights: only
+    // under a name derived from the resource's, never one the platform uses.
+    let squat = json!({
+        "apiVersion": "tether.dev/v1alpha1", "kind": "ExternalResource", "metadata": {"name": "key"},
+        "spec": {"targetRef": {"name": "sim"}, "type": "contact", "properties": {},
+                 "writeSecretRef": {"name": "token"}}
+    });
+    refused(cp, "alice", &ns, &squat, "must start with the ExternalResource name");
     // Bob may read the Secret, so Bob may name it.
     assert_ok(&cp.apply_as("bob", &ns, &steal.to_string()));
     assert_ok(&cp.apply_as("bob", &ns, &hook.to_string()));

@@ -16,6 +16,9 @@ use crate::api::adapter::{HttpMethod, HttpRequestTemplate, RestAction, RestMappi
 use crate::expr::{Expr, ExprError};
 use crate::target::{HttpAnswer, HttpCall, Target};
 
+/// The longest external id Tether keeps (status, conditions, paths).
+pub const MAX_ID_BYTES: usize = 512;
+
 /// Variables of expressions that read an answer: `$desired` is the request
 /// context (`.properties`, `.id`, `.name`, `.idempotencyKey`).
 const ANSWER_VARS: &[&str] = &["$desired"];
@@ -52,6 +55,15 @@ impl CompiledRequest {
             .body
             .as_ref()
             .map(|b| keep(Expr::compile(&format!("{field}.body"), b, vars)));
+        for name in template.headers.keys() {
+            if let Some(why) = crate::target::reserved_header(name) {
+                errors.push(ExprError::Compile {
+                    field: format!("{field}.headers.{name}"),
+                    expression: name.clone(),
+                    message: why.to_owned(),
+                });
+            }
+        }
         match (path, body) {
             (Some(path), None) if errors.is_empty() => Ok(Self {
                 method: template.method,
@@ -274,6 +286,15 @@ impl RestAdapter {
         let secrets = SecretValues::take(&mut body, &t.secret_fields);
         let body = &body;
         let id = match t.id.eval(body, &[context])? {
+            // An id is a key, not a payload: a target that answers a huge
+            // one would make every status write fail.
+            Value::String(s) if s.len() > MAX_ID_BYTES => {
+                return Err(AdapterError::Mapping(format!(
+                    "{}: the id in the answer is {} bytes; Tether keeps ids of at most {MAX_ID_BYTES} bytes",
+                    t.id.source(),
+                    s.len()
+                )));
+            }
             Value::String(s) if !s.is_empty() => s,
             Value::Number(n) => n.to_string(),
             _ => known_id.map(str::to_owned).ok_or_else(|| {
@@ -431,5 +452,50 @@ impl ExternalSystem for RestAdapter {
             succeeded,
             outputs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::adapter::{HttpMethod, HttpRequestTemplate};
+
+    #[test]
+    fn threat_a_template_cannot_set_host_credential_framing_or_tethers_own_headers() {
+        for name in [
+            "Host",
+            "authorization",
+            "Cookie",
+            "X-Forwarded-Host",
+            "X-Original-URL",
+            "Transfer-Encoding",
+            "Idempotency-Key",
+            "x-tether-fencing-token",
+        ] {
+            let template = HttpRequestTemplate {
+                method: HttpMethod::Get,
+                path: "/v1/x".into(),
+                query: Default::default(),
+                headers: [(name.to_owned(), "admin.internal".to_owned())].into(),
+                body: None,
+            };
+            let Err(errors) = CompiledRequest::compile("spec.steps[s].call.request", &template, &[]) else {
+                panic!("{name} was accepted");
+            };
+            let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            assert!(
+                message.contains(&format!("spec.steps[s].call.request.headers.{name}")),
+                "{message}"
+            );
+            assert!(message.contains("reserved"), "{message}");
+        }
+        let ordinary = HttpRequestTemplate {
+            method: HttpMethod::Get,
+            path: "/v1/x".into(),
+            query: Default::default(),
+            headers: [("X-Request-Source".to_owned(), "tether".to_owned())].into(),
+            body: None,
+        };
+        assert!(CompiledRequest::compile("f", &ordinary, &[]).is_ok());
     }
 }

@@ -329,10 +329,11 @@ impl Context {
         action: &str,
         note: String,
     ) {
+        // The API server refuses an Event whose note is over 1 KiB.
         let event = Event {
             type_,
             reason: reason.to_owned(),
-            note: Some(note),
+            note: Some(crate::text::shortened(&note, 1000)),
             action: action.to_owned(),
             secondary: None,
         };

@@ -38,6 +38,12 @@ pub mod limits {
     pub const MAX_NESTING: usize = 64;
     /// Most operators (`|`, `,`, arithmetic, comparisons) in one expression.
     pub const MAX_OPERATORS: usize = 1024;
+    /// Most nesting keywords (`if`, `try`, `def`, `reduce`, `foreach`,
+    /// `label`) in one expression.
+    pub const MAX_KEYWORDS: usize = 256;
+    /// Stack of the thread that parses: room for the deepest source the
+    /// limits above allow (reserved, not used, unless needed).
+    pub const COMPILE_STACK_BYTES: usize = 64 * 1024 * 1024;
     /// Largest JSON an evaluation may produce, in bytes.
     pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 }
@@ -242,8 +248,26 @@ impl Expr {
 
 /// Checks the limits that protect the parser, then compiles `source` with
 /// the allowed functions only.
+///
+/// jaq's parser recurses for every nesting keyword (`try`, `if`, `def`,
+/// `reduce`, unary `-`, …), and a stack overflow is an abort that no
+/// `catch_unwind` sees: so it runs on a thread of its own with a stack that
+/// fits the deepest source the limits allow, never on a runtime worker's
+/// 2 MiB.
 fn compile_filter(source: &str, vars: &[String]) -> Result<Filter, String> {
     check_shape(source)?;
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("expr-compile".into())
+            .stack_size(limits::COMPILE_STACK_BYTES)
+            .spawn_scoped(scope, || compile_here(source, vars))
+            .map_err(|e| format!("cannot start the compiler: {e}"))?
+            .join()
+            .unwrap_or_else(|_| Err("the compiler failed on this expression".into()))
+    })
+}
+
+fn compile_here(source: &str, vars: &[String]) -> Result<Filter, String> {
     let program = File { code: source, path: () };
     let allowed = |name: &str| ALLOWED.contains(&name);
     let defs = jaq_core::defs()
@@ -307,6 +331,16 @@ fn check_shape(source: &str) -> Result<(), String> {
     }
     if operators > limits::MAX_OPERATORS {
         return Err(format!("{operators} operators; the limit is {}", limits::MAX_OPERATORS));
+    }
+    let keywords = source
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| matches!(*word, "if" | "try" | "def" | "reduce" | "foreach" | "label"))
+        .count();
+    if keywords > limits::MAX_KEYWORDS {
+        return Err(format!(
+            "{keywords} nesting keywords (if, try, def, reduce, foreach, label); the limit is {}",
+            limits::MAX_KEYWORDS
+        ));
     }
     Ok(())
 }
@@ -498,12 +532,15 @@ mod tests {
         let deep = format!("{}1{}", "(".repeat(5000), ")".repeat(5000));
         let long = ".a | ".repeat(5000);
         let operators = "1".to_owned() + &"+1".repeat(2000);
+        let tries = "try ".repeat(2000) + "1";
+        let ifs = "if 1 then ".repeat(1100) + "1" + &" else 2 end".repeat(1100);
+        let defs = "def f: ".repeat(1600) + "1" + &"; f".repeat(1600);
         // Compiled on a stack as small as a runtime worker's: the refusal must
         // come before the parser recurses.
         let handle = std::thread::Builder::new()
             .stack_size(2 * 1024 * 1024)
             .spawn(move || {
-                [deep, long, operators]
+                [deep, long, operators, tries, ifs, defs]
                     .iter()
                     .map(|s| Expr::compile("body", s, &[]).map(|_| ()).map_err(|e| e.to_string()))
                     .collect::<Vec<_>>()
@@ -514,6 +551,23 @@ mod tests {
             let message = result.expect_err("refused");
             assert!(message.contains("limit"), "{message}");
         }
+    }
+
+    #[test]
+    fn threat_sources_just_inside_the_limits_parse_without_overflowing_a_small_stack() {
+        // 250 nested tries and 1,000 unary minus: inside every limit, and
+        // deeper than a 2 MiB stack can parse; the compiler thread has room.
+        let sources = ["try ".repeat(250) + "1", "-".repeat(1000) + "1"];
+        let handle = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || {
+                sources
+                    .iter()
+                    .map(|s| Expr::compile("when", s, &[]).is_ok())
+                    .collect::<Vec<_>>()
+            })
+            .expect("thread");
+        assert_eq!(handle.join().expect("no stack overflow"), [true, true]);
     }
 
     #[test]

@@ -23,6 +23,17 @@ pub enum Credentials {
     OAuth2(OAuth2),
 }
 
+impl Credentials {
+    /// The header a credential of this kind travels in.
+    pub fn header_name(&self) -> Option<HeaderName> {
+        match self {
+            Credentials::None => None,
+            Credentials::ApiKey { header, .. } => Some(header.clone()),
+            _ => Some(reqwest::header::AUTHORIZATION),
+        }
+    }
+}
+
 pub struct OAuth2 {
     pub token_url: reqwest::Url,
     pub client_id: String,

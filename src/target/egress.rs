@@ -26,7 +26,28 @@ pub const DEFAULT_DENY: &[&str] = &[
     "fe80::/10",
     "0.0.0.0/8",
     "::/128",
+    // Cloud metadata endpoints outside link-local: AWS's IPv6 one and
+    // Alibaba Cloud's.
+    "fd00:ec2::254/128",
+    "100.100.100.200/32",
 ];
+
+/// The IPv4 address a NAT64 (`64:ff9b::/96`) or 6to4 (`2002::/16`) IPv6
+/// address carries.
+fn embedded_v4(ip: IpAddr) -> Option<IpAddr> {
+    let IpAddr::V6(v6) = ip else { return None };
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        IpAddr::from([a, b, c, d])
+    };
+    match s {
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(v4(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
+        _ => None,
+    }
+}
 
 /// The flag and chart value that change the list, named in every refusal.
 pub const SETTING: &str = "tether run --egress-deny (chart value egress.deny)";
@@ -75,6 +96,11 @@ impl EgressPolicy {
     /// an address of the API server is refused on every port.
     pub fn check(&self, ip: IpAddr, port: Option<u16>) -> Result<(), Denied> {
         let ip = ip.to_canonical();
+        // An IPv4 address inside an IPv6 one (NAT64, 6to4) reaches the same
+        // host: check it as well.
+        if let Some(inner) = embedded_v4(ip) {
+            self.check(inner, port).map_err(|d| Denied { ip, ..d })?;
+        }
         let denied = |rule: String| Denied { ip, port, rule };
         if self
             .api_server
@@ -279,10 +305,21 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "::ffff:0.0.0.0",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "fd00:ec2::254",
+            "100.100.100.200",
         ] {
             assert!(policy.check(ip(denied), Some(80)).is_err(), "{denied}");
         }
-        for allowed in ["10.1.2.3", "93.184.216.34", "2001:db8::1", "::ffff:93.184.216.34"] {
+        for allowed in [
+            "10.1.2.3",
+            "93.184.216.34",
+            "2001:db8::1",
+            "::ffff:93.184.216.34",
+            "64:ff9b::5db8:d822",
+        ] {
             assert_eq!(policy.check(ip(allowed), Some(443)), Ok(()), "{allowed}");
         }
     }

@@ -314,6 +314,15 @@ impl Target {
             .request(method, url.clone())
             .header(FENCING_HEADER, &self.fencing_token);
         for (name, value) in &call.headers {
+            // The credential's own header is the TargetSystem's to set: a
+            // second value from a template would ride along with it.
+            if self
+                .credentials
+                .header_name()
+                .is_some_and(|h| h.as_str().eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
             request = request.header(name, value);
         }
         if let Some(body) = &call.body {
@@ -384,7 +393,10 @@ impl Target {
                     if let Credentials::OAuth2(oauth) = &self.credentials {
                         oauth.invalidate().await;
                     }
-                    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    let mut body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    // A 401 that echoes the request's credential (an OAuth2
+                    // access token) must not carry it into a condition.
+                    self.redactor.redact_json(&mut body, &credentials_sent);
                     let message = self.redactor.redact(&error_message(&body));
                     Err(CallError::Unauthorized { status, message })
                 }
@@ -489,6 +501,40 @@ fn describe(err: &reqwest::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+/// Why a request template may not set header `name`, if it may not:
+/// headers that pick another virtual host or path behind the target's
+/// gateway, carry credentials, frame the message, or are Tether's own
+/// (fencing, idempotency).
+pub fn reserved_header(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    let reserved = matches!(
+        lower.as_str(),
+        "host"
+            | "authorization"
+            | "proxy-authorization"
+            | "cookie"
+            | "forwarded"
+            | "x-real-ip"
+            | "x-original-url"
+            | "x-rewrite-url"
+            | "x-http-method-override"
+            | "x-method-override"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "keep-alive"
+            | "idempotency-key"
+    ) || lower.starts_with("x-forwarded-")
+        || lower == FENCING_HEADER;
+    reserved.then_some(
+        "this header is reserved: Tether sets credentials, framing, idempotency and fencing headers itself, \
+         and a template may not choose another host or path behind the target",
+    )
 }
 
 /// A short, single-line message from an error body.

@@ -29,6 +29,41 @@ impl UrlError {
     }
 }
 
+/// Whether one path segment is, or decodes to parts that are, `.` or `..`
+/// (`..`, `%2e%2e`, `..;x`, `..%2Fadmin`, `%5C..`).
+fn climbs(segment: &str) -> bool {
+    let decoded = percent_decode(segment).to_ascii_lowercase();
+    decoded
+        .split(['/', '\\'])
+        .map(|part| part.split(';').next().unwrap_or_default())
+        .any(|part| part == "." || part == "..")
+}
+
+/// `%XX` escapes decoded once (invalid ones kept as they are).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let escaped = (b == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(decoded) => {
+                out.push(decoded);
+                i += 3;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A control character (below 0x20, or 0x7f), raw or as `%XX`.
 fn has_control_character(path: &str) -> bool {
     let control = |b: u8| b < 0x20 || b == 0x7f;
@@ -83,11 +118,12 @@ pub fn join(base: &Url, path: &str, query: &[(String, String)]) -> Result<Url, U
     if !path.starts_with('/') || path.starts_with("//") || path.contains('\\') {
         return Err(escapes());
     }
-    // Dot segments would be resolved by the parser: refuse them, encoded or not.
-    let dot_segment = path.split(['/', '?', '#']).any(|segment| {
-        let lowered = segment.to_ascii_lowercase().replace("%2e", ".");
-        lowered == "." || lowered == ".."
-    });
+    // Dot segments would be resolved by the parser, and by servers that
+    // decode `%2F`/`%5C` or drop `;params` before they normalise (nginx,
+    // Tomcat, IIS): refuse any segment that is, or decodes to parts that
+    // are, `.` or `..`. A value such as `a%2Fb` (no dot part) stays.
+    let path_only = path.split(['?', '#']).next().unwrap_or_default();
+    let dot_segment = path_only.split('/').any(climbs);
     if dot_segment || path.contains('#') {
         return Err(escapes());
     }
@@ -130,6 +166,11 @@ mod tests {
             "contacts",
             "/../admin",
             "/contacts/%2e%2e/admin",
+            "/contacts/..%2Fadmin",
+            "/contacts/..%2fadmin",
+            "/contacts/..;/admin",
+            "/contacts/%2e%2e;x/admin",
+            "/contacts/%5C..%5Cadmin",
             "/contacts/./x",
             "/a\\b",
             "/x#frag",

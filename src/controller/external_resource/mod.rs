@@ -240,8 +240,11 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
         )),
         (Ok(prepared), Some(ts)) => match ctx.adapter_for(&ts).await {
             Ok(adapter) => match sync(er, ctx, &adapter, &prepared, &mut writer).await? {
-                Ok(synced) => keep_secrets(ctx, er, synced).await,
-                Err(failure) => Err(failure),
+                Ok(synced) => keep_secrets(ctx, er, synced.redacted(&prepared.hide)).await,
+                Err(failure) => Err(Failure {
+                    message: prepared.hide.redact(&failure.message),
+                    ..failure
+                }),
             },
             Err(failure) => Err(failure),
         },
@@ -376,6 +379,9 @@ fn unresolved_failure(unresolved: &Unresolved) -> Failure {
 struct Prepared {
     spec: ExternalResourceSpec,
     sent: serde_json::Value,
+    /// Redacts the secret properties' values from what the target answers
+    /// (an error that echoes the request, an observed field).
+    hide: crate::target::auth::Redactor,
 }
 
 async fn prepare(er: &ExternalResource, ctx: &Context, refs: &serde_json::Value) -> Result<Prepared, Failure> {
@@ -384,13 +390,27 @@ async fn prepare(er: &ExternalResource, ctx: &Context, refs: &serde_json::Value)
     let mut sent = properties.clone();
     let secret_values = secrets::read_properties(ctx, er).await?;
     if let serde_json::Value::Object(map) = &mut sent {
-        map.extend(secret_values);
+        // A key in both would send the secret under a name that is
+        // compared and recorded in status.observed.
+        if let Some(key) = secret_values.keys().find(|k| map.contains_key(k.as_str())) {
+            return Err(Failure::permanent(
+                "SecretPropertyOverlap",
+                format!("{key:?} is both in properties and in secretProperties: name it in one of them"),
+            ));
+        }
+        map.extend(secret_values.clone());
     }
+    let hide = crate::target::auth::Redactor::new(
+        secret_values
+            .values()
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .collect(),
+    );
     let spec = ExternalResourceSpec {
         properties,
         ..er.spec.clone()
     };
-    Ok(Prepared { spec, sent })
+    Ok(Prepared { spec, sent, hide })
 }
 
 /// Writes the answer's secret fields to the resource's Secret.
@@ -425,6 +445,14 @@ enum Synced {
 }
 
 impl Synced {
+    /// With the secret properties' values redacted from what was observed.
+    fn redacted(mut self, hide: &crate::target::auth::Redactor) -> Self {
+        if let Synced::Object { object, .. } | Synced::Drift { object, .. } = &mut self {
+            hide.redact_json(&mut object.state, &[]);
+        }
+        self
+    }
+
     fn outcome(&self) -> Outcome<'_> {
         match self {
             Synced::Object { object, how } => Outcome::Synced { object, how },

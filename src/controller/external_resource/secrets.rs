@@ -27,6 +27,12 @@ pub fn secret_name(er: &ExternalResource) -> String {
         .unwrap_or_else(|| format!("{}-secrets", er.name_any()))
 }
 
+/// Whether `name` is one Tether may create for `er`: `<er-name>-…`.
+pub fn name_is_derived(er: &ExternalResource, name: &str) -> bool {
+    name.strip_prefix(&er.name_any())
+        .is_some_and(|rest| rest.len() > 1 && rest.starts_with('-'))
+}
+
 fn owner_reference(er: &ExternalResource) -> Option<OwnerReference> {
     let mut owner = er.controller_owner_ref(&())?;
     // blockOwnerDeletion would need delete rights on the owner's
@@ -54,6 +60,18 @@ pub async fn write(ctx: &Context, er: &ExternalResource, values: &SecretValues) 
     }
     let namespace = er.namespace().unwrap_or_default();
     let name = secret_name(er);
+    // Tether creates Secrets with its own rights: only under names derived
+    // from the resource's, so a tenant cannot squat a name the platform
+    // will use (a TargetSystem's credentials) through Tether.
+    if !name_is_derived(er, &name) {
+        return Err(Failure::permanent(
+            "SecretNameRefused",
+            format!(
+                "writeSecretRef {name:?} must start with the ExternalResource's name and a dash ({}-…)",
+                er.name_any()
+            ),
+        ));
+    }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let data: BTreeMap<String, ByteString> = values
         .0
@@ -162,4 +180,28 @@ pub async fn read_properties(ctx: &Context, er: &ExternalResource) -> Result<ser
         values.insert(property.clone(), Value::String(text));
     }
     Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::external_resource::ExternalResourceSpec;
+
+    fn resource(name: &str) -> ExternalResource {
+        let spec: ExternalResourceSpec = serde_json::from_value(serde_json::json!({
+            "targetRef": {"name": "crm"}, "type": "contact", "properties": {}
+        }))
+        .expect("a spec");
+        ExternalResource::new(name, spec)
+    }
+
+    #[test]
+    fn threat_tether_writes_only_secrets_named_after_their_resource() {
+        let er = resource("api-key");
+        assert!(name_is_derived(&er, "api-key-secrets"));
+        assert!(name_is_derived(&er, &secret_name(&er)));
+        for squatted in ["target-token", "api-key", "api-key-", "api-keys", "default-token-x"] {
+            assert!(!name_is_derived(&er, squatted), "{squatted}");
+        }
+    }
 }

@@ -394,6 +394,16 @@ fn finish(
                 .unwrap_or_else(|e| json!({ "error": e.to_string() }));
             next.outputs.insert(name.clone(), value);
         }
+        let bytes = serde_json::to_vec(&next.outputs).map_or(usize::MAX, |b| b.len());
+        if bytes > engine::limits::STEP_OUTPUTS_BYTES {
+            let error = format!(
+                "the run's outputs are {bytes} bytes; a run keeps at most {} bytes of outputs in its status",
+                engine::limits::STEP_OUTPUTS_BYTES
+            );
+            for value in next.outputs.values_mut() {
+                *value = json!({ "error": error });
+            }
+        }
     }
     for s in &mut next.steps {
         for d in &mut s.item_details {
@@ -645,6 +655,34 @@ async fn announce(
     }
 }
 
+/// A run whose next status would not fit, ended `Failed` without the
+/// outputs that made it too large. Pure.
+fn ended_too_large(next: &WorkflowRunStatus, bytes: usize) -> WorkflowRunStatus {
+    let mut ended = next.clone();
+    for s in &mut ended.steps {
+        s.outputs = None;
+        s.item_details.clear();
+    }
+    ended.outputs.clear();
+    ended.phase = RunPhase::Failed;
+    ended.finished_at = ended.finished_at.or_else(|| Some(Utc::now()));
+    let message = format!(
+        "the run's status would be {bytes} bytes, more than the {MAX_STATUS_BYTES} bytes Tether writes; \
+         the run was ended without compensation and its outputs were dropped"
+    );
+    ended.conditions = conditions::merge(
+        &next.conditions,
+        &[
+            Desired::new("Ready", false, "StatusTooLarge", message.clone()),
+            Desired::new("Succeeded", false, "StatusTooLarge", message.clone()),
+            Desired::new(crate::api::common::condition::STALLED, true, "StatusTooLarge", message),
+        ],
+        next.observed_generation,
+        Utc::now(),
+    );
+    ended
+}
+
 /// Writes status with server-side apply, conditional on the resourceVersion
 /// last read or written, and only when it changed.
 struct Writer<'a> {
@@ -662,6 +700,21 @@ impl Writer<'_> {
         }
         let bytes = serde_json::to_vec(next).map_or(usize::MAX, |b| b.len());
         if bytes > MAX_STATUS_BYTES {
+            // No retry can write this: end the run with what fits, so it
+            // neither loops (re-sending its last call) nor holds its
+            // finalizer; the error stops this round's actions.
+            let ended = ended_too_large(next, bytes);
+            if serde_json::to_vec(&ended).map_or(usize::MAX, |b| b.len()) <= MAX_STATUS_BYTES {
+                let written = self
+                    .ctx
+                    .apply_status_at(&self.api, &self.name, KIND, self.resource_version.as_deref(), &ended)
+                    .await
+                    .map_err(|source| Error::WriteStatus {
+                        name: self.name.clone(),
+                        source,
+                    })?;
+                self.remember(written);
+            }
             return Err(Error::StatusTooLarge {
                 name: self.name.clone(),
                 bytes,
@@ -735,6 +788,27 @@ mod tests {
         conditions
             .iter()
             .any(|(t, s, r)| t == type_ && s == status && r == reason)
+    }
+
+    #[test]
+    fn threat_a_status_too_large_to_write_ends_the_run_with_what_fits() {
+        let mut next = WorkflowRunStatus {
+            phase: RunPhase::Running,
+            ..WorkflowRunStatus::default()
+        };
+        next.steps = (0..20)
+            .map(|i| crate::api::workflow_run::StepStatus {
+                outputs: Some(serde_json::json!({ "blob": "x".repeat(100_000) })),
+                ..crate::api::workflow_run::StepStatus::pending(&format!("s{i}"))
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&next).map_or(0, |b| b.len());
+        assert!(bytes > MAX_STATUS_BYTES);
+        let ended = ended_too_large(&next, bytes);
+        assert_eq!(ended.phase, RunPhase::Failed);
+        assert!(serde_json::to_vec(&ended).map_or(usize::MAX, |b| b.len()) < 64 * 1024);
+        let stalled = crate::conditions::find(&ended.conditions, STALLED).map(|c| c.reason.clone());
+        assert_eq!(stalled.as_deref(), Some("StatusTooLarge"));
     }
 
     #[test]
