@@ -305,7 +305,7 @@ impl Compiled {
             if self.filters.len() >= Self::MAX_PROGRAMS {
                 self.filters.clear();
             }
-            let filter = super::compile_filter(&request.program, &request.vars).map_err(Failure::Eval)?;
+            let filter = super::compile_in_place(&request.program, &request.vars).map_err(Failure::Eval)?;
             self.filters.insert(key.clone(), filter);
         }
         let Some(filter) = self.filters.get(&key) else {
