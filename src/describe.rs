@@ -31,7 +31,9 @@ fn kind(step: &Step) -> String {
     if let Some(call) = &step.call {
         let what = match (&call.action, &call.request) {
             (Some(action), _) => action.clone(),
-            (None, Some(r)) => format!("{:?} {}", r.method, r.path).to_uppercase(),
+            // The method in capitals, the path as written (paths are
+            // case-sensitive).
+            (None, Some(r)) => format!("{} {}", format!("{:?}", r.method).to_uppercase(), r.path),
             _ => String::new(),
         };
         let poll = if call.poll_until.is_some() { " (polls)" } else { "" };
@@ -188,6 +190,14 @@ mod tests {
     use super::*;
     use crate::api::workflow_run::{ItemCounts, PinnedDefinition, RunPhase, WorkflowRunSpec, WorkflowRunStatus};
     use serde_json::json;
+
+    #[test]
+    fn a_call_shows_its_method_in_capitals_and_its_path_as_written() {
+        let step: Step = serde_json::from_value(json!({"name": "add", "call": {"targetRef": {"name": "crm"},
+            "request": {"method": "POST", "path": "/v1/Contacts/\\(.Id)"}}}))
+        .expect("a step");
+        assert_eq!(kind(&step), "call crm: POST /v1/Contacts/\\(.Id)");
+    }
 
     #[test]
     fn draws_each_step_under_its_dependencies_with_its_state() {

@@ -79,7 +79,18 @@ enum LogFormat {
     Json,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match main_result() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // What went wrong, cause by cause, for people: not a debug dump.
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn main_result() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::ExprWorker {
         timeout_ms,
@@ -119,9 +130,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
             let api: kube::Api<tether::api::WorkflowRun> = kube::Api::namespaced(client, &namespace);
             let run = api
-                .get(&name)
+                .get_opt(&name)
                 .await
-                .with_context(|| format!("reading WorkflowRun {namespace}/{name}"))?;
+                .with_context(|| format!("reading WorkflowRun {namespace}/{name}"))?
+                .ok_or_else(|| anyhow::anyhow!("WorkflowRun {name:?} not found in namespace {namespace:?}"))?;
             print!("{}", tether::describe::describe(&run, chrono::Utc::now()));
         }
         Command::Crd { out_dir: None } => print!("{}", tether::crd::all_yaml()?),

@@ -154,7 +154,7 @@ impl Expr {
     /// (`/contacts/\(.id)`); with `encode_uri` interpolations are
     /// percent-encoded.
     pub fn template(field: &str, text: &str, vars: &[&str], encode_uri: bool) -> Result<Self, ExprError> {
-        let escaped = text.replace('"', "\\\"");
+        let escaped = escape_template(text);
         let program = if encode_uri {
             format!("@uri \"{escaped}\"")
         } else {
@@ -244,6 +244,57 @@ impl Expr {
     fn quoted(&self) -> String {
         crate::text::shortened(&self.source, 256)
     }
+}
+
+/// The text of a template as the inside of a jq string literal: its own
+/// double quotes escaped, and those of string literals inside `\( … )`
+/// interpolations left as they are (`\(.name // "unnamed")`).
+fn escape_template(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut chars = text.chars();
+    // Parentheses open inside an interpolation (0: literal text), and
+    // whether a string literal of the interpolation is open.
+    let (mut depth, mut in_string) = (0usize, false);
+    while let Some(c) = chars.next() {
+        match (depth, in_string, c) {
+            (0, _, '\\') => {
+                out.push(c);
+                if let Some(next) = chars.next() {
+                    out.push(next);
+                    if next == '(' {
+                        depth = 1;
+                    }
+                }
+            }
+            (0, _, '"') => out.push_str("\\\""),
+            (0, _, _) => out.push(c),
+            (_, true, '\\') => {
+                out.push(c);
+                if let Some(next) = chars.next() {
+                    out.push(next);
+                }
+            }
+            (_, true, '"') => {
+                out.push(c);
+                in_string = false;
+            }
+            (_, true, _) => out.push(c),
+            (_, false, '"') => {
+                out.push(c);
+                in_string = true;
+            }
+            (_, false, '(') => {
+                out.push(c);
+                depth += 1;
+            }
+            (_, false, ')') => {
+                out.push(c);
+                depth -= 1;
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// Checks the limits that protect the parser, then compiles `source` with
@@ -438,6 +489,25 @@ mod tests {
             path.eval_string(&json!({"id": "../admin?x=1"}), &[]),
             Ok("/contacts/..%2Fadmin%3Fx%3D1".into())
         );
+    }
+
+    #[test]
+    fn string_literals_inside_interpolations_are_jq_strings() {
+        let greet = Expr::template("header", "\\(\"extName = \" + (.name | tojson))", &[], false).expect("compiles");
+        assert_eq!(
+            greet.eval_string(&json!({"name": "ada"}), &[]),
+            Ok("extName = \"ada\"".into())
+        );
+        let fallback = Expr::template("path", "/contacts/\\(.name // \"unnamed\")", &[], true).expect("compiles");
+        assert_eq!(fallback.eval_string(&json!({}), &[]), Ok("/contacts/unnamed".into()));
+        let nested = Expr::template("header", "say \"\\(.a + \")\")\" now", &[], false).expect("compiles");
+        assert_eq!(nested.eval_string(&json!({"a": "x"}), &[]), Ok("say \"x)\" now".into()));
+    }
+
+    #[test]
+    fn template_errors_quote_what_the_user_wrote() {
+        let err = Expr::template("path", "/c/\\(.a +)", &[], true).expect_err("bad");
+        assert!(err.to_string().contains("`/c/\\(.a +)`"), "{err}");
     }
 
     #[test]
