@@ -217,7 +217,10 @@ pub struct ExternalResourceStatus {
     /// Hash of the properties last applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_hash: Option<String>,
-    /// When the object was last compared with the target.
+    /// When Tether last changed the object at the target, or first found
+    /// it there (create, update, adoption). A resync that finds nothing to
+    /// change writes nothing, so it does not move this time; see the
+    /// `Synced` condition for the last comparison's outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<DateTime<Utc>>,
     /// Declared fields that differ at the target (with `driftPolicy: Report`).

@@ -322,7 +322,9 @@ pub struct TargetSystemStatus {
     /// State of the circuit breaker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit: Option<CircuitState>,
-    /// When the health probe last ran.
+    /// When a health probe last changed this status (health or circuit
+    /// state). A probe that finds nothing new writes nothing, so it does
+    /// not move this time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe_time: Option<DateTime<Utc>>,
     /// `Ready`: the credentials are loaded, the health check (if any)
