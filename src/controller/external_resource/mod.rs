@@ -463,6 +463,32 @@ impl Synced {
     }
 }
 
+/// Records in status why a deletion waits (a transient failure: it is
+/// retried, and the finalizer holds meanwhile).
+async fn record_deletion_wait(
+    er: &ExternalResource,
+    ctx: &Context,
+    reason: &'static str,
+    message: String,
+) -> Result<(), Error> {
+    let mut writer = StatusWriter::new(er, ctx);
+    let outcome = Outcome::Failed {
+        reason,
+        message,
+        permanent: false,
+        create_not_applied: false,
+    };
+    writer
+        .write(status::compute(
+            writer.current.as_ref(),
+            &er.spec,
+            er.metadata.generation,
+            &outcome,
+            Utc::now(),
+        ))
+        .await
+}
+
 async fn sync(
     er: &ExternalResource,
     ctx: &Context,
@@ -703,22 +729,7 @@ async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, 
             "{}; restore it, or set deletionPolicy: Orphan to let the ExternalResource go",
             failure.message
         );
-        let mut writer = StatusWriter::new(er, ctx);
-        let outcome = Outcome::Failed {
-            reason: "DeletionBlocked",
-            message: message.clone(),
-            permanent: false,
-            create_not_applied: false,
-        };
-        writer
-            .write(status::compute(
-                writer.current.as_ref(),
-                &er.spec,
-                er.metadata.generation,
-                &outcome,
-                Utc::now(),
-            ))
-            .await?;
+        record_deletion_wait(er, ctx, "DeletionBlocked", message.clone()).await?;
         Err::<Action, Error>(Error::DeletionBlocked(message))
     };
     let held = dependents(er, ctx).await;
@@ -736,22 +747,7 @@ async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, 
             ctx.publish(er, EventType::Normal, "WaitingForDependents", "Delete", message.clone())
                 .await;
         }
-        let mut writer = StatusWriter::new(er, ctx);
-        let outcome = Outcome::Failed {
-            reason: "InUse",
-            message,
-            permanent: false,
-            create_not_applied: false,
-        };
-        writer
-            .write(status::compute(
-                writer.current.as_ref(),
-                &er.spec,
-                er.metadata.generation,
-                &outcome,
-                Utc::now(),
-            ))
-            .await?;
+        record_deletion_wait(er, ctx, "InUse", message).await?;
         return Err(Error::InUse(names));
     }
     let Some(ts) = ctx.target_system(&namespace, &er.spec.target_ref.name) else {
