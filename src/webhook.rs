@@ -477,7 +477,7 @@ async fn start(
         Admit::Full => return Err(Refusal::Busy),
     }
     let payload = json_body(&body)?;
-    let parameters = Expr::compile("spec.triggers.webhook.parameters", &hook.parameters, &[])
+    let parameters = Expr::compile_cached("spec.triggers.webhook.parameters", &hook.parameters, &[])
         .and_then(|e| e.eval(&payload, &[]))
         .map_err(|e| Refusal::BadParameters(e.to_string()))?;
     if !parameters.is_object() {

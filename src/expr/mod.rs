@@ -44,6 +44,8 @@ pub mod limits {
     /// Stack of the thread that parses: room for the deepest source the
     /// limits above allow (reserved, not used, unless needed).
     pub const COMPILE_STACK_BYTES: usize = 64 * 1024 * 1024;
+    /// Compiled expressions [`super::Expr::compile_cached`] remembers.
+    pub const CACHED_EXPRESSIONS: usize = 4096;
     /// Largest JSON an evaluation may produce, in bytes.
     pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 }
@@ -148,6 +150,33 @@ impl Expr {
             vars,
             filter,
         })
+    }
+
+    /// [`Expr::compile`], remembered: for expressions that live in objects
+    /// reconciled again and again (`propertiesFrom`), so a resync does not
+    /// parse them anew. Bounded: the memory is dropped when it holds
+    /// [`limits::CACHED_EXPRESSIONS`].
+    pub fn compile_cached(field: &str, source: &str, vars: &[&str]) -> Result<std::sync::Arc<Self>, ExprError> {
+        type Key = (String, String, Vec<String>);
+        type Cache = std::collections::HashMap<Key, Result<std::sync::Arc<Expr>, ExprError>>;
+        static CACHE: std::sync::OnceLock<std::sync::Mutex<Cache>> = std::sync::OnceLock::new();
+        let key: Key = (
+            field.to_owned(),
+            source.to_owned(),
+            vars.iter().map(|v| (*v).to_owned()).collect(),
+        );
+        let cache = CACHE.get_or_init(Default::default);
+        let lock = || cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = lock().get(&key) {
+            return found.clone();
+        }
+        let compiled = Self::compile(field, source, vars).map(std::sync::Arc::new);
+        let mut cache = lock();
+        if cache.len() >= limits::CACHED_EXPRESSIONS {
+            cache.clear();
+        }
+        cache.insert(key, compiled.clone());
+        compiled
     }
 
     /// Compiles a text template: `text` is the inside of a jq string literal
@@ -508,6 +537,15 @@ mod tests {
     fn template_errors_quote_what_the_user_wrote() {
         let err = Expr::template("path", "/c/\\(.a +)", &[], true).expect_err("bad");
         assert!(err.to_string().contains("`/c/\\(.a +)`"), "{err}");
+    }
+
+    #[test]
+    fn cached_compiles_are_shared_and_keep_their_errors() {
+        let a = Expr::compile_cached("spec.propertiesFrom.x", ".refs.a.externalId", &[]).expect("compiles");
+        let b = Expr::compile_cached("spec.propertiesFrom.x", ".refs.a.externalId", &[]).expect("compiles");
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        let err = Expr::compile_cached("spec.propertiesFrom.y", "env", &[]).expect_err("refused");
+        assert!(err.to_string().starts_with("spec.propertiesFrom.y"), "{err}");
     }
 
     #[test]

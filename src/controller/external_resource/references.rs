@@ -161,7 +161,7 @@ pub fn desired_properties(
         _ => serde_json::Map::new(),
     };
     for (key, source) in properties_from {
-        let expr = Expr::compile(&format!("spec.propertiesFrom.{key}"), source, &[])?;
+        let expr = Expr::compile_cached(&format!("spec.propertiesFrom.{key}"), source, &[])?;
         desired.insert(key.clone(), expr.eval(&input, &[])?);
     }
     Ok(Value::Object(desired))
