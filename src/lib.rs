@@ -28,13 +28,13 @@ pub mod describe;
 pub mod diff;
 pub mod engine;
 pub mod expr;
+pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod run;
+#[cfg(feature = "dev")]
 pub mod sandbox;
 pub mod scope;
-pub mod sim;
-pub mod target;
 pub mod text;
 pub mod webhook;
 

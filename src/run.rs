@@ -27,10 +27,10 @@ use tokio::sync::watch;
 
 use crate::api::{Adapter, Approval, ExternalResource, TargetSystem, Workflow, WorkflowRun};
 use crate::controller::{self as ctrl, Context};
+use crate::http::registry::Registry;
 use crate::leader::{self, LeaderElector};
 use crate::metrics::Metrics;
 use crate::scope::Scope;
-use crate::target::registry::Registry;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunOptions {
@@ -92,7 +92,7 @@ pub struct RunOptions {
     /// (loopback, link-local, unspecified, and the API server's addresses);
     /// the API server's own ip:port is refused whatever this says.
     #[arg(long, env = "TETHER_EGRESS_DENY")]
-    pub egress_deny: Option<crate::target::egress::DenyList>,
+    pub egress_deny: Option<crate::http::egress::DenyList>,
     /// URL of the API server, for the egress deny list (set by `run` from
     /// the kubeconfig or the in-cluster config).
     #[arg(skip)]
@@ -214,8 +214,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     let scope = Scope::new(&options.namespace, options.selector.as_deref());
     let (secrets, secrets_writer) = reflector::store();
     let secrets_ready = secrets.clone();
-    let egress =
-        crate::target::egress::policy_for(options.egress_deny.as_ref(), options.api_server_url.as_deref()).await;
+    let egress = crate::http::egress::policy_for(options.egress_deny.as_ref(), options.api_server_url.as_deref()).await;
     tracing::info!(deny = ?egress.deny_list(), "egress deny list");
     let registry =
         Arc::new(Registry::new(client.clone(), Some(secrets), metrics.clone()).with_egress(Arc::new(egress)));

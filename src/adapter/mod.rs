@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use crate::expr::ExprError;
 use std::sync::Arc;
 
-pub(crate) use crate::target::error_message;
-use crate::target::{CallError, Target};
+pub(crate) use crate::http::error_message;
+use crate::http::{CallError, Target};
 
 /// What a call about one object concerns.
 #[derive(Debug, Clone, Copy)]

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::api::adapter::{HttpMethod, HttpRequestTemplate, RestAction, RestMapping, RestResourceType};
 use crate::expr::{Expr, ExprError};
-use crate::target::{HttpAnswer, HttpCall, Target};
+use crate::http::{HttpAnswer, HttpCall, Target};
 
 /// The longest external id Tether keeps (status, conditions, paths).
 pub const MAX_ID_BYTES: usize = 512;
@@ -56,7 +56,7 @@ impl CompiledRequest {
             .as_ref()
             .map(|b| keep(Expr::compile(&format!("{field}.body"), b, vars)));
         for name in template.headers.keys() {
-            if let Some(why) = crate::target::reserved_header(name) {
+            if let Some(why) = crate::http::reserved_header(name) {
                 errors.push(ExprError::Compile {
                     field: format!("{field}.headers.{name}"),
                     expression: name.clone(),

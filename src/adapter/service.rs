@@ -16,7 +16,7 @@ use super::{
     error_message,
 };
 use crate::api::adapter::HttpMethod;
-use crate::target::{CallError, HttpCall, Target};
+use crate::http::{CallError, HttpCall, Target};
 
 /// Version of the protocol this build speaks.
 pub const PROTOCOL_VERSION: &str = "v1";

@@ -52,7 +52,7 @@ pub async fn reconcile(adapter: Arc<Adapter>, ctx: Arc<Context>) -> Result<Actio
             ("Rest", Some(names.join(",")), ready)
         }
         (None, Some(service)) => {
-            let ready = match crate::target::url::parse_base(&service.url) {
+            let ready = match crate::http::url::parse_base(&service.url) {
                 Ok(_) => Desired::new(READY, true, "Configured", format!("calls {}", service.url)),
                 Err(e) => Desired::new(READY, false, "InvalidURL", e.to_string()),
             };

@@ -22,9 +22,9 @@ use crate::adapter::AnyAdapter;
 use crate::adapter::rest::{CompiledMapping, RestAdapter};
 use crate::adapter::service::ServiceAdapter;
 use crate::api::{Adapter, Approval, ExternalResource, TargetSystem, Workflow, WorkflowRun};
+use crate::http::backoff;
+use crate::http::registry::Registry;
 use crate::metrics::Metrics;
-use crate::target::backoff;
-use crate::target::registry::Registry;
 use workflow::compile::Compiled as CompiledWorkflow;
 
 /// Field manager of every status Tether writes (server-side apply).
@@ -232,7 +232,7 @@ impl Context {
             create_not_applied: false,
         })?;
         if let Some(service) = &adapter.spec.service {
-            let url = crate::target::url::parse_base(&service.url)
+            let url = crate::http::url::parse_base(&service.url)
                 .map_err(|e| Failure::permanent("AdapterInvalid", format!("Adapter {adapter_name:?}: {e}")))?;
             return Ok(AnyAdapter::Service(ServiceAdapter::new(url, target)));
         }

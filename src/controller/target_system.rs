@@ -18,7 +18,7 @@ use crate::api::common::condition::READY;
 use crate::api::common::reason;
 use crate::api::target_system::{CircuitState, TargetSystemStatus};
 use crate::conditions::{self, Desired};
-use crate::target::HttpCall;
+use crate::http::HttpCall;
 
 pub const KIND: &str = "TargetSystem";
 pub use crate::api::common::condition::DEGRADED;

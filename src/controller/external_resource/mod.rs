@@ -106,7 +106,7 @@ pub async fn reconcile(er: Arc<ExternalResource>, ctx: Arc<Context>) -> Result<A
 pub fn error_policy(er: Arc<ExternalResource>, error: &Error, ctx: Arc<Context>) -> Action {
     if error.is_stale_read() {
         tracing::debug!(name = %er.name_any(), error = %error, "stale read; retrying with fresh data");
-        return Action::requeue(crate::target::backoff::jittered(
+        return Action::requeue(crate::http::backoff::jittered(
             Duration::from_millis(200),
             Duration::from_secs(1),
             1,
@@ -381,7 +381,7 @@ struct Prepared {
     sent: serde_json::Value,
     /// Redacts the secret properties' values from what the target answers
     /// (an error that echoes the request, an observed field).
-    hide: crate::target::auth::Redactor,
+    hide: crate::http::auth::Redactor,
 }
 
 async fn prepare(er: &ExternalResource, ctx: &Context, refs: &serde_json::Value) -> Result<Prepared, Failure> {
@@ -400,7 +400,7 @@ async fn prepare(er: &ExternalResource, ctx: &Context, refs: &serde_json::Value)
         }
         map.extend(secret_values.clone());
     }
-    let hide = crate::target::auth::Redactor::new(
+    let hide = crate::http::auth::Redactor::new(
         secret_values
             .values()
             .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
@@ -446,7 +446,7 @@ enum Synced {
 
 impl Synced {
     /// With the secret properties' values redacted from what was observed.
-    fn redacted(mut self, hide: &crate::target::auth::Redactor) -> Self {
+    fn redacted(mut self, hide: &crate::http::auth::Redactor) -> Self {
         if let Synced::Object { object, .. } | Synced::Drift { object, .. } = &mut self {
             hide.redact_json(&mut object.state, &[]);
         }

@@ -26,7 +26,7 @@ use crate::controller::workflow::compile::{
 };
 use crate::engine::{Action, FailureClass, Observation, Start};
 use crate::expr::Expr;
-use crate::target::{CallError, HttpCall};
+use crate::http::{CallError, HttpCall};
 use crate::webhook::keys::{Freshness, Purpose};
 
 /// Field manager of the ExternalResources that `resource` steps own.
@@ -901,7 +901,7 @@ fn classify(e: &AdapterError) -> Failure {
 fn summary(response: &Value) -> String {
     let status = response.get("status").and_then(Value::as_u64).unwrap_or_default();
     let body = response.get("body").cloned().unwrap_or(Value::Null);
-    crate::text::shortened(&format!("HTTP {status}: {}", crate::target::error_message(&body)), 256)
+    crate::text::shortened(&format!("HTTP {status}: {}", crate::http::error_message(&body)), 256)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! A real, local control plane — etcd and kube-apiserver built from their
-//! upstream Go modules by `scripts/control-plane.sh` — for the tests and for
-//! `tether sandbox`. It starts on free loopback ports in a temporary
+//! upstream Go modules by `scripts/control-plane.sh` — for Tether's tests,
+//! benchmarks and `tether sandbox`. Development tooling: the controller
+//! crate depends on it only with its `dev` feature. It starts on free loopback ports in a temporary
 //! directory, with generated certificates and static tokens for four
 //! identities (admin, the controller's ServiceAccount user, and two
 //! ordinary users), installs Tether's CRDs and the rendered chart with the
@@ -308,7 +309,7 @@ impl ControlPlane {
 
     /// A client for `who` (`admin`, `controller`, `alice`, `bob`).
     pub async fn try_client(&self, who: &str) -> Result<kube::Client, String> {
-        crate::install_crypto_provider();
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let kubeconfig = Kubeconfig::read_from(self.kubeconfig(who)).map_err(|e| e.to_string())?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
@@ -328,7 +329,12 @@ impl ControlPlane {
     pub fn namespace(&self, prefix: &str) -> String {
         let name = format!(
             "{prefix}-{}",
-            crate::text::prefix(&uuid::Uuid::new_v4().simple().to_string(), 8)
+            uuid::Uuid::new_v4()
+                .simple()
+                .to_string()
+                .chars()
+                .take(8)
+                .collect::<String>()
         );
         let out = self.kubectl(&["create", "namespace", &name]);
         assert!(
