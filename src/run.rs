@@ -328,14 +328,11 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         compiled: Default::default(),
         written: Default::default(),
         callback_base,
-        triggers: crate::webhook::Triggers {
-            tolerance: options.webhook_tolerance,
-            ..Default::default()
-        },
+        keys: Default::default(),
     });
 
     tracing::info!(addr = %webhook_listener.local_addr()?, "serving workflow webhooks and callbacks");
-    let webhook_router = crate::webhook::router(ctx.clone());
+    let webhook_router = crate::webhook::router(ctx.clone(), options.webhook_tolerance);
     tokio::spawn(async move { axum::serve(webhook_listener, webhook_router).await });
 
     let store = er_controller.store();
@@ -421,7 +418,10 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     // A run of a schedule that finishes wakes its workflow (history limits,
     // concurrency policy).
     let by_run = |run: WorkflowRun| {
-        let finished = run.status.as_ref().is_some_and(|s| crate::engine::is_terminal(s.phase));
+        let finished = run
+            .status
+            .as_ref()
+            .is_some_and(|s| crate::workflow::engine::is_terminal(s.phase));
         let workflow = run
             .labels()
             .get(ctrl::workflow::SCHEDULE_LABEL)
