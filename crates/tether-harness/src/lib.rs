@@ -46,14 +46,24 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("no free loopback port: {e}"))
 }
 
+/// The Tether checkout this crate is part of (`crates/tether-harness` is
+/// two levels below it): its scripts, CRDs and chart.
+pub fn checkout() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|dir| dir.join("scripts/control-plane.sh").is_file())
+        .unwrap_or(manifest)
+        .to_path_buf()
+}
+
 impl ControlPlane {
     /// One control plane per process, started on first use: what a test
     /// binary shares between its tests (each takes its own namespace).
     /// Panics when it cannot start, with the reason: tests cannot go on.
     pub fn shared() -> &'static ControlPlane {
         SHARED.get_or_init(|| {
-            let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            ControlPlane::start(&repo).unwrap_or_else(|e| panic!("control plane did not start: {e}"))
+            ControlPlane::start(&checkout()).unwrap_or_else(|e| panic!("control plane did not start: {e}"))
         })
     }
 
