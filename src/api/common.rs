@@ -236,6 +236,57 @@ pub mod reason {
     pub const INTERNAL_ERROR: &str = "InternalError";
 }
 
+/// Reasons of the Events Tether publishes (`kubectl get events
+/// --field-selector reason=...`). A run's own phase changes are published
+/// as `Run<Phase>` (`RunSucceeded`, `RunCompensated`...).
+pub mod event {
+    pub use super::reason::{CALLBACK_FORGED, INTERNAL_ERROR};
+    /// An existing external object was adopted.
+    pub const ADOPTED: &str = "Adopted";
+    /// Drift was written back to the target.
+    pub const DRIFT_CORRECTED: &str = "DriftCorrected";
+    /// The external object differs and the policy only reports it.
+    pub const DRIFT_DETECTED: &str = "DriftDetected";
+    /// The external object was created.
+    pub const CREATED: &str = "Created";
+    /// Another ExternalResource manages the external object.
+    pub const CONFLICT: &str = "Conflict";
+    /// The external object was deleted.
+    pub const DELETED: &str = "Deleted";
+    /// The ExternalResource went; its external object stays (deletionPolicy Orphan).
+    pub const ORPHANED: &str = "Orphaned";
+    /// Deletion waits for the resources that reference this one.
+    pub const WAITING_FOR_DEPENDENTS: &str = "WaitingForDependents";
+    /// A Workflow does not compile.
+    pub const INVALID_DEFINITION: &str = "InvalidDefinition";
+    /// A schedule or a webhook started a run.
+    pub const RUN_CREATED: &str = "RunCreated";
+    /// A schedule replaced a running run (concurrencyPolicy Replace).
+    pub const RUN_REPLACED: &str = "RunReplaced";
+    /// A schedule skipped a time (concurrencyPolicy Forbid).
+    pub const SCHEDULE_SKIPPED: &str = "ScheduleSkipped";
+    /// A run's status cannot be written for its size.
+    pub const STATUS_TOO_LARGE: &str = "StatusTooLarge";
+    /// A step started an attempt.
+    pub const STEP_STARTED: &str = "StepStarted";
+    /// A step waits (poll, callback, resource, delay).
+    pub const STEP_WAITING: &str = "StepWaiting";
+    /// An approval step waits for a decision.
+    pub const APPROVAL_REQUESTED: &str = "ApprovalRequested";
+    /// A step succeeded.
+    pub const STEP_SUCCEEDED: &str = "StepSucceeded";
+    /// A step's `when` did not hold.
+    pub const STEP_SKIPPED: &str = "StepSkipped";
+    /// A step failed for good.
+    pub const STEP_FAILED: &str = "StepFailed";
+    /// A step is being undone.
+    pub const COMPENSATING: &str = "Compensating";
+    /// A step was undone.
+    pub const COMPENSATED: &str = "Compensated";
+    /// Undoing a step failed.
+    pub const COMPENSATION_FAILED: &str = "CompensationFailed";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

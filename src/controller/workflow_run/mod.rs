@@ -10,6 +10,7 @@
 
 pub mod steps;
 
+use crate::api::common::event;
 use crate::controller::Error;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
+use super::status::StatusWriter;
 use super::{Context, lock};
 use crate::api::common::condition::{READY, SUCCEEDED};
 use crate::api::common::reason;
@@ -87,20 +89,14 @@ async fn release_undeletable(run: &WorkflowRun, ctx: &Context, error: &Error) ->
     ctx.publish(
         run,
         EventType::Warning,
-        "StatusTooLarge",
+        event::STATUS_TOO_LARGE,
         "Delete",
         format!(
             "{error}; the run is deleted without finishing its compensation: check its targets for what it created"
         ),
     )
     .await;
-    let mut writer = Writer {
-        api,
-        name: run.name_any(),
-        uid: run.uid().unwrap_or_default(),
-        resource_version: run.resource_version(),
-        ctx,
-    };
+    let mut writer = Writer::new(ctx, api, run);
     writer.set_finalizer(run, false).await
 }
 
@@ -131,13 +127,7 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
     let namespace = run.namespace().unwrap_or_default();
     let api: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &namespace);
     let (run, cache_current) = fresh(run, ctx, &api).await?;
-    let mut writer = Writer {
-        api: api.clone(),
-        name: run.name_any(),
-        uid: run.uid().unwrap_or_default(),
-        resource_version: run.resource_version(),
-        ctx,
-    };
+    let mut writer = Writer::new(ctx, api.clone(), &run);
     let mut status = run.status.clone().unwrap_or_default();
     let deleting = run.meta().deletion_timestamp.is_some();
     let finished = engine::is_terminal(status.phase);
@@ -148,9 +138,7 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
         // set after the end): kstatus reads a status older than the spec as
         // in progress, forever.
         if finished && !deleting && status.observed_generation != run.meta().generation {
-            writer
-                .write(&status, &acknowledged(&status, run.meta().generation))
-                .await?;
+            writer.write(&acknowledged(&status, run.meta().generation)).await?;
         }
         if has_finalizer {
             writer.set_finalizer(&run, false).await?;
@@ -202,7 +190,7 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
                     run.meta().generation,
                     Utc::now(),
                 );
-                writer.write(&status, &next).await?;
+                writer.write(&next).await?;
                 return Ok(Action::requeue(Duration::from_secs(5)));
             };
             let spec_value = serde_json::to_value(&workflow.spec).unwrap_or(Value::Null);
@@ -253,7 +241,7 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
             observations.clear();
         }
         finish(&run, &compiled, &params, &mut next, cancelled, now);
-        writer.write(&previous, &next).await?;
+        writer.write(&next).await?;
         announce(&run, ctx, &previous, &next, &compiled).await;
         previous = next.clone();
         status = next;
@@ -474,7 +462,7 @@ async fn fail_before_start(
         run.meta().generation,
         now,
     );
-    writer.write(&run.status.clone().unwrap_or_default(), &next).await?;
+    writer.write(&next).await?;
     ctx.publish(run, EventType::Warning, reason, "Start", message).await;
     if run.finalizers().iter().any(|f| f == FINALIZER) {
         writer.set_finalizer(run, false).await?;
@@ -499,7 +487,7 @@ async fn announce(
         let (type_, reason, note) = match s.phase {
             StepPhase::Running if old != Some(StepPhase::Running) => (
                 EventType::Normal,
-                "StepStarted",
+                event::STEP_STARTED,
                 match &s.items {
                     Some(items) => format!("step {} started: {} items", s.name, items.total),
                     None => format!("step {} started", s.name),
@@ -508,7 +496,7 @@ async fn announce(
             StepPhase::Waiting => match compiled.steps.get(i).map(|c| &c.kind) {
                 Some(StepKind::Approval(CompiledApproval { message, .. })) => (
                     EventType::Normal,
-                    "ApprovalRequested",
+                    event::APPROVAL_REQUESTED,
                     format!(
                         "step {} waits for an Approval: {}",
                         s.name,
@@ -517,28 +505,36 @@ async fn announce(
                 ),
                 _ => (
                     EventType::Normal,
-                    "StepWaiting",
+                    event::STEP_WAITING,
                     format!("step {} is under way", s.name),
                 ),
             },
-            StepPhase::Succeeded => (EventType::Normal, "StepSucceeded", format!("step {} succeeded", s.name)),
+            StepPhase::Succeeded => (
+                EventType::Normal,
+                event::STEP_SUCCEEDED,
+                format!("step {} succeeded", s.name),
+            ),
             StepPhase::Skipped => (
                 EventType::Normal,
-                "StepSkipped",
+                event::STEP_SKIPPED,
                 format!("step {} skipped: {message}", s.name),
             ),
             StepPhase::Failed => (
                 EventType::Warning,
-                "StepFailed",
+                event::STEP_FAILED,
                 format!("step {} failed: {message}", s.name),
             ),
-            StepPhase::Compensating => (EventType::Normal, "Compensating", format!("undoing step {}", s.name)),
+            StepPhase::Compensating => (
+                EventType::Normal,
+                event::COMPENSATING,
+                format!("undoing step {}", s.name),
+            ),
             StepPhase::Compensated => {
                 ctx.metrics
                     .compensations
                     .get_or_create(&crate::metrics::OutcomeLabels { outcome: "compensated" })
                     .inc();
-                (EventType::Normal, "Compensated", format!("step {} undone", s.name))
+                (EventType::Normal, event::COMPENSATED, format!("step {} undone", s.name))
             }
             StepPhase::CompensationFailed => {
                 ctx.metrics
@@ -547,7 +543,7 @@ async fn announce(
                     .inc();
                 (
                     EventType::Warning,
-                    "CompensationFailed",
+                    event::COMPENSATION_FAILED,
                     format!("undoing step {} failed: {message}", s.name),
                 )
             }
@@ -581,7 +577,7 @@ async fn announce(
             RunPhase::Failed | RunPhase::CompensationFailed | RunPhase::Compensating => EventType::Warning,
             _ => EventType::Normal,
         };
-        let message = conditions::find(&after.conditions, "Succeeded")
+        let message = conditions::find(&after.conditions, SUCCEEDED)
             .map(|c| c.message.clone())
             .unwrap_or_default();
         let pinned = after
@@ -618,9 +614,14 @@ fn ended_too_large(next: &WorkflowRunStatus, bytes: usize) -> WorkflowRunStatus 
     ended.conditions = conditions::merge(
         &next.conditions,
         &[
-            Desired::new("Ready", false, "StatusTooLarge", message.clone()),
-            Desired::new("Succeeded", false, "StatusTooLarge", message.clone()),
-            Desired::new(crate::api::common::condition::STALLED, true, "StatusTooLarge", message),
+            Desired::new(READY, false, event::STATUS_TOO_LARGE, message.clone()),
+            Desired::new(SUCCEEDED, false, event::STATUS_TOO_LARGE, message.clone()),
+            Desired::new(
+                crate::api::common::condition::STALLED,
+                true,
+                event::STATUS_TOO_LARGE,
+                message,
+            ),
         ],
         next.observed_generation,
         Utc::now(),
@@ -628,19 +629,35 @@ fn ended_too_large(next: &WorkflowRunStatus, bytes: usize) -> WorkflowRunStatus 
     ended
 }
 
-/// Writes status with server-side apply, conditional on the resourceVersion
-/// last read or written, and only when it changed.
+/// The run's status writer (conditional on the resourceVersion last read
+/// or written, skipped when unchanged) with what runs add: the size wall,
+/// the memory of this process's last write (see [`fresh`]), and the run's
+/// own finalizer.
 struct Writer<'a> {
+    status: StatusWriter<'a, WorkflowRun, WorkflowRunStatus>,
     api: Api<WorkflowRun>,
-    name: String,
     uid: String,
-    resource_version: Option<String>,
     ctx: &'a Context,
 }
 
-impl Writer<'_> {
-    async fn write(&mut self, current: &WorkflowRunStatus, next: &WorkflowRunStatus) -> Result<(), Error> {
-        if current == next {
+impl<'a> Writer<'a> {
+    fn new(ctx: &'a Context, api: Api<WorkflowRun>, run: &WorkflowRun) -> Self {
+        Self {
+            status: StatusWriter::new(
+                ctx,
+                api.clone(),
+                run,
+                KIND,
+                Some(run.status.clone().unwrap_or_default()),
+            ),
+            api,
+            uid: run.uid().unwrap_or_default(),
+            ctx,
+        }
+    }
+
+    async fn write(&mut self, next: &WorkflowRunStatus) -> Result<(), Error> {
+        if self.status.current.as_ref() == Some(next) {
             return Ok(());
         }
         let bytes = serde_json::to_vec(next).map_or(usize::MAX, |b| b.len());
@@ -650,41 +667,24 @@ impl Writer<'_> {
             // finalizer; the error stops this round's actions.
             let ended = ended_too_large(next, bytes);
             if serde_json::to_vec(&ended).map_or(usize::MAX, |b| b.len()) <= MAX_STATUS_BYTES {
-                let written = self
-                    .ctx
-                    .apply_status_at(&self.api, &self.name, KIND, self.resource_version.as_deref(), &ended)
-                    .await
-                    .map_err(|source| Error::WriteStatus {
-                        kind: KIND,
-                        name: self.name.clone(),
-                        source,
-                    })?;
-                self.remember(written);
+                self.status.write(ended).await?;
+                self.remember();
             }
             return Err(Error::StatusTooLarge {
-                name: self.name.clone(),
+                name: self.status.name().to_owned(),
                 bytes,
                 limit: MAX_STATUS_BYTES,
             });
         }
-        let written = self
-            .ctx
-            .apply_status_at(&self.api, &self.name, KIND, self.resource_version.as_deref(), next)
-            .await
-            .map_err(|source| Error::WriteStatus {
-                kind: KIND,
-                name: self.name.clone(),
-                source,
-            })?;
-        self.remember(written);
+        self.status.write(next.clone()).await?;
+        self.remember();
         Ok(())
     }
 
-    fn remember(&mut self, resource_version: Option<String>) {
-        if let Some(rv) = &resource_version {
-            lock(&self.ctx.written).insert(self.uid.clone(), rv.clone());
+    fn remember(&mut self) {
+        if let Some(rv) = self.status.resource_version() {
+            lock(&self.ctx.written).insert(self.uid.clone(), rv.to_owned());
         }
-        self.resource_version = resource_version;
     }
 
     /// Adds or removes the finalizer, conditional on the resourceVersion.
@@ -694,22 +694,21 @@ impl Writer<'_> {
             finalizers.push(FINALIZER.to_owned());
         }
         let patch = json!({
-            "metadata": { "resourceVersion": self.resource_version, "finalizers": finalizers }
+            "metadata": { "resourceVersion": self.status.resource_version(), "finalizers": finalizers }
         });
-        let written = self
+        let name = self.status.name().to_owned();
+        match self
             .api
-            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await;
-        match written {
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(written) => {
-                self.remember(written.resource_version());
+                self.status.set_resource_version(written.resource_version());
+                self.remember();
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 404 && !present => Ok(()),
-            Err(source) => Err(Error::SetFinalizer {
-                name: self.name.clone(),
-                source,
-            }),
+            Err(source) => Err(Error::SetFinalizer { name, source }),
         }
     }
 }
