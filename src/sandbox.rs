@@ -139,11 +139,36 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
                 "xr",
                 "--timeout=1s",
             ]);
-            let phases = cp.kubectl(&["get", "twr", "-n", &ns, "-o", "jsonpath={.items[*].status.phase}"]);
-            let phases = String::from_utf8_lossy(&phases.stdout).into_owned();
-            let runs_settled = phases
+            let runs = cp.kubectl(&[
+                "get",
+                "twr",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}={.status.phase}{' '}{end}",
+            ]);
+            let runs = String::from_utf8_lossy(&runs.stdout).into_owned();
+            let approved = cp.kubectl(&[
+                "get",
+                "approvals",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.items[*].spec.runRef.name}",
+            ]);
+            let approved = String::from_utf8_lossy(&approved.stdout).into_owned();
+            // A run settles when it succeeded, or waits at a gate nobody
+            // has decided yet (one the examples approve goes on).
+            let runs_settled = runs.split_whitespace().all(|entry| {
+                let (name, phase) = entry.split_once('=').unwrap_or((entry, ""));
+                phase == "Succeeded"
+                    || (phase == "WaitingForApproval" && !approved.split_whitespace().any(|a| a == name))
+            });
+            let phases: Vec<&str> = runs
                 .split_whitespace()
-                .all(|p| p == "Succeeded" || p == "WaitingForApproval");
+                .filter_map(|entry| entry.split_once('=').map(|(_, phase)| phase))
+                .collect();
+            let phases = phases.join(" ");
             if ready.status.success() && runs_settled {
                 eprintln!(
                     "==> every ExternalResource is Ready and every WorkflowRun settled ({phases}) after {}s; \

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::StreamExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -61,43 +62,86 @@ pub fn error_policy(run: Arc<WorkflowRun>, error: &Error, ctx: Arc<Context>) -> 
         tracing::debug!(name = %run.name_any(), %error, "stale read; retrying with fresh data");
         return Action::requeue(Duration::from_millis(200));
     }
+    if let Some(wait) = error.still_undoing() {
+        // A deleted run that still compensates: the expected order.
+        tracing::debug!(name = %run.name_any(), %error, "deletion waits for compensation");
+        return Action::requeue(wait);
+    }
     ctx.metrics.reconcile_error(KIND, error.label());
     tracing::warn!(name = %run.name_any(), namespace = ?run.namespace(), %error, "reconcile failed");
     Action::requeue(Duration::from_secs(2))
 }
 
+/// Entry point for the controller: advance the run, or — once it is being
+/// deleted — cancel it and let it go when it has ended (compensation
+/// done), through kube-runtime's finalizer helper.
 pub async fn reconcile(run: Arc<WorkflowRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_run(run.clone(), &ctx).await;
+    let api: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let result = finalizer::finalizer(&api, FINALIZER, run, |event| async {
+        match event {
+            Finalizer::Apply(run) => advance(run, &ctx, &api).await.map(|advanced| advanced.action),
+            Finalizer::Cleanup(run) => cleanup(run, &ctx, &api).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.observe_reconcile(KIND, started.elapsed());
-    match result {
-        Err(error) if error.is_too_large() && run.meta().deletion_timestamp.is_some() => {
-            // Deleting a run always completes: a status that cannot be
-            // written must not hold the finalizer forever.
-            release_undeletable(&run, &ctx, &error).await?;
+    result
+}
+
+/// A deleted run is cancelled (its completed steps undone, if its policy
+/// says so); `Ok` — the finalizer goes — once it has ended. A status too
+/// large to write cannot hold the deletion: the run goes with a Warning
+/// that says what may be left at the targets.
+async fn cleanup(run: Arc<WorkflowRun>, ctx: &Context, api: &Api<WorkflowRun>) -> Result<Action, Error> {
+    match advance(run.clone(), ctx, api).await {
+        Ok(Advanced { ended: true, .. }) => Ok(Action::await_change()),
+        Ok(Advanced { wait, .. }) => Err(Error::StillUndoing {
+            name: run.name_any(),
+            wait: wait.unwrap_or(Duration::from_secs(30)),
+        }),
+        Err(error) if error.is_too_large() => {
+            ctx.publish(
+                run.as_ref(),
+                EventType::Warning,
+                event::STATUS_TOO_LARGE,
+                "Delete",
+                format!(
+                    "{error}; the run is deleted without finishing its compensation: check its targets for what it created"
+                ),
+            )
+            .await;
             Ok(Action::await_change())
         }
-        other => other,
+        Err(error) => Err(error),
     }
 }
 
-/// Lets a run being deleted go although its status cannot be written, with
-/// a Warning that says what may be left at the targets.
-async fn release_undeletable(run: &WorkflowRun, ctx: &Context, error: &Error) -> Result<(), Error> {
-    let namespace = run.namespace().unwrap_or_default();
-    let api: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &namespace);
-    ctx.publish(
-        run,
-        EventType::Warning,
-        event::STATUS_TOO_LARGE,
-        "Delete",
-        format!(
-            "{error}; the run is deleted without finishing its compensation: check its targets for what it created"
-        ),
-    )
-    .await;
-    let mut writer = Writer::new(ctx, api, run);
-    writer.set_finalizer(run, false).await
+/// What one pass did: when to come back, and whether the run has ended.
+struct Advanced {
+    action: Action,
+    /// `None`: only a change.
+    wait: Option<Duration>,
+    ended: bool,
+}
+
+impl Advanced {
+    fn ended() -> Self {
+        Self {
+            action: Action::await_change(),
+            wait: None,
+            ended: true,
+        }
+    }
+
+    fn again_in(wait: Duration) -> Self {
+        Self {
+            action: Action::requeue(wait),
+            wait: Some(wait),
+            ended: false,
+        }
+    }
 }
 
 /// The run as of the last write this controller made, or fresher: a watch
@@ -123,15 +167,14 @@ async fn fresh(
     }
 }
 
-async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, Error> {
+/// One pass: pin the definition, then rounds of advance -> write -> act.
+async fn advance(run: Arc<WorkflowRun>, ctx: &Context, api: &Api<WorkflowRun>) -> Result<Advanced, Error> {
     let namespace = run.namespace().unwrap_or_default();
-    let api: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &namespace);
-    let (run, cache_current) = fresh(run, ctx, &api).await?;
+    let (run, cache_current) = fresh(run, ctx, api).await?;
     let mut writer = Writer::new(ctx, api.clone(), &run);
     let mut status = run.status.clone().unwrap_or_default();
     let deleting = run.meta().deletion_timestamp.is_some();
     let finished = engine::is_terminal(status.phase);
-    let has_finalizer = run.finalizers().iter().any(|f| f == FINALIZER);
 
     if finished || (deleting && status.pinned.is_none()) {
         // A finished run still acknowledges a later spec change (a `cancel`
@@ -140,17 +183,12 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
         if finished && !deleting && status.observed_generation != run.meta().generation {
             writer.write(&acknowledged(&status, run.meta().generation)).await?;
         }
-        if has_finalizer {
-            writer.set_finalizer(&run, false).await?;
-        } else if cache_current {
+        if cache_current {
             // The cache has caught up with this process's last write: no
             // later pass can see an older version, so the memory can go.
             lock(&ctx.written).remove(&writer.uid);
         }
-        return Ok(Action::await_change());
-    }
-    if !has_finalizer && !deleting {
-        writer.set_finalizer(&run, true).await?;
+        return Ok(Advanced::ended());
     }
 
     // Pin the definition the run starts with.
@@ -191,7 +229,7 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
                     Utc::now(),
                 );
                 writer.write(&next).await?;
-                return Ok(Action::requeue(Duration::from_secs(5)));
+                return Ok(Advanced::again_in(Duration::from_secs(5)));
             };
             let spec_value = serde_json::to_value(&workflow.spec).unwrap_or(Value::Null);
             let bytes = serde_json::to_vec(&spec_value).map_or(usize::MAX, |b| b.len());
@@ -271,16 +309,20 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
     }
     if !rounds_left {
         // More to do than one reconcile may take: yield, and come back.
-        return Ok(Action::requeue(Duration::from_millis(10)));
+        return Ok(Advanced::again_in(Duration::from_millis(10)));
     }
-    Ok(requeue(&compiled, &status))
+    Ok(match requeue(&compiled, &status) {
+        None => Advanced::ended(),
+        Some(wait) => Advanced::again_in(wait),
+    })
 }
 
 /// When to come back on our own: the next retry, poll or delay, or an
-/// approval's deadline; at the latest after 30 s.
-fn requeue(compiled: &Compiled, status: &WorkflowRunStatus) -> Action {
+/// approval's deadline; at the latest after 30 s. `None` once the run has
+/// ended.
+fn requeue(compiled: &Compiled, status: &WorkflowRunStatus) -> Option<Duration> {
     if engine::is_terminal(status.phase) {
-        return Action::await_change();
+        return None;
     }
     let now = Utc::now();
     let mut at = engine::next_wakeup(status);
@@ -304,7 +346,7 @@ fn requeue(compiled: &Compiled, status: &WorkflowRunStatus) -> Action {
     let wait = at.map_or(fallback, |at| {
         (at - now).to_std().unwrap_or(Duration::ZERO).min(fallback)
     });
-    Action::requeue(wait.max(Duration::from_millis(50)))
+    Some(wait.max(Duration::from_millis(50)))
 }
 
 /// Conditions, outputs and timestamps that follow from the phase.
@@ -446,7 +488,7 @@ async fn fail_before_start(
     status: WorkflowRunStatus,
     reason: &'static str,
     message: String,
-) -> Result<Action, Error> {
+) -> Result<Advanced, Error> {
     let now = Utc::now();
     let mut next = status.clone();
     next.phase = RunPhase::Failed;
@@ -464,10 +506,7 @@ async fn fail_before_start(
     );
     writer.write(&next).await?;
     ctx.publish(run, EventType::Warning, reason, "Start", message).await;
-    if run.finalizers().iter().any(|f| f == FINALIZER) {
-        writer.set_finalizer(run, false).await?;
-    }
-    Ok(Action::await_change())
+    Ok(Advanced::ended())
 }
 
 /// Events and metrics for what changed between two statuses.
@@ -631,11 +670,9 @@ fn ended_too_large(next: &WorkflowRunStatus, bytes: usize) -> WorkflowRunStatus 
 
 /// The run's status writer (conditional on the resourceVersion last read
 /// or written, skipped when unchanged) with what runs add: the size wall,
-/// the memory of this process's last write (see [`fresh`]), and the run's
-/// own finalizer.
+/// and the memory of this process's last write (see [`fresh`]).
 struct Writer<'a> {
     status: StatusWriter<'a, WorkflowRun, WorkflowRunStatus>,
-    api: Api<WorkflowRun>,
     uid: String,
     ctx: &'a Context,
 }
@@ -643,14 +680,7 @@ struct Writer<'a> {
 impl<'a> Writer<'a> {
     fn new(ctx: &'a Context, api: Api<WorkflowRun>, run: &WorkflowRun) -> Self {
         Self {
-            status: StatusWriter::new(
-                ctx,
-                api.clone(),
-                run,
-                KIND,
-                Some(run.status.clone().unwrap_or_default()),
-            ),
-            api,
+            status: StatusWriter::new(ctx, api, run, KIND, Some(run.status.clone().unwrap_or_default())),
             uid: run.uid().unwrap_or_default(),
             ctx,
         }
@@ -684,31 +714,6 @@ impl<'a> Writer<'a> {
     fn remember(&mut self) {
         if let Some(rv) = self.status.resource_version() {
             lock(&self.ctx.written).insert(self.uid.clone(), rv.to_owned());
-        }
-    }
-
-    /// Adds or removes the finalizer, conditional on the resourceVersion.
-    async fn set_finalizer(&mut self, run: &WorkflowRun, present: bool) -> Result<(), Error> {
-        let mut finalizers: Vec<String> = run.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-        if present {
-            finalizers.push(FINALIZER.to_owned());
-        }
-        let patch = json!({
-            "metadata": { "resourceVersion": self.status.resource_version(), "finalizers": finalizers }
-        });
-        let name = self.status.name().to_owned();
-        match self
-            .api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(written) => {
-                self.status.set_resource_version(written.resource_version());
-                self.remember();
-                Ok(())
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 && !present => Ok(()),
-            Err(source) => Err(Error::SetFinalizer { name, source }),
         }
     }
 }
