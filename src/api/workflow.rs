@@ -17,6 +17,7 @@ use super::common::{Duration, ObjectRef, SecretKeyRef, any_value, conditions_sch
 /// A workflow definition.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
+    doc = "A Workflow defines a DAG of steps across external systems — calls, owned ExternalResources, approvals, waits — with retries, compensation (a saga's undo), fan-out and the triggers (schedules, a signed webhook) that start WorkflowRuns of it.",
     group = "tether.dev",
     version = "v1alpha1",
     kind = "Workflow",
@@ -65,8 +66,10 @@ pub struct WorkflowSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Parameter {
+    /// The parameter's name: `$params.<name>` in expressions.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"))]
     pub name: String,
+    /// What the parameter is for, for the people who start runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub description: Option<String>,
@@ -340,6 +343,7 @@ pub struct Triggers {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleTrigger {
+    /// The schedule's name: the label `tether.dev/schedule` of its runs.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z][a-z0-9-]*$"))]
     pub name: String,
     /// Cron expression: five fields (`*/5 * * * *`), or six with seconds
@@ -380,11 +384,13 @@ fn default_failed_history() -> i32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleStatus {
+    /// The schedule's name (`spec.triggers.schedules[].name`).
     pub name: String,
     /// The last time the schedule was due (whether it created a run or its
     /// concurrency policy skipped it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<DateTime<Utc>>,
+    /// The next time the schedule is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_schedule_time: Option<DateTime<Utc>>,
     /// The run it last created.
@@ -423,6 +429,7 @@ fn default_webhook_parameters() -> String {
     ".".into()
 }
 
+/// Whether the definition compiles (Ready) and the state of each schedule.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowStatus {
