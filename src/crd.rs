@@ -69,11 +69,13 @@ pub fn undescribed(schema: &serde_json::Value) -> Vec<String> {
                 }
             }
         }
-        if let Some(values) = node.get("additionalProperties").filter(|v| v.is_object()) {
-            if let Some(properties) = values.get("properties").and_then(serde_json::Value::as_object) {
-                for (name, child) in properties {
-                    walk(&format!("{path}.*.{name}"), child, out);
-                }
+        if let Some(properties) = node
+            .get("additionalProperties")
+            .and_then(|values| values.get("properties"))
+            .and_then(serde_json::Value::as_object)
+        {
+            for (name, child) in properties {
+                walk(&format!("{path}.*.{name}"), child, out);
             }
         }
     }
