@@ -40,7 +40,9 @@ pub struct WorkflowSpec {
     /// The steps, run in dependency order (`dependsOn`); steps without a
     /// dependency between them run in parallel.
     #[schemars(length(min = 1, max = 100), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
-    #[x_kube(validation = Rule::new("self.all(s, !has(s.dependsOn) || s.dependsOn.all(d, self.exists(t, t.name == d)))").message("every dependsOn entry must name a step of this workflow"))]
+    // An unknown `dependsOn` entry is not refused here: a CEL rule cannot
+    // name the step and the value within the API server's cost budget. The
+    // Workflow's Ready condition does (`step "b" depends on "ghost"`).
     pub steps: Vec<Step>,
 
     /// What a failed run does: `Compensate` runs the `compensate` action of
@@ -143,7 +145,9 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<StepRetry>,
 
-    /// Longest one attempt may take.
+    /// Longest the step may take, from its first attempt: retries, polls
+    /// and waiting for a callback included. Past it the step fails for good
+    /// (a timeout is never retried).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
 
@@ -223,8 +227,9 @@ pub struct CallStep {
     /// A raw HTTP request relative to the target's base URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<HttpRequestTemplate>,
-    /// Condition over `{status, body, headers}` that means success; by
-    /// default any 2xx status.
+    /// Condition over the answer `{status, body}` (an adapter action's
+    /// answer, or the raw request's) that means success; by default the
+    /// adapter's verdict, or any 2xx status for a raw request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub success_when: Option<String>,
