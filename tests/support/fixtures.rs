@@ -129,35 +129,36 @@ impl<'a> Tenant<'a> {
 
     /// A Secret `name` holding `value` under `key`.
     pub fn secret(mut self, name: &str, key: &str, value: &str) -> Self {
-        self.secrets
-            .push(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
-                                 "stringData": {key: value}}));
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                            "stringData": {key: value}});
+        self.secrets.push(secret);
         self
     }
 
     /// A TargetSystem `name` on `endpoint`, with the tenant's bearer token.
-    pub fn target_system(mut self, name: &str, endpoint: &(impl Endpoint + ?Sized)) -> Self {
-        self.targets.push(TargetSystem {
-            name: name.to_owned(),
-            base_url: endpoint.url(),
-            spec: Map::new(),
-        });
-        self
+    pub fn target_system(self, name: &str, endpoint: &(impl Endpoint + ?Sized)) -> Self {
+        self.add_target(name, endpoint.url(), Map::new())
     }
 
     /// The usual single target: the TargetSystem `target` on `endpoint`,
     /// its bearer token `token` in the Secret `target-token`, with
     /// connect and request timeouts of 2 s and 10 s.
     pub fn target(self, endpoint: &(impl Endpoint + ?Sized), token: &str) -> Self {
-        let mut tenant = self
-            .bearer_token("target-token", token)
-            .target_system("target", endpoint);
-        if let Some(target) = tenant.targets.last_mut() {
-            target
-                .spec
-                .insert("timeouts".into(), json!({"connect": "2s", "request": "10s"}));
-        }
-        tenant
+        let timeouts = json!({"connect": "2s", "request": "10s"});
+        self.bearer_token("target-token", token).add_target(
+            "target",
+            endpoint.url(),
+            Map::from_iter([("timeouts".to_owned(), timeouts)]),
+        )
+    }
+
+    fn add_target(mut self, name: &str, base_url: String, spec: Map<String, Value>) -> Self {
+        self.targets.push(TargetSystem {
+            name: name.to_owned(),
+            base_url,
+            spec,
+        });
+        self
     }
 
     /// Fields set in the spec of every TargetSystem (replacing the
