@@ -667,20 +667,18 @@ async fn a_schedule_keeps_only_its_history_limit_of_finished_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_workflows_are_refused_or_named_in_a_condition() {
+async fn malformed_workflows_are_named_in_a_condition_with_the_step_and_the_value() {
     let cp = ControlPlane::shared();
     let target = Simulator::accepting(TOKEN).start();
     let (ns, controller) = tenant(cp, "wf-bad").target_system("sim", &target).start();
-    // Unknown step references: refused by the API server.
+    // An unknown step reference, a cycle and a bad expression: accepted,
+    // then named in Ready=False — the unknown reference with the step and
+    // the value (day two: the API server's message named neither).
     let unknown = workflow(
         "unknown",
         json!({"steps": [{"name": "a", "dependsOn": ["ghost"], "wait": {"duration": "1s"}}]}),
     );
-    let out = cp.apply_as("admin", &ns, &unknown.to_string());
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("every dependsOn entry must name a step"));
-
-    // A cycle and a bad expression: accepted, then named in Ready=False.
+    cp.apply_json(&ns, &unknown);
     let cycle = workflow(
         "cycle",
         json!({"steps": [
@@ -695,6 +693,7 @@ async fn malformed_workflows_are_refused_or_named_in_a_condition() {
     cp.apply_json(&ns, &expression);
     cp.wait_for(&ns, "twf/cycle", "condition=Ready=false", "30s", Some(&controller));
     cp.wait_for(&ns, "twf/expression", "condition=Ready=false", "30s", Some(&controller));
+    cp.wait_for(&ns, "twf/unknown", "condition=Ready=false", "30s", Some(&controller));
     let message = |name: &str| {
         cp.jsonpath(
             &ns,
@@ -706,6 +705,11 @@ async fn malformed_workflows_are_refused_or_named_in_a_condition() {
         message("cycle").contains("the steps form a cycle: "),
         "{}",
         message("cycle")
+    );
+    assert!(
+        message("unknown").contains("step \"a\" depends on \"ghost\""),
+        "{}",
+        message("unknown")
     );
     let text = message("expression");
     assert!(text.contains("spec.steps[send].when"), "{text}");
