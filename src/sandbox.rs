@@ -178,7 +178,14 @@ fn settled(cp: &ControlPlane, ns: &str, simulator: &sim::SimHandle) -> Option<St
         "jsonpath={range .items[*]}{.metadata.name}={.status.phase}{' '}{end}",
     ]);
     let runs = String::from_utf8_lossy(&runs.stdout).into_owned();
-    let approved = cp.kubectl(&["get", "approvals", "-n", ns, "-o", "jsonpath={.items[*].spec.runRef.name}"]);
+    let approved = cp.kubectl(&[
+        "get",
+        "approvals",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.items[*].spec.runRef.name}",
+    ]);
     let approved = String::from_utf8_lossy(&approved.stdout).into_owned();
     // A run settles when it succeeded, or waits at a gate nobody has
     // decided yet (one the examples approve goes on).
@@ -186,14 +193,21 @@ fn settled(cp: &ControlPlane, ns: &str, simulator: &sim::SimHandle) -> Option<St
         .split_whitespace()
         .map(|entry| entry.split_once('=').unwrap_or((entry, "")))
         .map(|(name, phase)| {
-            let waits_for_nobody =
-                phase == "WaitingForApproval" && !approved.split_whitespace().any(|a| a == name);
-            if phase == "Succeeded" || waits_for_nobody { Some(phase) } else { None }
+            let waits_for_nobody = phase == "WaitingForApproval" && !approved.split_whitespace().any(|a| a == name);
+            if phase == "Succeeded" || waits_for_nobody {
+                Some(phase)
+            } else {
+                None
+            }
         })
         .collect::<Option<_>>()?;
     Some(format!(
         "runs: {}; simulator holds {} contact(s), {} customer(s), {} order(s) of a known customer",
-        if phases.is_empty() { "none".to_owned() } else { phases.join(" ") },
+        if phases.is_empty() {
+            "none".to_owned()
+        } else {
+            phases.join(" ")
+        },
         simulator.objects("contacts").len(),
         simulator.objects("customers").len(),
         orders_of_known_customers(&simulator.objects("customers"), &simulator.objects("orders")),
@@ -235,7 +249,9 @@ impl Rows {
 fn is_age(text: &str) -> bool {
     !text.is_empty()
         && text.chars().next().is_some_and(|c| c.is_ascii_digit())
-        && text.chars().all(|c| c.is_ascii_digit() || matches!(c, 's' | 'm' | 'h' | 'd' | 'y'))
+        && text
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, 's' | 'm' | 'h' | 'd' | 'y'))
 }
 
 /// Orders whose `customerId` is the id of a customer: the example's order
@@ -304,7 +320,10 @@ mod tests {
         let first = "NAME   READY   AGE\nexternalresource.tether.dev/ada   False   3s\n";
         assert_eq!(rows.changed(first).len(), 2);
         // Two seconds later only the AGE moved: nothing to show.
-        assert!(rows.changed("NAME   READY   AGE\nexternalresource.tether.dev/ada   False   5s\n").is_empty());
+        assert!(
+            rows.changed("NAME   READY   AGE\nexternalresource.tether.dev/ada   False   5s\n")
+                .is_empty()
+        );
         let ready = rows.changed("NAME   READY   AGE\nexternalresource.tether.dev/ada   True   7s\n");
         assert_eq!(ready, vec!["externalresource.tether.dev/ada   True   7s"]);
         assert!(is_age("1m30s") && is_age("2d") && !is_age("True") && !is_age("contact-000001"));

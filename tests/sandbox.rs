@@ -27,7 +27,10 @@ fn the_sandbox_brings_the_examples_to_ready() {
     // Plain logs when not on a terminal (they go to files and CI logs).
     assert!(!stderr.contains('\u{1b}'), "colour codes in redirected logs:\n{stderr}");
     // Only what changed: the table is not printed again every 2 s as AGE moves.
-    let shown = stdout.lines().filter(|l| l.contains("externalresource.tether.dev/ada ")).count();
+    let shown = stdout
+        .lines()
+        .filter(|l| l.contains("externalresource.tether.dev/ada "))
+        .count();
     assert!(shown <= 4, "ada's row was shown {shown} times:\n{stdout}");
     // The ExternalResource's contact and the one the workflow's resource step made.
     assert!(stderr.contains("simulator holds 2 contact(s)"), "{stderr}");
