@@ -1,8 +1,10 @@
 //! `tether run`: the controller process. Serves `/metrics`, `/healthz` and
-//! `/readyz`; optionally waits for the leader Lease; then runs the
-//! Adapter, TargetSystem and ExternalResource controllers until SIGTERM or
-//! Ctrl-C (graceful: reconciles in flight finish) or until leadership is
-//! lost (the process exits non-zero and its replacement takes over).
+//! `/readyz`; fills its caches and serves the webhook and callback endpoint
+//! (every replica, so either may receive them: both act only through the
+//! API server); is then Ready; optionally waits for the leader Lease; then
+//! runs the controllers until SIGTERM or Ctrl-C (graceful: reconciles in
+//! flight finish) or until leadership is lost (the process exits non-zero
+//! and its replacement takes over).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -220,35 +222,6 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     let registry =
         Arc::new(Registry::new(client.clone(), Some(secrets), metrics.clone()).with_egress(Arc::new(egress)));
 
-    let mut lost_leadership: Option<tokio::task::JoinHandle<leader::Error>> = None;
-    if options.leader_election {
-        let lease_namespace = options
-            .lease_namespace
-            .clone()
-            .or_else(|| scope.single_namespace().map(str::to_owned))
-            .unwrap_or_else(|| "default".into());
-        let elector = LeaderElector::new(
-            Api::<Lease>::namespaced(client.clone(), &lease_namespace),
-            leader::Config {
-                name: options.lease_name.clone(),
-                identity: identity.clone(),
-                lease_duration: options.lease_duration,
-                renew_every: options.lease_duration / 3,
-            },
-        );
-        tracing::info!(%identity, lease = %options.lease_name, "waiting for leadership");
-        let leadership = tokio::select! {
-            acquired = elector.acquire() => acquired?,
-            () = stopped() => return Ok(()),
-        };
-        tracing::info!(fencing_token = %leadership.fencing_token, "became leader");
-        metrics.leader.set(1);
-        registry.set_fencing_token(leadership.fencing_token.clone());
-        lost_leadership = Some(tokio::spawn(async move { elector.hold(&leadership).await }));
-    } else {
-        registry.set_fencing_token(identity.clone());
-    }
-
     // Reflectors for lookups: reconciles read TargetSystems, Adapters and
     // Secret versions from memory.
     let (targets, targets_writer) = reflector::store();
@@ -311,10 +284,11 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     };
     let config = controller::Config::default().concurrency(options.concurrency);
     let er_controller = scoped_controller::<ExternalResource>(&scope, &client).with_config(config.clone());
-    let run_controller = scoped_controller::<WorkflowRun>(&scope, &client).with_config(config.clone());
+    let (leading_tx, leading_rx) = watch::channel(false);
+    let run_controller = runs_controller_fed_before_leading(&scope, &client, leading_rx).with_config(config.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
-        registry,
+        registry: registry.clone(),
         mappings: ctrl::MappingCache::default(),
         targets: targets.clone(),
         adapters: adapters.clone(),
@@ -338,6 +312,45 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     tracing::info!(addr = %webhook_listener.local_addr()?, "serving workflow webhooks and callbacks");
     let webhook_router = crate::webhook::router(ctx.clone());
     tokio::spawn(async move { axum::serve(webhook_listener, webhook_router).await });
+
+    // Ready means: caches synced and the webhook and callback endpoint
+    // serving, which a standby does as well as the leader (leadership is
+    // not readiness: a rollout waits for every replica to be Ready).
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!("ready");
+
+    let mut lost_leadership: Option<tokio::task::JoinHandle<leader::Error>> = None;
+    if options.leader_election {
+        let lease_namespace = options
+            .lease_namespace
+            .clone()
+            .or_else(|| scope.single_namespace().map(str::to_owned))
+            .unwrap_or_else(|| "default".into());
+        let elector = LeaderElector::new(
+            Api::<Lease>::namespaced(client.clone(), &lease_namespace),
+            leader::Config {
+                name: options.lease_name.clone(),
+                identity: identity.clone(),
+                lease_duration: options.lease_duration,
+                renew_every: options.lease_duration / 3,
+            },
+        );
+        tracing::info!(%identity, lease = %options.lease_name, "waiting for leadership");
+        let leadership = tokio::select! {
+            acquired = elector.acquire() => acquired?,
+            () = stopped() => return Ok(()),
+        };
+        tracing::info!(fencing_token = %leadership.fencing_token, "became leader");
+        metrics.leader.set(1);
+        registry.set_fencing_token(leadership.fencing_token.clone());
+        lost_leadership = Some(tokio::spawn(async move { elector.hold(&leadership).await }));
+    } else {
+        registry.set_fencing_token(identity.clone());
+    }
+
+    // The runs controller forwards events from here on; what it missed as
+    // a standby it reconciles once when it starts.
+    let _ = leading_tx.send(true);
 
     let store = er_controller.store();
     let target_generations = ctrl::GenerationFilter::default();
@@ -442,7 +455,6 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         )
         .for_each(|_| async {});
 
-    ready.store(true, Ordering::Relaxed);
     tracing::info!(namespaces = ?scope.namespaces, selector = ?scope.selector, concurrency = options.concurrency, "controllers running");
     let controllers = async {
         tokio::join!(
@@ -485,6 +497,32 @@ where
         .default_backoff()
         .applied_objects();
     Controller::for_stream(stream, reader)
+}
+
+/// The WorkflowRun controller, whose store is filled from the start — on a
+/// standby too, where the callback endpoint reads it — while its
+/// reconciles wait for `leading`: events before then are dropped, and every
+/// cached run is reconciled once when the controller starts.
+fn runs_controller_fed_before_leading(
+    scope: &Scope,
+    client: &Client,
+    mut leading: watch::Receiver<bool>,
+) -> Controller<WorkflowRun> {
+    let (reader, writer) = reflector::store();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let events = reflector::reflector(writer, scope.watch::<WorkflowRun>(client, scope.reconciled()))
+        .default_backoff()
+        .applied_objects();
+    tokio::spawn(events.for_each(move |event| {
+        if *leading.borrow_and_update() {
+            let _ = tx.unbounded_send(event);
+        }
+        futures::future::ready(())
+    }));
+    let synced = reader.clone();
+    Controller::for_stream(rx, reader).reconcile_all_on(futures::stream::once(async move {
+        let _ = synced.wait_until_ready().await;
+    }))
 }
 
 /// The objects a watch touches (applied or deleted), retried with backoff.
