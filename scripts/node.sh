@@ -67,6 +67,8 @@ echo "$netns" > "$dir/netns"
 
 # --- cleanup: however the script ends -----------------------------------
 run_netns_before=$(ls /run/netns 2>/dev/null || true)
+run_netns_existed=false
+[[ -e /run/netns ]] && run_netns_existed=true
 run_containerd_existed=false
 [[ -e /run/containerd ]] && run_containerd_existed=true
 
@@ -114,7 +116,23 @@ cleanup() {
     fi
   done
   ip netns del "$netns" 2>/dev/null || true
-  $run_containerd_existed || rm -rf /run/containerd
+  # `ip netns add` made /run/netns a mount point: undo it when it was ours.
+  if ! $run_netns_existed && [[ -z "$(ls -A /run/netns 2>/dev/null)" ]]; then
+    while mountpoint -q /run/netns; do umount /run/netns || break; done
+    rmdir /run/netns 2>/dev/null || true
+  fi
+  # Sockets of the shims (containerd keeps them under /run/containerd/s
+  # whatever its state directory): ours no longer listen. Another node's
+  # that still do are left alone, and so is the directory if it is not
+  # empty or was there before.
+  local sock
+  for sock in /run/containerd/s/*; do
+    [[ -S "$sock" ]] || continue
+    ss -xlH 2>/dev/null | grep -qF "$sock" || rm -f "$sock"
+  done
+  if ! $run_containerd_existed; then
+    rmdir /run/containerd/s /run/containerd 2>/dev/null || true
+  fi
   # Image layers and pod volumes were mounted inside the node's mount
   # namespace only; anything left under DIR is unmounted before removal.
   grep -F " $dir/" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
@@ -201,6 +219,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "$dir/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$dir/cni"
@@ -212,13 +231,14 @@ failCgroupV1: false
 cgroupDriver: cgroupfs
 cgroupRoot: $cgroup_root
 containerRuntimeEndpoint: unix://$dir/containerd.sock
-address: 127.0.0.1
+address: $NODE_IP
 port: 10250
+podLogsDir: $dir/pod-logs
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
 authentication:
-  anonymous: {enabled: false}
+  anonymous: {enabled: true}
   webhook: {enabled: false}
 authorization: {mode: AlwaysAllow}
 failSwapOn: false
@@ -286,7 +306,7 @@ start kube-apiserver "$cp_bin/kube-apiserver" --etcd-servers http://127.0.0.1:23
   --client-ca-file "$pki/ca.crt" --token-auth-file "$pki/tokens.csv" --authorization-mode Node,RBAC \
   --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$pki/sa.pub" \
   --service-account-signing-key-file "$pki/sa.key" --service-cluster-ip-range "$service_cidr" \
-  --endpoint-reconciler-type lease --v 1
+  --kubelet-preferred-address-types InternalIP --endpoint-reconciler-type lease --v 1
 start containerd containerd --config "$dir/containerd.toml"
 until [[ -S "$dir/containerd.sock" ]]; do sleep 0.2; done
 until "$cp_bin/kubectl" --kubeconfig "$dir/admin.kubeconfig" get --raw /readyz >/dev/null 2>&1; do sleep 0.5; done

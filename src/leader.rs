@@ -39,6 +39,7 @@ pub struct Leadership {
     pub fencing_token: String,
 }
 
+#[derive(Clone)]
 pub struct LeaderElector {
     api: Api<Lease>,
     config: Config,
@@ -136,6 +137,38 @@ impl LeaderElector {
                 Err(err) => tracing::warn!(%err, "leader election attempt failed"),
             }
             tokio::time::sleep(self.config.renew_every).await;
+        }
+    }
+
+    /// Gives the Lease up, when this process still holds it under
+    /// `leadership`: the holder is cleared (conditional on the Lease's
+    /// resourceVersion), so a standby takes over at its next attempt instead
+    /// of waiting for the Lease to expire. Call it after [`hold`] has
+    /// stopped, once nothing acts under the fencing token any more.
+    ///
+    /// [`hold`]: LeaderElector::hold
+    pub async fn release(&self, leadership: &Leadership) -> Result<(), Error> {
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await.map_err(self.kube())? else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_default();
+        let transitions = spec.lease_transitions.unwrap_or(0);
+        let token = format!("{}/{transitions}", self.config.identity);
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) || token != leadership.fencing_token {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.acquire_time = None;
+        spec.renew_time = None;
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Someone else wrote it first: it is no longer ours to release.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(self.kube()(e)),
         }
     }
 

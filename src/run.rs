@@ -319,7 +319,11 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     ready.store(true, Ordering::Relaxed);
     tracing::info!("ready");
 
-    let mut lost_leadership: Option<tokio::task::JoinHandle<leader::Error>> = None;
+    let mut lost_leadership: Option<(
+        tokio::task::JoinHandle<leader::Error>,
+        LeaderElector,
+        leader::Leadership,
+    )> = None;
     if options.leader_election {
         let lease_namespace = options
             .lease_namespace
@@ -343,7 +347,13 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         tracing::info!(fencing_token = %leadership.fencing_token, "became leader");
         metrics.leader.set(1);
         registry.set_fencing_token(leadership.fencing_token.clone());
-        lost_leadership = Some(tokio::spawn(async move { elector.hold(&leadership).await }));
+        let held = leadership.clone();
+        let releaser = elector.clone();
+        lost_leadership = Some((
+            tokio::spawn(async move { elector.hold(&held).await }),
+            releaser,
+            leadership,
+        ));
     } else {
         registry.set_fencing_token(identity.clone());
     }
@@ -466,9 +476,18 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         );
     };
     match lost_leadership {
-        Some(lost) => tokio::select! {
-            () = controllers => Ok(()),
-            reason = lost => {
+        Some((mut lost, elector, leadership)) => tokio::select! {
+            () = controllers => {
+                // A graceful stop (SIGTERM: a rollout, a deleted pod): hand
+                // the Lease over now rather than after it expires.
+                lost.abort();
+                match elector.release(&leadership).await {
+                    Ok(()) => tracing::info!("released the Lease"),
+                    Err(err) => tracing::warn!(%err, "releasing the Lease failed; it expires instead"),
+                }
+                Ok(())
+            }
+            reason = &mut lost => {
                 let reason = reason.map_or_else(|e| e.to_string(), |e| e.to_string());
                 anyhow::bail!("stopping: leadership ended ({reason})")
             }
