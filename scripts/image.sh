@@ -37,10 +37,12 @@ command -v buildah >/dev/null || die "buildah is required (apt-get install build
 mkdir -p "$IMAGES"
 
 # runc, not crun (crun cannot set up cgroups here); cgroupfs, no systemd;
-# ulimits a build container may raise to.
+# a build container's ulimits lowered below this machine's (runc cannot
+# set buildah's defaults here: "error setting rlimit type 7" (nofile), and
+# "type 6" (nproc) even at the current hard limit).
 cat > "$IMAGES/containers.conf" <<'CONF'
 [containers]
-default_ulimits = ["nofile=65536:65536", "nproc=65536:65536"]
+default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
 netns = "host"
 [engine]
 cgroup_manager = "cgroupfs"

@@ -399,13 +399,21 @@ fn the_chart_runs_two_ready_replicas_on_a_real_node_reconciles_through_the_leade
     ]);
     let path = node.jsonpath("demo", "twf/greeter", "{.status.webhookPath}");
     let standby_ip = node.jsonpath("tether-system", &format!("pod/{standby}"), "{.status.podIP}");
-    let (status, answer) = send_webhook(
-        &node,
-        &standby_ip,
-        &path,
-        "delivery-1",
-        r#"{"customer": {"email": "grace@example.com"}}"#,
-    );
+    // The standby learns of the Workflow from its own watch, maybe a moment
+    // after the leader marked it Ready: a sender retries the same delivery
+    // while it is not found.
+    let mut sent = (0, Value::Null);
+    node.eventually("the standby accepts a signed webhook", Duration::from_secs(30), || {
+        sent = send_webhook(
+            &node,
+            &standby_ip,
+            &path,
+            "delivery-1",
+            r#"{"customer": {"email": "grace@example.com"}}"#,
+        );
+        sent.0 != 404
+    });
+    let (status, answer) = sent;
     assert_eq!(status, 202, "the standby accepts a signed webhook: {answer}");
     let started = answer["run"].as_str().unwrap_or_default().to_owned();
     node.kubectl_ok(&[
@@ -445,6 +453,7 @@ fn the_chart_runs_two_ready_replicas_on_a_real_node_reconciles_through_the_leade
         node.lease_holder() == standby
     });
     let handover = deleted.elapsed();
+    eprintln!("the Lease passed from {leader} to {standby} in {handover:?}");
     assert!(handover < LEASE_DURATION, "handed over in {handover:?}");
     let grace = example("externalresource-contact.yaml")
         .replace("name: ada", "name: grace")
