@@ -14,7 +14,7 @@ use common::*;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tether::api::ExternalResource;
-use tether::sandbox::ControlPlane;
+use tether_harness::ControlPlane;
 
 const NS: &str = "bench";
 const TOKEN: &str = "bench-token";

@@ -15,7 +15,7 @@ use kube::api::Api;
 use serde_json::{Value, json};
 use tether::api::WorkflowRun;
 use tether::api::workflow_run::RunPhase;
-use tether::sandbox::ControlPlane;
+use tether_harness::ControlPlane;
 
 const NS: &str = "bench";
 const TOKEN: &str = "bench-token";

@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/control-plane.sh >/dev/null
 scripts/helm.sh >/dev/null
-cargo build --quiet --bin tether
+cargo build --quiet --features dev --bin tether
 exec target/debug/tether sandbox --repo . "$@"

@@ -192,9 +192,9 @@ async fn the_dashboard_reads_only_metrics_the_controller_serves() {
     let ns = cp.namespace("dashboard");
     // One resource through a rate-limited target: the per-target series
     // (calls, limiter waits, circuit) exist once a target was called.
-    let target = tether::sim::start_on_own_thread(
+    let target = tether_sim::start_on_own_thread(
         "127.0.0.1:0".parse().expect("address"),
-        tether::sim::Credentials {
+        tether_sim::Credentials {
             bearer_tokens: vec!["dash-token-1234".into()],
             ..Default::default()
         },

@@ -7,7 +7,7 @@ mod support;
 use serde_json::json;
 use support::tether::{Controller, contact, contacts_adapter, target};
 use support::{ControlPlane, KubectlExt};
-use tether::sim::{self, Credentials, SimHandle};
+use tether_sim::{self as sim, Credentials, SimHandle};
 
 const TOKEN: &str = "tok-3f9a-demo-secret";
 

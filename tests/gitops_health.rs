@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::tether::{Controller, contact, contacts_adapter, target};
 use support::{ControlPlane, KubectlExt, assert_ok};
-use tether::sim::{self, Credentials, Faults, SimHandle};
+use tether_sim::{self as sim, Credentials, Faults, SimHandle};
 
 const TOKEN: &str = "health-token-5b2e";
 

@@ -52,11 +52,8 @@ struct Node {
 
 impl Node {
     fn start() -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix("tether-node-")
-            .tempdir()
-            .expect("temporary directory")
-            .keep();
+        let id: String = uuid::Uuid::new_v4().simple().to_string().chars().take(8).collect();
+        let dir = std::env::temp_dir().join(format!("tether-node-{id}"));
         let helm = PathBuf::from(
             ok(
                 "scripts/helm.sh",
@@ -251,15 +248,20 @@ fn reconciles(metrics: &str) -> f64 {
         .sum()
 }
 
+/// The image, built by scripts/image.sh from the Dockerfile around the
+/// controller binary `$TETHER_IMAGE_BINARY` (scripts/test.sh builds it
+/// without the `dev` feature, as the image ships it), else this test's own
+/// build of `tether`.
 fn build_image(dir: &Path) -> PathBuf {
     let archive = dir.join("tether-image.tar");
+    let binary = std::env::var("TETHER_IMAGE_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tether").to_owned());
     ok(
         "scripts/image.sh tether",
         &run(Command::new("bash")
             .arg(repo().join("scripts/image.sh"))
             .arg("tether")
             .arg(&archive)
-            .args(["--binary", env!("CARGO_BIN_EXE_tether")])),
+            .args(["--binary", &binary])),
     );
     archive
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::tether::{Controller, target};
 use support::{ControlPlane, KubectlExt, assert_ok};
-use tether::sim::{self, Credentials, SimHandle};
+use tether_sim::{self as sim, Credentials, SimHandle};
 
 const TOKEN: &str = "tok-refs-demo";
 

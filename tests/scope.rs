@@ -6,7 +6,7 @@ mod support;
 use serde_json::{Value, json};
 use support::tether::{Controller, contact, contacts_adapter, target};
 use support::{ControlPlane, KubectlExt, assert_ok};
-use tether::sim::{self, Credentials};
+use tether_sim::{self as sim, Credentials};
 
 const TOKEN: &str = "scope-token-81c2";
 

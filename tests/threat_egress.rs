@@ -10,7 +10,7 @@ mod support;
 use serde_json::{Value, json};
 use support::tether::{Controller, contact, contacts_adapter, target};
 use support::{ControlPlane, KubectlExt};
-use tether::sim::{self, Credentials, Faults, Hostile, SimHandle};
+use tether_sim::{self as sim, Credentials, Faults, Hostile, SimHandle};
 
 const TOKEN: &str = "tok-egress-5b2e-secret";
 const API_KEY: &str = "key-egress-91ac-secret";

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::tether::Controller;
 use support::{ControlPlane, KubectlExt, assert_ok};
-use tether::sim::{self, Credentials, SimHandle};
+use tether_sim::{self as sim, Credentials, SimHandle};
 
 const TOKEN: &str = "tenancy-token-5e1a9f";
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::tether::Controller;
 use support::{ControlPlane, KubectlExt, assert_ok};
-use tether::sim::{self, Credentials, Faults, SimHandle};
+use tether_sim::{self as sim, Credentials, Faults, SimHandle};
 
 const TOKEN: &str = "wf-token-7c1d";
 

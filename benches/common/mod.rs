@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tether::api::ExternalResource;
-use tether::sandbox::ControlPlane;
+use tether_harness::ControlPlane;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -227,10 +227,10 @@ where
 }
 
 /// The simulator on its own runtime thread, accepting `token`.
-pub fn simulator(token: &str) -> Result<tether::sim::SimHandle> {
-    Ok(tether::sim::start_on_own_thread(
+pub fn simulator(token: &str) -> Result<tether_sim::SimHandle> {
+    Ok(tether_sim::start_on_own_thread(
         "127.0.0.1:0".parse()?,
-        tether::sim::Credentials {
+        tether_sim::Credentials {
             bearer_tokens: vec![token.into()],
             ..Default::default()
         },

@@ -178,6 +178,9 @@ pub mod condition {
     pub const CONFLICT: &str = "Conflict";
     /// The spec cannot be acted on until it is changed.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// An Approval was taken by a run (`True`), or does not count for the
+    /// run it names (`False`).
+    pub const APPLIED: &str = "Applied";
 
     /// Condition types that are present only while `True` (kstatus'
     /// "abnormal-true" polarity): a status write that does not set them
@@ -219,6 +222,18 @@ pub mod reason {
     pub const COMPENSATION_FAILED: &str = "CompensationFailed";
     /// A run was cancelled.
     pub const CANCELLED: &str = "Cancelled";
+    /// The Adapter a TargetSystem names does not exist.
+    pub const ADAPTER_NOT_FOUND: &str = "AdapterNotFound";
+    /// The Adapter's mapping or service URL is invalid.
+    pub const ADAPTER_INVALID: &str = "AdapterInvalid";
+    /// A run took an Approval's decision.
+    pub const APPLIED: &str = "Applied";
+    /// An Approval names a run of that name but was made for another.
+    pub const APPROVAL_NOT_FOR_THIS_RUN: &str = "NotForThisRun";
+    /// A callback annotation that Tether's endpoint did not write (Event).
+    pub const CALLBACK_FORGED: &str = "CallbackForged";
+    /// A reconcile panicked: a bug in Tether, reported on the object.
+    pub const INTERNAL_ERROR: &str = "InternalError";
 }
 
 #[cfg(test)]

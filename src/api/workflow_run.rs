@@ -124,6 +124,14 @@ pub struct ItemStatus {
     pub next_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Attempts to undo this step that failed transiently (the engine
+    /// retries them with the step's backoff, up to three times).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub undo_attempts: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -154,6 +162,10 @@ pub struct StepStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1000))]
     pub item_details: Vec<ItemStatus>,
+    /// Attempts to undo this step that failed transiently (the engine
+    /// retries them with the step's backoff, up to three times).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub undo_attempts: i32,
 }
 
 impl StepStatus {
@@ -170,6 +182,7 @@ impl StepStatus {
             outputs: None,
             items: None,
             item_details: vec![],
+            undo_attempts: 0,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! check its service URL) and report `Ready` with the errors, each naming
 //! its field, so a broken mapping is visible before any resource uses it.
 
+use crate::controller::Error;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,16 +18,6 @@ use crate::api::common::condition::READY;
 use crate::conditions::{self, Desired};
 
 pub const KIND: &str = "Adapter";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("writing the status of Adapter {name}")]
-    WriteStatus {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-}
 
 /// `Ready=True`: the mapping compiles (or the service URL is valid). An
 /// invalid Adapter is also `Stalled`: only an edit of its spec helps.
@@ -52,7 +43,7 @@ pub async fn reconcile(adapter: Arc<Adapter>, ctx: Arc<Context>) -> Result<Actio
             ("Rest", Some(names.join(",")), ready)
         }
         (None, Some(service)) => {
-            let ready = match crate::target::url::parse_base(&service.url) {
+            let ready = match crate::http::url::parse_base(&service.url) {
                 Ok(_) => Desired::new(READY, true, "Configured", format!("calls {}", service.url)),
                 Err(e) => Desired::new(READY, false, "InvalidURL", e.to_string()),
             };
@@ -81,6 +72,7 @@ pub async fn reconcile(adapter: Arc<Adapter>, ctx: Arc<Context>) -> Result<Actio
         ctx.apply_status(&api, &adapter.name_any(), KIND, &next)
             .await
             .map_err(|source| Error::WriteStatus {
+                kind: "Adapter",
                 name: adapter.name_any(),
                 source,
             })?;

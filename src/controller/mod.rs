@@ -4,12 +4,15 @@
 //! functions and writes it only when it changed.
 
 pub mod adapter;
+pub mod error;
 pub mod external_resource;
 pub mod guard;
 pub mod target_system;
 pub mod workflow;
 pub mod workflow_run;
 
+use crate::lock;
+pub use error::Error;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,13 +22,13 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::adapter::AnyAdapter;
-use crate::adapter::rest::{CompiledMapping, RestAdapter};
-use crate::adapter::service::ServiceAdapter;
+use crate::adapter::rest::CompiledMapping;
+use crate::api::common::reason;
 use crate::api::{Adapter, Approval, ExternalResource, TargetSystem, Workflow, WorkflowRun};
+use crate::http::backoff;
+use crate::http::registry::Registry;
 use crate::metrics::Metrics;
-use crate::target::backoff;
-use crate::target::registry::Registry;
-use workflow::compile::Compiled as CompiledWorkflow;
+use crate::workflow::compile::Compiled as CompiledWorkflow;
 
 /// Field manager of every status Tether writes (server-side apply).
 pub const FIELD_MANAGER: &str = "tether";
@@ -196,8 +199,8 @@ pub struct Context {
     pub written: Mutex<HashMap<String, String>>,
     /// Base URL of step callbacks (the webhook endpoint as targets reach it).
     pub callback_base: String,
-    /// Webhook and callback keys, accepted deliveries, the tolerance.
-    pub triggers: crate::webhook::Triggers,
+    /// Webhook and callback keys, read from Secrets and cached.
+    pub keys: crate::keys::KeyCache,
 }
 
 impl Context {
@@ -210,19 +213,10 @@ impl Context {
         self.adapters.get(&ObjectRef::new(name))
     }
 
-    /// The adapter port for a TargetSystem.
-    pub async fn adapter_for(&self, ts: &TargetSystem) -> Result<AnyAdapter, Failure> {
-        let adapter_name = &ts.spec.adapter_ref.name;
-        let adapter = self.adapter(adapter_name).ok_or_else(|| {
-            Failure::missing(
-                "AdapterNotFound",
-                format!(
-                    "Adapter {adapter_name:?} (named by TargetSystem {}) does not exist",
-                    ts.name_any()
-                ),
-            )
-        })?;
-        let target = self.registry.get(ts).await.map_err(|e| Failure {
+    /// The shared runtime of a TargetSystem (the request port's
+    /// implementation): its client, limits, circuit and credentials.
+    pub async fn target_for(&self, ts: &TargetSystem) -> Result<Arc<crate::http::Target>, Failure> {
+        self.registry.get(ts).await.map_err(|e| Failure {
             reason: e.reason(),
             message: e.to_string(),
             // A missing Secret is fixed by creating it, which Tether does not
@@ -230,17 +224,24 @@ impl Context {
             permanent: false,
             retry_after: None,
             create_not_applied: false,
+        })
+    }
+
+    /// The adapter port for a TargetSystem.
+    pub async fn adapter_for(&self, ts: &TargetSystem) -> Result<AnyAdapter, Failure> {
+        let adapter_name = &ts.spec.adapter_ref.name;
+        let adapter = self.adapter(adapter_name).ok_or_else(|| {
+            Failure::missing(
+                reason::ADAPTER_NOT_FOUND,
+                format!(
+                    "Adapter {adapter_name:?} (named by TargetSystem {}) does not exist",
+                    ts.name_any()
+                ),
+            )
         })?;
-        if let Some(service) = &adapter.spec.service {
-            let url = crate::target::url::parse_base(&service.url)
-                .map_err(|e| Failure::permanent("AdapterInvalid", format!("Adapter {adapter_name:?}: {e}")))?;
-            return Ok(AnyAdapter::Service(ServiceAdapter::new(url, target)));
-        }
-        let mapping = self
-            .mappings
-            .get(&adapter)
-            .map_err(|message| Failure::permanent("AdapterInvalid", format!("Adapter {adapter_name:?}: {message}")))?;
-        Ok(AnyAdapter::Rest(RestAdapter::new(mapping, target)))
+        let target = self.target_for(ts).await?;
+        AnyAdapter::build(&adapter, target, |a| self.mappings.get(a))
+            .map_err(|e| Failure::permanent(reason::ADAPTER_INVALID, e.to_string()))
     }
 
     /// The compiled definition of a pinned spec (compiled once per hash).
@@ -361,8 +362,4 @@ pub fn status_body<K: kube::Resource<DynamicType = ()>>(
         "metadata": metadata,
         "status": status,
     })
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

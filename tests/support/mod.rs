@@ -3,9 +3,9 @@
 
 pub mod tether;
 
-pub use ::tether::sandbox::ControlPlane;
 #[allow(unused_imports)]
 pub use tether::KubectlExt;
+pub use tether_harness::ControlPlane;
 
 /// Asserts that a command succeeded, showing its output when it did not.
 #[track_caller]

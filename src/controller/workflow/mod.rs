@@ -4,8 +4,7 @@
 //! created with deterministic names, so a schedule that fires twice (a
 //! restart, two leaders for a moment) creates one run.
 
-pub mod compile;
-
+use crate::controller::Error;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,30 +21,14 @@ use crate::api::workflow::{ConcurrencyPolicy, ScheduleStatus, ScheduleTrigger, W
 use crate::api::workflow_run::{RunPhase, WorkflowRunSpec};
 use crate::api::{Workflow, WorkflowRun};
 use crate::conditions::{self, Desired};
-use crate::engine::is_terminal;
-use compile::{Compiled, spec_hash};
+use crate::workflow::compile::{Compiled, spec_hash};
+use crate::workflow::engine::is_terminal;
 
 pub const KIND: &str = "Workflow";
 /// Labels of the runs a trigger creates.
 pub const WORKFLOW_LABEL: &str = "tether.dev/workflow";
 pub const TRIGGER_LABEL: &str = "tether.dev/trigger";
 pub const SCHEDULE_LABEL: &str = "tether.dev/schedule";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("writing the status of {name}: {source}")]
-    WriteStatus {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("starting a run of {name}: {source}")]
-    CreateRun {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-}
 
 pub fn error_policy(workflow: Arc<Workflow>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_error(KIND, "ApiError");
@@ -116,7 +99,7 @@ async fn reconcile_workflow(workflow: &Workflow, ctx: &Context) -> Result<Action
             .triggers
             .as_ref()
             .and_then(|t| t.webhook.as_ref())
-            .map(|_| crate::webhook::path(&namespace, &name)),
+            .map(|_| crate::workflow::callback::trigger_path(&namespace, &name)),
         conditions: current.conditions.clone(),
     };
     let mut problems: Vec<String> = Compiled::compile(&workflow.spec).err().unwrap_or_default();
@@ -196,6 +179,7 @@ async fn reconcile_workflow(workflow: &Workflow, ctx: &Context) -> Result<Action
         ctx.apply_status(&api, &name, KIND, &next)
             .await
             .map_err(|source| Error::WriteStatus {
+                kind: KIND,
                 name: name.clone(),
                 source,
             })?;

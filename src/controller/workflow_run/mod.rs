@@ -10,6 +10,7 @@
 
 pub mod steps;
 
+use crate::controller::Error;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +24,6 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use super::workflow::compile::{Compiled, StepKind, refs, resolve_parameters, run_vars, spec_hash};
 use super::{Context, lock};
 use crate::api::common::condition::{READY, SUCCEEDED};
 use crate::api::common::reason;
@@ -31,7 +31,9 @@ use crate::api::workflow::WorkflowSpec;
 use crate::api::workflow_run::{PinnedDefinition, RunPhase, StepPhase, WorkflowRunStatus};
 use crate::api::{Workflow, WorkflowRun};
 use crate::conditions::{self, Desired, Status};
-use crate::engine::{self, Observation};
+use crate::workflow::compile::{Compiled, CompiledApproval, StepKind, resolve_parameters, spec_hash};
+use crate::workflow::engine::{self, Observation};
+use crate::workflow::vars::Vars;
 use steps::Scope;
 
 pub const KIND: &str = "WorkflowRun";
@@ -45,31 +47,6 @@ const MAX_ROUNDS: usize = 64;
 /// items by its parallelism; this bounds a round).
 const ROUND_CONCURRENCY: usize = 64;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("writing the status of {name}: {source}")]
-    WriteStatus {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("updating the finalizer of {name}: {source}")]
-    Finalizer {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("reading {name}: {source}")]
-    Read {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    /// A status that the API server would refuse for its size.
-    #[error("the status of {name} would be {bytes} bytes, more than the {MAX_STATUS_BYTES} bytes Tether writes")]
-    StatusTooLarge { name: String, bytes: usize },
-}
-
 /// The largest status Tether writes: etcd refuses objects over 1.5 MiB, and
 /// the run's spec and metadata need room too. The engine's limits keep a
 /// run far below it; this is the last wall.
@@ -77,44 +54,12 @@ pub const MAX_STATUS_BYTES: usize = 1024 * 1024;
 /// The largest definition a run pins (a copy in its status).
 pub const MAX_PINNED_BYTES: usize = 256 * 1024;
 
-impl Error {
-    fn is_stale_read(&self) -> bool {
-        match self {
-            Error::WriteStatus { source, .. } | Error::Finalizer { source, .. } => {
-                matches!(source, kube::Error::Api(s) if s.code == 409 || s.code == 422)
-            }
-            Error::Read { .. } | Error::StatusTooLarge { .. } => false,
-        }
-    }
-
-    /// A write that no retry can make succeed: the status is too large.
-    fn is_too_large(&self) -> bool {
-        match self {
-            Error::StatusTooLarge { .. } => true,
-            Error::WriteStatus {
-                source: kube::Error::Api(s),
-                ..
-            } => s.code == 413 || s.message.contains("too large"),
-            _ => false,
-        }
-    }
-
-    fn reason(&self) -> &'static str {
-        match self {
-            Error::WriteStatus { .. } => "WriteStatusFailed",
-            Error::Finalizer { .. } => "FinalizerFailed",
-            Error::Read { .. } => "ReadFailed",
-            Error::StatusTooLarge { .. } => "StatusTooLarge",
-        }
-    }
-}
-
 pub fn error_policy(run: Arc<WorkflowRun>, error: &Error, ctx: Arc<Context>) -> Action {
     if error.is_stale_read() {
         tracing::debug!(name = %run.name_any(), %error, "stale read; retrying with fresh data");
         return Action::requeue(Duration::from_millis(200));
     }
-    ctx.metrics.reconcile_error(KIND, error.reason());
+    ctx.metrics.reconcile_error(KIND, error.label());
     tracing::warn!(name = %run.name_any(), namespace = ?run.namespace(), %error, "reconcile failed");
     Action::requeue(Duration::from_secs(2))
 }
@@ -299,8 +244,8 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
     for round in 0..MAX_ROUNDS {
         rounds_left = round + 1 < MAX_ROUNDS;
         let now = Utc::now();
-        let vars = |s: &WorkflowRunStatus| run_vars(&params, s, &run);
-        let start = |i: usize, s: &WorkflowRunStatus| steps::start(&compiled, vars, i, s);
+        let vars = |s: &WorkflowRunStatus| Vars::of_run(&params, s, &run);
+        let start = |i: usize, s: &WorkflowRunStatus| crate::workflow::steps::start(&compiled, vars, i, s);
         let (mut next, actions) = engine::advance(&compiled.def, &writer.uid, &status, &observations, now, &start);
         if cancelled {
             observations = vec![Observation::Cancelled];
@@ -356,12 +301,12 @@ fn requeue(compiled: &Compiled, status: &WorkflowRunStatus) -> Action {
             continue;
         }
         let timeout = match compiled.steps.get(i).map(|c| &c.kind) {
-            Some(StepKind::Approval { timeout: Some(t), .. }) => Some(*t),
+            Some(StepKind::Approval(gate)) => gate.timeout,
             Some(StepKind::Call(call)) => call.callback.as_ref().map(|c| c.timeout),
             _ => None,
         };
         if let Some(t) = timeout {
-            let deadline = steps::after_std(s.started_at.unwrap_or(now), t);
+            let deadline = crate::workflow::steps::after_std(s.started_at.unwrap_or(now), t);
             at = Some(at.map_or(deadline, |a| a.min(deadline)));
         }
     }
@@ -387,10 +332,10 @@ fn finish(
     let desired = run_conditions(next, cancelled, &run.name_any());
     next.conditions = conditions::merge(&next.conditions, &desired, run.meta().generation, now);
     if next.phase == RunPhase::Succeeded && next.outputs.is_empty() && !compiled.outputs.is_empty() {
-        let vars = run_vars(params, next, run);
+        let vars = Vars::of_run(params, next, run);
         for (name, expr) in &compiled.outputs {
             let value = expr
-                .eval(&Value::Null, &refs(&vars))
+                .eval(&Value::Null, &vars.refs())
                 .unwrap_or_else(|e| json!({ "error": e.to_string() }));
             next.outputs.insert(name.clone(), value);
         }
@@ -561,7 +506,7 @@ async fn announce(
                 },
             ),
             StepPhase::Waiting => match compiled.steps.get(i).map(|c| &c.kind) {
-                Some(StepKind::Approval { message, .. }) => (
+                Some(StepKind::Approval(CompiledApproval { message, .. })) => (
                     EventType::Normal,
                     "ApprovalRequested",
                     format!(
@@ -710,6 +655,7 @@ impl Writer<'_> {
                     .apply_status_at(&self.api, &self.name, KIND, self.resource_version.as_deref(), &ended)
                     .await
                     .map_err(|source| Error::WriteStatus {
+                        kind: KIND,
                         name: self.name.clone(),
                         source,
                     })?;
@@ -718,6 +664,7 @@ impl Writer<'_> {
             return Err(Error::StatusTooLarge {
                 name: self.name.clone(),
                 bytes,
+                limit: MAX_STATUS_BYTES,
             });
         }
         let written = self
@@ -725,6 +672,7 @@ impl Writer<'_> {
             .apply_status_at(&self.api, &self.name, KIND, self.resource_version.as_deref(), next)
             .await
             .map_err(|source| Error::WriteStatus {
+                kind: KIND,
                 name: self.name.clone(),
                 source,
             })?;
@@ -758,7 +706,7 @@ impl Writer<'_> {
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 404 && !present => Ok(()),
-            Err(source) => Err(Error::Finalizer {
+            Err(source) => Err(Error::SetFinalizer {
                 name: self.name.clone(),
                 source,
             }),

@@ -5,6 +5,7 @@
 //! target costs no API read). Everything that calls a target gets the same
 //! instance, and so the same rate limit, concurrency limit and circuit.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -303,8 +304,4 @@ async fn read_key(secrets: &Api<Secret>, name: &str, key: &str, field: &'static 
         })?;
     // `echo token > file` leaves a newline that no API expects.
     Ok(value.trim().to_owned())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -5,18 +5,16 @@
 //! ServiceAccount identity; applies `examples/`; and shows `kubectl get
 //! tether` as the resources converge, until Ctrl-C.
 
-pub mod control_plane;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-pub use control_plane::ControlPlane;
+pub use tether_harness::ControlPlane;
 
 use crate::run::{RunOptions, run_with_client};
-use crate::sim;
+use tether_sim as sim;
 
 /// Bearer token the sandbox's simulator accepts (the examples' Secret).
 pub const DEMO_TOKEN: &str = "demo-token";
@@ -73,7 +71,7 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
     check(&cp.kubectl(&["create", "namespace", &ns]), "creating the namespace")?;
     eprintln!(
         "==> starting tether run (namespace {ns}) as {}",
-        control_plane::CONTROLLER_USER
+        tether_harness::CONTROLLER_USER
     );
     let client = cp.try_client("controller").await.map_err(anyhow::Error::msg)?;
     let run_options = RunOptions {
@@ -94,8 +92,8 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         expr_workers: 2,
         expr_worker_exe: None,
         // The simulator runs on loopback: the default list without it.
-        egress_deny: Some(crate::target::egress::DenyList(
-            crate::target::egress::default_deny()
+        egress_deny: Some(crate::http::egress::DenyList(
+            crate::http::egress::default_deny()
                 .into_iter()
                 .filter(|net| !net.contains(&std::net::IpAddr::from([127, 0, 0, 1])))
                 .collect(),
@@ -209,4 +207,24 @@ fn examples(dir: &std::path::Path) -> anyhow::Result<(Vec<std::path::PathBuf>, V
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("approval-"))
     }))
+}
+
+/// `tether sim`: the simulator on its own, until Ctrl-C. With neither
+/// `tokens` nor `api_keys` its API is open.
+pub async fn simulator(listen: SocketAddr, tokens: Vec<String>, api_keys: Vec<String>) -> anyhow::Result<()> {
+    let credentials = sim::Credentials {
+        bearer_tokens: tokens,
+        api_keys,
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let state = std::sync::Arc::new(sim::SimState::new(credentials));
+    tracing::info!(addr = %listener.local_addr()?, "simulator listening");
+    sim::serve(listener, state, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    Ok(())
 }
