@@ -329,6 +329,7 @@ unshare --mount --propagation slave -- nsenter --net="/run/netns/$netns" -- \
   "$dir/supervise.sh" "$dir" "$cp_bin" "$node_bin" "$pki" "$NODE_IP" "$SERVICE_CIDR" "$NODE_NAME" \
   > "$dir/logs/supervise.log" 2>&1 &
 supervised=$!
+disown "$supervised" # its end is noticed below, not reported by the shell
 
 # --- ready: the node, its images, and the kubernetes Service -------------
 kubectl_in() { "$dir/kubectl" "$@"; }
