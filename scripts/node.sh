@@ -66,7 +66,6 @@ cgroup_root="/tether-node-${id}"
 echo "$netns" > "$dir/netns"
 
 # --- cleanup: however the script ends -----------------------------------
-run_netns_before=$(ls /run/netns 2>/dev/null || true)
 run_netns_existed=false
 [[ -e /run/netns ]] && run_netns_existed=true
 run_containerd_existed=false
@@ -106,15 +105,9 @@ cleanup() {
       find "$hierarchy$cgroup_root" -depth -type d -exec rmdir {} + 2>/dev/null || true
     fi
   done
-  # Pod namespaces containerd made (their mounts went with the node's
-  # mount namespace; the files stay).
-  local ns
-  for ns in $(ls /run/netns 2>/dev/null || true); do
-    if [[ "$ns" == cni-* ]] && ! grep -qx "$ns" <<<"$run_netns_before"; then
-      umount "/run/netns/$ns" 2>/dev/null || true
-      rm -f "/run/netns/$ns"
-    fi
-  done
+  # (Pods' network namespaces are mounted under DIR, by
+  # netns_mounts_under_state_dir, in the node's mount namespace: they went
+  # with it.)
   ip netns del "$netns" 2>/dev/null || true
   # `ip netns add` made /run/netns a mount point: undo it when it was ours.
   if ! $run_netns_existed && [[ -z "$(ls -A /run/netns 2>/dev/null)" ]]; then
@@ -209,6 +202,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "localhost/pause:tether"
   restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
   disable_apparmor = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"

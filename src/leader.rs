@@ -8,10 +8,13 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, watcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -128,15 +131,25 @@ impl LeaderElector {
         }
     }
 
-    /// Waits until this process holds the Lease.
+    /// Waits until this process holds the Lease: tries again every
+    /// `renew_every` (a holder that died lets it expire) and whenever the
+    /// Lease changes, so a released Lease is taken at once — by a standby
+    /// that was waiting, before a replacement pod has even started.
     pub async fn acquire(&self) -> Result<Leadership, Error> {
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.config.name));
+        let mut changes = watcher(self.api.clone(), config).default_backoff().boxed();
         loop {
             match self.try_acquire().await {
                 Ok(Some(leadership)) => return Ok(leadership),
                 Ok(None) => {}
                 Err(err) => tracing::warn!(%err, "leader election attempt failed"),
             }
-            tokio::time::sleep(self.config.renew_every).await;
+            tokio::select! {
+                () = tokio::time::sleep(self.config.renew_every) => {}
+                // A failing watch is retried with backoff; the timer still
+                // drives the attempts meanwhile.
+                _ = changes.next() => {}
+            }
         }
     }
 
