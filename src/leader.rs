@@ -26,7 +26,12 @@ pub enum Error {
     },
     #[error("lost the Lease {name} to {holder}")]
     Lost { name: String, holder: String },
+    #[error("the API server did not answer in time about Lease {name}")]
+    Timeout { name: String },
 }
+
+/// Longest one attempt to release the Lease may take.
+pub const RELEASE_ATTEMPT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -160,7 +165,26 @@ impl LeaderElector {
     /// stopped, once nothing acts under the fencing token any more.
     ///
     /// [`hold`]: LeaderElector::hold
+    ///
+    /// Each of up to four attempts is bounded ([`RELEASE_ATTEMPT`]): a
+    /// request on a pooled connection that died can hang far past the
+    /// Lease's expiry (seen here: 17 s), and a dropped attempt drops its
+    /// connection, so the next one takes another or opens a new one.
     pub async fn release(&self, leadership: &Leadership) -> Result<(), Error> {
+        let mut last = None;
+        for _ in 0..4 {
+            match tokio::time::timeout(RELEASE_ATTEMPT, self.release_once(leadership)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(err)) => last = Some(err),
+                Err(_) => {}
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Timeout {
+            name: self.config.name.clone(),
+        }))
+    }
+
+    async fn release_once(&self, leadership: &Leadership) -> Result<(), Error> {
         let Some(mut lease) = self.api.get_opt(&self.config.name).await.map_err(self.kube())? else {
             return Ok(());
         };

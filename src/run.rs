@@ -162,13 +162,26 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
     options.api_server_url = Some(config.cluster_url.to_string());
-    let client = Client::try_from(config).context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
-    run_with_client(client, options).await
+    let connect = "connecting to the Kubernetes API (KUBECONFIG or in-cluster)";
+    // Leader election on connections of its own (as client-go's users do):
+    // the Lease is renewed, and released on the way out, whatever the
+    // controllers' watches do to theirs (on a graceful stop, a request of
+    // the release was seen to wait on a pooled connection the watches'
+    // shutdown had left dead, until the Lease expired).
+    let lease_client = Client::try_from(config.clone()).context(connect)?;
+    let client = Client::try_from(config).context(connect)?;
+    run_with_clients(client, lease_client, options).await
 }
 
 /// [`run`] with a client of the caller's (the sandbox runs the controller
 /// in-process as the controller identity).
 pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Result<()> {
+    run_with_clients(client.clone(), client, options).await
+}
+
+/// [`run`] with the caller's clients: `client` for everything but the
+/// Lease, `lease_client` for leader election.
+pub async fn run_with_clients(client: Client, lease_client: Client, options: RunOptions) -> anyhow::Result<()> {
     let exe = match &options.expr_worker_exe {
         Some(exe) => exe.clone(),
         None => std::env::current_exe().context("finding the tether binary for expression workers")?,
@@ -327,7 +340,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
             .or_else(|| scope.single_namespace().map(str::to_owned))
             .unwrap_or_else(|| "default".into());
         let elector = LeaderElector::new(
-            Api::<Lease>::namespaced(client.clone(), &lease_namespace),
+            Api::<Lease>::namespaced(lease_client, &lease_namespace),
             leader::Config {
                 name: options.lease_name.clone(),
                 identity: identity.clone(),
