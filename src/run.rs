@@ -101,6 +101,11 @@ pub struct RunOptions {
     pub api_server_url: Option<String>,
 }
 
+/// How long a stopping leader waits for reconciles in flight before it
+/// releases the Lease anyway (a pod has 30 s before SIGKILL; a standby
+/// should not wait for the Lease to expire).
+const GRACEFUL_STOP: Duration = Duration::from_secs(5);
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::api::common::parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 500ms, 15s or 1m"))
 }
@@ -488,22 +493,34 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
         );
     };
     match lost_leadership {
-        Some((mut lost, elector, leadership)) => tokio::select! {
-            () = controllers => {
-                // A graceful stop (SIGTERM: a rollout, a deleted pod): hand
-                // the Lease over now rather than after it expires.
-                lost.abort();
-                match elector.release(&leadership).await {
-                    Ok(()) => tracing::info!("released the Lease"),
-                    Err(err) => tracing::warn!(%err, "releasing the Lease failed; it expires instead"),
+        Some((mut lost, elector, leadership)) => {
+            // A stop waits for reconciles in flight, but not for ever: the
+            // Lease is renewed meanwhile, and the standby waits.
+            let overdue = async {
+                stopped().await;
+                tokio::time::sleep(GRACEFUL_STOP).await;
+            };
+            tokio::select! {
+                () = controllers => {}
+                () = overdue => tracing::warn!(
+                    grace = ?GRACEFUL_STOP,
+                    "reconciles still running after the stop; stopping without waiting for them"
+                ),
+                reason = &mut lost => {
+                    let reason = reason.map_or_else(|e| e.to_string(), |e| e.to_string());
+                    anyhow::bail!("stopping: leadership ended ({reason})")
                 }
-                Ok(())
             }
-            reason = &mut lost => {
-                let reason = reason.map_or_else(|e| e.to_string(), |e| e.to_string());
-                anyhow::bail!("stopping: leadership ended ({reason})")
+            // A graceful stop (SIGTERM: a rollout, a deleted pod): hand the
+            // Lease over now rather than after it expires. Writes still in
+            // flight are fenced like any deposed leader's.
+            lost.abort();
+            match elector.release(&leadership).await {
+                Ok(()) => tracing::info!("released the Lease"),
+                Err(err) => tracing::warn!(%err, "releasing the Lease failed; it expires instead"),
             }
-        },
+            Ok(())
+        }
         None => {
             controllers.await;
             Ok(())
