@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The test command: what CI runs and what the README names.
 #   1. builds (once, cached outside the repo) kube-apiserver, etcd, kubectl,
-#      helm and tether-health (kstatus + the Lua VM of Argo CD, for the
-#      GitOps health tests) from their upstream Go modules at pinned versions;
+#      kubelet, kube-controller-manager, kube-scheduler, helm and
+#      tether-health (kstatus + the Lua VM of Argo CD, for the GitOps health
+#      tests) from their upstream Go modules at pinned versions, and installs
+#      (from Debian, when missing) buildah, containerd and runc for the node
+#      test, which builds the image from the Dockerfile (tests/node.rs);
 #   2. checks formatting and lints (with and without the `dev` feature);
 #   3. runs every test: unit tests, the simulator, and the integration tests
 #      against a real control plane (tests/), including the generated-files
@@ -12,6 +15,7 @@ cd "$(dirname "$0")/.."
 
 start=$(date +%s)
 echo "==> control plane binaries"; scripts/control-plane.sh
+echo "==> node binaries and packages"; scripts/node-build.sh; scripts/node-deps.sh
 echo "==> helm"; scripts/helm.sh
 echo "==> health tools (kstatus, Argo CD Lua)"; scripts/health-tools.sh
 echo "==> cargo fmt --check"; cargo fmt --all -- --check
@@ -20,6 +24,13 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked --features tether/dev -- -D warnings
 # ...and the controller as the image builds it, without.
 cargo clippy -p tether --lib --bins --locked -- -D warnings
+echo "==> the controller as the image ships it (no dev feature), for tests/node.rs"
+cargo build --locked -p tether --bin tether
+target_dir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target_dir/image"
+cp "$target_dir/debug/tether" "$target_dir/image/tether-product"
+export TETHER_IMAGE_BINARY="$PWD/$target_dir/image/tether-product"
+[[ "$target_dir" = /* ]] && export TETHER_IMAGE_BINARY="$target_dir/image/tether-product"
 echo "==> cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -8,10 +8,13 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, watcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,7 +26,12 @@ pub enum Error {
     },
     #[error("lost the Lease {name} to {holder}")]
     Lost { name: String, holder: String },
+    #[error("the API server did not answer in time about Lease {name}")]
+    Timeout { name: String },
 }
+
+/// Longest one attempt to release the Lease may take.
+pub const RELEASE_ATTEMPT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -39,6 +47,7 @@ pub struct Leadership {
     pub fencing_token: String,
 }
 
+#[derive(Clone)]
 pub struct LeaderElector {
     api: Api<Lease>,
     config: Config,
@@ -127,15 +136,76 @@ impl LeaderElector {
         }
     }
 
-    /// Waits until this process holds the Lease.
+    /// Waits until this process holds the Lease: tries again every
+    /// `renew_every` (a holder that died lets it expire) and whenever the
+    /// Lease changes, so a released Lease is taken at once — by a standby
+    /// that was waiting, before a replacement pod has even started.
     pub async fn acquire(&self) -> Result<Leadership, Error> {
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.config.name));
+        let mut changes = watcher(self.api.clone(), config).default_backoff().boxed();
         loop {
             match self.try_acquire().await {
                 Ok(Some(leadership)) => return Ok(leadership),
                 Ok(None) => {}
                 Err(err) => tracing::warn!(%err, "leader election attempt failed"),
             }
-            tokio::time::sleep(self.config.renew_every).await;
+            tokio::select! {
+                () = tokio::time::sleep(self.config.renew_every) => {}
+                // A failing watch is retried with backoff; the timer still
+                // drives the attempts meanwhile.
+                _ = changes.next() => {}
+            }
+        }
+    }
+
+    /// Gives the Lease up, when this process still holds it under
+    /// `leadership`: the holder is cleared (conditional on the Lease's
+    /// resourceVersion), so a standby takes over at its next attempt instead
+    /// of waiting for the Lease to expire. Call it after [`hold`] has
+    /// stopped, once nothing acts under the fencing token any more.
+    ///
+    /// [`hold`]: LeaderElector::hold
+    ///
+    /// Each of up to four attempts is bounded ([`RELEASE_ATTEMPT`]): a
+    /// request on a pooled connection that died can hang far past the
+    /// Lease's expiry (seen here: 17 s), and a dropped attempt drops its
+    /// connection, so the next one takes another or opens a new one.
+    pub async fn release(&self, leadership: &Leadership) -> Result<(), Error> {
+        let mut last = None;
+        for _ in 0..4 {
+            match tokio::time::timeout(RELEASE_ATTEMPT, self.release_once(leadership)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(err)) => last = Some(err),
+                Err(_) => {}
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Timeout {
+            name: self.config.name.clone(),
+        }))
+    }
+
+    async fn release_once(&self, leadership: &Leadership) -> Result<(), Error> {
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await.map_err(self.kube())? else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_default();
+        let transitions = spec.lease_transitions.unwrap_or(0);
+        let token = format!("{}/{transitions}", self.config.identity);
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) || token != leadership.fencing_token {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.acquire_time = None;
+        spec.renew_time = None;
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Someone else wrote it first: it is no longer ours to release.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(self.kube()(e)),
         }
     }
 

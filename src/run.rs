@@ -1,8 +1,10 @@
 //! `tether run`: the controller process. Serves `/metrics`, `/healthz` and
-//! `/readyz`; optionally waits for the leader Lease; then runs the
-//! Adapter, TargetSystem and ExternalResource controllers until SIGTERM or
-//! Ctrl-C (graceful: reconciles in flight finish) or until leadership is
-//! lost (the process exits non-zero and its replacement takes over).
+//! `/readyz`; fills its caches and serves the webhook and callback endpoint
+//! (every replica, so either may receive them: both act only through the
+//! API server); is then Ready; optionally waits for the leader Lease; then
+//! runs the controllers until SIGTERM or Ctrl-C (graceful: reconciles in
+//! flight finish) or until leadership is lost (the process exits non-zero
+//! and its replacement takes over).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,6 +101,11 @@ pub struct RunOptions {
     pub api_server_url: Option<String>,
 }
 
+/// How long a stopping leader waits for reconciles in flight before it
+/// releases the Lease anyway (a pod has 30 s before SIGKILL; a standby
+/// should not wait for the Lease to expire).
+const GRACEFUL_STOP: Duration = Duration::from_secs(5);
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::api::common::parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 500ms, 15s or 1m"))
 }
@@ -160,13 +167,26 @@ pub async fn run(mut options: RunOptions) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
     options.api_server_url = Some(config.cluster_url.to_string());
-    let client = Client::try_from(config).context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
-    run_with_client(client, options).await
+    let connect = "connecting to the Kubernetes API (KUBECONFIG or in-cluster)";
+    // Leader election on connections of its own (as client-go's users do):
+    // the Lease is renewed, and released on the way out, whatever the
+    // controllers' watches do to theirs (on a graceful stop, a request of
+    // the release was seen to wait on a pooled connection the watches'
+    // shutdown had left dead, until the Lease expired).
+    let lease_client = Client::try_from(config.clone()).context(connect)?;
+    let client = Client::try_from(config).context(connect)?;
+    run_with_clients(client, lease_client, options).await
 }
 
 /// [`run`] with a client of the caller's (the sandbox runs the controller
 /// in-process as the controller identity).
 pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Result<()> {
+    run_with_clients(client.clone(), client, options).await
+}
+
+/// [`run`] with the caller's clients: `client` for everything but the
+/// Lease, `lease_client` for leader election.
+pub async fn run_with_clients(client: Client, lease_client: Client, options: RunOptions) -> anyhow::Result<()> {
     let exe = match &options.expr_worker_exe {
         Some(exe) => exe.clone(),
         None => std::env::current_exe().context("finding the tether binary for expression workers")?,
@@ -218,35 +238,6 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     tracing::info!(deny = ?egress.deny_list(), "egress deny list");
     let registry =
         Arc::new(Registry::new(client.clone(), Some(secrets), metrics.clone()).with_egress(Arc::new(egress)));
-
-    let mut lost_leadership: Option<tokio::task::JoinHandle<leader::Error>> = None;
-    if options.leader_election {
-        let lease_namespace = options
-            .lease_namespace
-            .clone()
-            .or_else(|| scope.single_namespace().map(str::to_owned))
-            .unwrap_or_else(|| "default".into());
-        let elector = LeaderElector::new(
-            Api::<Lease>::namespaced(client.clone(), &lease_namespace),
-            leader::Config {
-                name: options.lease_name.clone(),
-                identity: identity.clone(),
-                lease_duration: options.lease_duration,
-                renew_every: options.lease_duration / 3,
-            },
-        );
-        tracing::info!(%identity, lease = %options.lease_name, "waiting for leadership");
-        let leadership = tokio::select! {
-            acquired = elector.acquire() => acquired?,
-            () = stopped() => return Ok(()),
-        };
-        tracing::info!(fencing_token = %leadership.fencing_token, "became leader");
-        metrics.leader.set(1);
-        registry.set_fencing_token(leadership.fencing_token.clone());
-        lost_leadership = Some(tokio::spawn(async move { elector.hold(&leadership).await }));
-    } else {
-        registry.set_fencing_token(identity.clone());
-    }
 
     // Reflectors for lookups: reconciles read TargetSystems, Adapters and
     // Secret versions from memory.
@@ -310,10 +301,11 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     };
     let config = controller::Config::default().concurrency(options.concurrency);
     let er_controller = scoped_controller::<ExternalResource>(&scope, &client).with_config(config.clone());
-    let run_controller = scoped_controller::<WorkflowRun>(&scope, &client).with_config(config.clone());
+    let (leading_tx, leading_rx) = watch::channel(false);
+    let run_controller = runs_controller_fed_before_leading(&scope, &client, leading_rx).with_config(config.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
-        registry,
+        registry: registry.clone(),
         mappings: ctrl::MappingCache::default(),
         targets: targets.clone(),
         adapters: adapters.clone(),
@@ -334,6 +326,55 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     tracing::info!(addr = %webhook_listener.local_addr()?, "serving workflow webhooks and callbacks");
     let webhook_router = crate::webhook::router(ctx.clone(), options.webhook_tolerance);
     tokio::spawn(async move { axum::serve(webhook_listener, webhook_router).await });
+
+    // Ready means: caches synced and the webhook and callback endpoint
+    // serving, which a standby does as well as the leader (leadership is
+    // not readiness: a rollout waits for every replica to be Ready).
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!("ready");
+
+    let mut lost_leadership: Option<(
+        tokio::task::JoinHandle<leader::Error>,
+        LeaderElector,
+        leader::Leadership,
+    )> = None;
+    if options.leader_election {
+        let lease_namespace = options
+            .lease_namespace
+            .clone()
+            .or_else(|| scope.single_namespace().map(str::to_owned))
+            .unwrap_or_else(|| "default".into());
+        let elector = LeaderElector::new(
+            Api::<Lease>::namespaced(lease_client, &lease_namespace),
+            leader::Config {
+                name: options.lease_name.clone(),
+                identity: identity.clone(),
+                lease_duration: options.lease_duration,
+                renew_every: options.lease_duration / 3,
+            },
+        );
+        tracing::info!(%identity, lease = %options.lease_name, "waiting for leadership");
+        let leadership = tokio::select! {
+            acquired = elector.acquire() => acquired?,
+            () = stopped() => return Ok(()),
+        };
+        tracing::info!(fencing_token = %leadership.fencing_token, "became leader");
+        metrics.leader.set(1);
+        registry.set_fencing_token(leadership.fencing_token.clone());
+        let held = leadership.clone();
+        let releaser = elector.clone();
+        lost_leadership = Some((
+            tokio::spawn(async move { elector.hold(&held).await }),
+            releaser,
+            leadership,
+        ));
+    } else {
+        registry.set_fencing_token(identity.clone());
+    }
+
+    // The runs controller forwards events from here on; what it missed as
+    // a standby it reconciles once when it starts.
+    let _ = leading_tx.send(true);
 
     let store = er_controller.store();
     let target_generations = ctrl::GenerationFilter::default();
@@ -441,7 +482,6 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         )
         .for_each(|_| async {});
 
-    ready.store(true, Ordering::Relaxed);
     tracing::info!(namespaces = ?scope.namespaces, selector = ?scope.selector, concurrency = options.concurrency, "controllers running");
     let controllers = async {
         tokio::join!(
@@ -453,13 +493,34 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         );
     };
     match lost_leadership {
-        Some(lost) => tokio::select! {
-            () = controllers => Ok(()),
-            reason = lost => {
-                let reason = reason.map_or_else(|e| e.to_string(), |e| e.to_string());
-                anyhow::bail!("stopping: leadership ended ({reason})")
+        Some((mut lost, elector, leadership)) => {
+            // A stop waits for reconciles in flight, but not for ever: the
+            // Lease is renewed meanwhile, and the standby waits.
+            let overdue = async {
+                stopped().await;
+                tokio::time::sleep(GRACEFUL_STOP).await;
+            };
+            tokio::select! {
+                () = controllers => {}
+                () = overdue => tracing::warn!(
+                    grace = ?GRACEFUL_STOP,
+                    "reconciles still running after the stop; stopping without waiting for them"
+                ),
+                reason = &mut lost => {
+                    let reason = reason.map_or_else(|e| e.to_string(), |e| e.to_string());
+                    anyhow::bail!("stopping: leadership ended ({reason})")
+                }
             }
-        },
+            // A graceful stop (SIGTERM: a rollout, a deleted pod): hand the
+            // Lease over now rather than after it expires. Writes still in
+            // flight are fenced like any deposed leader's.
+            lost.abort();
+            match elector.release(&leadership).await {
+                Ok(()) => tracing::info!("released the Lease"),
+                Err(err) => tracing::warn!(%err, "releasing the Lease failed; it expires instead"),
+            }
+            Ok(())
+        }
         None => {
             controllers.await;
             Ok(())
@@ -484,6 +545,32 @@ where
         .default_backoff()
         .applied_objects();
     Controller::for_stream(stream, reader)
+}
+
+/// The WorkflowRun controller, whose store is filled from the start — on a
+/// standby too, where the callback endpoint reads it — while its
+/// reconciles wait for `leading`: events before then are dropped, and every
+/// cached run is reconciled once when the controller starts.
+fn runs_controller_fed_before_leading(
+    scope: &Scope,
+    client: &Client,
+    mut leading: watch::Receiver<bool>,
+) -> Controller<WorkflowRun> {
+    let (reader, writer) = reflector::store();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let events = reflector::reflector(writer, scope.watch::<WorkflowRun>(client, scope.reconciled()))
+        .default_backoff()
+        .applied_objects();
+    tokio::spawn(events.for_each(move |event| {
+        if *leading.borrow_and_update() {
+            let _ = tx.unbounded_send(event);
+        }
+        futures::future::ready(())
+    }));
+    let synced = reader.clone();
+    Controller::for_stream(rx, reader).reconcile_all_on(futures::stream::once(async move {
+        let _ = synced.wait_until_ready().await;
+    }))
 }
 
 /// The objects a watch touches (applied or deleted), retried with backoff.

@@ -665,6 +665,14 @@ async fn one_of_two_controllers_leads_and_the_other_takes_over_when_it_dies() {
 
     cp.apply_json(&ns, &contact("ada", json!({"email": "a@example.com"}), json!({})));
     cp.wait_for(&ns, "xr/ada", "condition=Ready", "60s", Some(&first));
+    // Leadership is not readiness: the standby is Ready as well (a rollout
+    // waits for it).
+    let readyz = format!("http://127.0.0.1:{}/readyz", second.metrics_port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !reqwest::get(&readyz).await.is_ok_and(|r| r.status().is_success()) {
+        assert!(std::time::Instant::now() < deadline, "the standby never became Ready");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let standby = second.metrics().await;
     assert_eq!(
         metric(&standby, "tether_leader"),

@@ -593,3 +593,85 @@ async fn threat_for_each_on_a_wait_step_is_refused_instead_of_succeeding_with_no
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Two controllers on one Lease: the first leads, the second is Ready and
+/// serves webhooks and callbacks as a standby (the chart's Service routes
+/// to both).
+async fn leader_and_standby(cp: &ControlPlane, ns: &str) -> (Controller, Controller) {
+    let lease = format!("lease-{ns}");
+    let election = |identity: &'static str| {
+        vec![
+            "--leader-election".to_owned(),
+            "--lease-namespace".to_owned(),
+            "tether-system".to_owned(),
+            "--lease-name".to_owned(),
+            lease.clone(),
+            "--identity".to_owned(),
+            identity.to_owned(),
+        ]
+    };
+    let args = election("leader");
+    let leader = Controller::start(cp, ns, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let holder = || cp.jsonpath("tether-system", &format!("lease/{lease}"), "{.spec.holderIdentity}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while holder() != "leader" {
+        assert!(Instant::now() < deadline, "the first controller never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let args = election("standby");
+    let standby = Controller::start(cp, ns, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let readyz = format!("http://127.0.0.1:{}/readyz", standby.metrics_port);
+    while !reqwest::get(&readyz).await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "the standby never became Ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (leader, standby)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_delivered_to_the_standby_completes_the_step_once() {
+    let cp = ControlPlane::shared();
+    let target = Simulator::accepting(TOKEN).start();
+    let ns = tenant(cp, "standby-callback", &target).create();
+    let (leader, standby) = leader_and_standby(cp, &ns).await;
+    let url = waiting_for_a_callback(cp, &ns, &leader, &target).await;
+    let to_standby = url.replacen(
+        &format!(":{}/", leader.webhook_port),
+        &format!(":{}/", standby.webhook_port),
+        1,
+    );
+    assert_ne!(to_standby, url, "the callback URL names the leader's port: {url}");
+    let client = reqwest::Client::new();
+    // The standby learns of the run's waiting step from its own watch, maybe
+    // a moment after the leader wrote it: a target retries until then.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let answer = client
+            .post(&to_standby)
+            .json(&json!({"status": "done", "file": "s3://exports/standby.csv"}))
+            .send()
+            .await
+            .expect("the standby answers callbacks");
+        if answer.status() != 404 || Instant::now() > deadline {
+            break answer.status();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 202, "the standby records the callback");
+    let again = client
+        .post(&url)
+        .json(&json!({"status": "done"}))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(again.status(), 409, "and the leader knows the token was used");
+    cp.wait_for(&ns, "twr/export-1", "condition=Succeeded", "60s", Some(&leader));
+    let after = target.objects("after");
+    assert_eq!(after.len(), 1, "the step after the callback ran once");
+    assert_eq!(after[0]["file"], "s3://exports/standby.csv");
+    assert_eq!(
+        sample(&standby, "tether_leader").await,
+        0.0,
+        "the standby still only stands by"
+    );
+}
