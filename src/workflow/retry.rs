@@ -3,17 +3,17 @@
 //! rest with its own idempotency keys (its own UID). Pure: it decides from
 //! the two runs as read.
 //!
-//! A step is kept when it succeeded (or was skipped) in the old run and
-//! every step it depends on is kept too: a step whose dependency runs
-//! again would have been computed from outputs that no longer hold. In a
-//! compensated run the undone steps are `Compensated`, so they run again,
-//! and so does everything after them.
+//! A step is kept when it succeeded (or was skipped) in the old run — or
+//! was "compensated" with nothing to undo, so its effect stands — and every
+//! step it depends on is kept too: a step whose dependency runs again would
+//! have been computed from outputs that no longer hold. In a compensated
+//! run the undone steps run again, and so does everything after them.
 
 use serde_json::Value;
 
 use crate::api::WorkflowRun;
 use crate::api::workflow_run::{RunPhase, StepPhase, StepStatus, WorkflowRunStatus};
-use crate::workflow::engine::Dag;
+use crate::workflow::engine::Definition;
 
 /// Why `retry` cannot retry `old`, if it cannot. `retry` must run the same
 /// workflow with the same parameters, and `old` must have ended without
@@ -60,19 +60,31 @@ fn normalized(parameters: &Value) -> Value {
 /// The status a retry starts from: the old run's pinned definition and the
 /// steps it keeps, each marked with the run it was kept from. Everything
 /// else (phase, times, conditions) starts afresh.
-pub fn seed(dag: &Dag, old_name: &str, old: &WorkflowRunStatus) -> WorkflowRunStatus {
+pub fn seed(def: &Definition, old_name: &str, old: &WorkflowRunStatus) -> WorkflowRunStatus {
+    let dag = &def.dag;
     let mut kept = vec![false; dag.len()];
     let mut steps = Vec::new();
     for &i in &dag.order {
         let Some(step) = old.steps.iter().find(|s| s.name == dag.names[i]) else {
             continue;
         };
-        let done = matches!(step.phase, StepPhase::Succeeded | StepPhase::Skipped);
-        if !done || !dag.deps[i].iter().all(|&d| kept[d]) {
+        let stands = match step.phase {
+            StepPhase::Succeeded | StepPhase::Skipped => true,
+            // The saga passed over it: nothing was undone.
+            StepPhase::Compensated => !def.steps.get(i).is_some_and(|s| s.compensable),
+            _ => false,
+        };
+        if !stands || !dag.deps[i].iter().all(|&d| kept[d]) {
             continue;
         }
         kept[i] = true;
+        let (phase, message) = match step.phase {
+            StepPhase::Skipped => (StepPhase::Skipped, step.message.clone()),
+            _ => (StepPhase::Succeeded, None),
+        };
         steps.push(StepStatus {
+            phase,
+            message,
             next_at: None,
             item_details: vec![],
             undo_attempts: 0,
@@ -91,19 +103,34 @@ pub fn seed(dag: &Dag, old_name: &str, old: &WorkflowRunStatus) -> WorkflowRunSt
 mod tests {
     use super::*;
     use crate::api::common::ObjectRef;
+    use crate::api::workflow::FailurePolicy;
     use crate::api::workflow_run::{PinnedDefinition, WorkflowRunSpec};
+    use crate::workflow::engine::{Dag, StepInfo};
     use serde_json::json;
 
-    fn dag() -> Dag {
+    fn dag() -> Definition {
         // one -> two -> three; four on its own; five after one and four.
-        Dag::new(&[
+        // One and two can be undone.
+        let dag = Dag::new(&[
             ("one".into(), vec![]),
             ("two".into(), vec!["one".into()]),
             ("three".into(), vec!["two".into()]),
             ("four".into(), vec![]),
             ("five".into(), vec!["one".into(), "four".into()]),
         ])
-        .expect("a DAG")
+        .expect("a DAG");
+        let steps = (0..5)
+            .map(|i| StepInfo {
+                compensable: i < 2,
+                ..StepInfo::default()
+            })
+            .collect();
+        Definition {
+            dag,
+            steps,
+            on_failure: FailurePolicy::Compensate,
+            timeout: None,
+        }
     }
 
     fn step(name: &str, phase: StepPhase) -> StepStatus {
@@ -174,6 +201,22 @@ mod tests {
         };
         let names: Vec<String> = seed(&dag(), "old", &old).steps.into_iter().map(|s| s.name).collect();
         assert_eq!(names, ["four"]);
+    }
+
+    #[test]
+    fn a_step_the_saga_passed_over_with_nothing_to_undo_is_kept_as_succeeded() {
+        let mut four = step("four", StepPhase::Compensated);
+        four.message = Some("nothing to undo".into());
+        let old = WorkflowRunStatus {
+            steps: vec![step("one", StepPhase::Compensated), four],
+            ..ended(RunPhase::Compensated)
+        };
+        let seeded = seed(&dag(), "old", &old);
+        assert_eq!(seeded.steps.len(), 1, "{seeded:?}");
+        assert_eq!(seeded.steps[0].name, "four");
+        assert_eq!(seeded.steps[0].phase, StepPhase::Succeeded);
+        assert_eq!(seeded.steps[0].message, None);
+        assert_eq!(seeded.steps[0].outputs, Some(json!({"id": "four"})));
     }
 
     #[test]

@@ -363,11 +363,11 @@ async fn retry_seed(
             )));
         }
     };
-    let dag = match crate::workflow::engine::Dag::from_spec(&spec) {
-        Ok(dag) => dag,
+    let def = match engine::Definition::from_spec(&spec) {
+        Ok(def) => def,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    let seeded = crate::workflow::retry::seed(&dag, old_name, &old_status);
+    let seeded = crate::workflow::retry::seed(&def, old_name, &old_status);
     for step in &seeded.steps {
         let is_resource = spec.steps.iter().any(|s| s.name == step.name && s.resource.is_some());
         if is_resource && step.phase == StepPhase::Succeeded {
