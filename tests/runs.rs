@@ -366,6 +366,12 @@ async fn a_resource_step_finishes_on_its_external_resources_ready_event_not_the_
     let cp = ControlPlane::shared();
     let target = simulator();
     let (ns, controller) = setup(cp, "runs-ready", &[("crm", &target)]);
+    // A slow target: the ExternalResource becomes Ready well after the
+    // run's reconcile that created it has ended.
+    target.state.set_faults(Faults {
+        latency_ms: 1500,
+        ..Faults::default()
+    });
     let spec = json!({"steps": [{"name": "contact", "resource": {"targetRef": {"name": "crm"},
         "type": "contact", "properties": "{email: \"ada@example.com\"}"}}]});
     cp.apply_json(&ns, &workflow("contact", spec));
