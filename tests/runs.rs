@@ -96,7 +96,10 @@ async fn a_failed_run_is_retried_to_success_without_calling_its_succeeded_steps_
     let cp = ControlPlane::shared();
     let (crm, billing) = (simulator(), simulator());
     let (ns, controller) = setup(cp, "runs-retry", &[("crm", &crm), ("billing", &billing)]);
-    let one = post("one", "crm", "leads", "{customer: $params.customer}");
+    let contact = json!({"name": "contact", "resource": {"targetRef": {"name": "crm"}, "type": "contact",
+        "properties": "{email: $params.customer}"}});
+    let mut one = post("one", "crm", "leads", "{customer: $params.customer}");
+    one["dependsOn"] = json!(["contact"]);
     let mut two = post("two", "crm", "offers", "{lead: $steps.one.outputs.id}");
     two["dependsOn"] = json!(["one"]);
     let mut three = post("three", "billing", "invoices", "{offer: $steps.two.outputs.id}");
@@ -106,7 +109,7 @@ async fn a_failed_run_is_retried_to_success_without_calling_its_succeeded_steps_
         &workflow(
             "sale",
             json!({"onFailure": "Stop", "parameters": [{"name": "customer", "required": true}],
-                   "steps": [one, two, three]}),
+                   "steps": [contact, one, two, three]}),
         ),
     );
     // Billing is down: step three fails (no retries), the run stops.
@@ -146,6 +149,11 @@ async fn a_failed_run_is_retried_to_success_without_calling_its_succeeded_steps_
         Some(&controller),
     );
 
+    assert_eq!(
+        crm.stats().count("create", "contacts"),
+        1,
+        "the contact was not created again"
+    );
     assert_eq!(crm.stats().count("create", "leads"), 1, "step one was not called again");
     assert_eq!(
         crm.stats().count("create", "offers"),
@@ -161,6 +169,12 @@ async fn a_failed_run_is_retried_to_success_without_calling_its_succeeded_steps_
     assert_eq!(
         cp.jsonpath(&ns, &format!("twr/{retry}"), "{.status.steps[0].keptFrom}"),
         "sale-1"
+    );
+    // The kept resource step's ExternalResource now belongs to the retry:
+    // deleting the old run does not take it along.
+    assert_eq!(
+        cp.jsonpath(&ns, "xr/sale-1-contact", "{.metadata.ownerReferences[*].name}"),
+        retry
     );
     assert_eq!(
         cp.jsonpath(&ns, &format!("twr/{retry}"), "{.metadata.labels.tether\\.dev/retry-of}"),
