@@ -62,6 +62,12 @@ fn took(status: &StepStatus, now: DateTime<Utc>) -> String {
     }
 }
 
+/// A step's outputs on one line, cut (on a character boundary) so that a
+/// large answer does not flood the terminal.
+fn outputs_line(outputs: &serde_json::Value) -> String {
+    crate::text::shortened(&outputs.to_string(), 300)
+}
+
 /// The run drawn as text, as of `now`.
 pub fn describe(run: &WorkflowRun, now: DateTime<Utc>) -> String {
     let mut out = String::new();
@@ -157,6 +163,12 @@ pub fn describe(run: &WorkflowRun, now: DateTime<Utc>) -> String {
         if let Some(message) = &state.message {
             let _ = writeln!(out, "{detail_indent}{message}");
         }
+        if let Some(from) = &state.kept_from {
+            let _ = writeln!(out, "{detail_indent}kept from run {from} (not run again)");
+        }
+        if let Some(outputs) = state.outputs.as_ref().filter(|o| !o.is_null()) {
+            let _ = writeln!(out, "{detail_indent}outputs: {}", outputs_line(outputs));
+        }
     }
     if !status.left_to_clean_up.is_empty() {
         let _ = writeln!(out, "\nLeft to clean up:");
@@ -212,6 +224,7 @@ mod tests {
                 workflow_ref: crate::api::common::ObjectRef::new("wf"),
                 parameters: json!({}),
                 cancel: false,
+                retry_of: None,
             },
         );
         let at = DateTime::from_timestamp(1_000, 0).unwrap_or_default();
@@ -222,6 +235,8 @@ mod tests {
             finished_at: Some(at + chrono::Duration::milliseconds(1500)),
             ..StepStatus::pending(name)
         };
+        let mut contact = step("contact", StepPhase::Succeeded);
+        contact.outputs = Some(json!({"externalId": "c-42"}));
         let mut each = step("each", StepPhase::Succeeded);
         each.items = Some(ItemCounts {
             total: 2,
@@ -236,11 +251,7 @@ mod tests {
                 hash: "abc".into(),
                 spec,
             }),
-            steps: vec![
-                step("contact", StepPhase::Succeeded),
-                each,
-                step("gate", StepPhase::Waiting),
-            ],
+            steps: vec![contact, each, step("gate", StepPhase::Waiting)],
             ..WorkflowRunStatus::default()
         });
         let text = describe(&run, at);
@@ -252,5 +263,48 @@ mod tests {
         assert!(text.contains("approval: Ship it?"), "{text}");
         assert!(text.contains("generation 2"), "{text}");
         assert!(text.contains("1.5s"), "{text}");
+    }
+
+    #[test]
+    fn describe_shows_each_steps_outputs_and_where_a_kept_step_ran() {
+        let spec = json!({"steps": [
+            {"name": "contact", "resource": {"targetRef": {"name": "crm"}, "type": "contact", "properties": "{}"}},
+            {"name": "big", "dependsOn": ["contact"], "wait": {"duration": "1s"}}
+        ]});
+        let mut run = WorkflowRun::new(
+            "r2",
+            WorkflowRunSpec {
+                workflow_ref: crate::api::common::ObjectRef::new("wf"),
+                parameters: json!({}),
+                cancel: false,
+                retry_of: Some("r1".into()),
+            },
+        );
+        let contact = StepStatus {
+            phase: StepPhase::Succeeded,
+            outputs: Some(json!({"externalId": "c-42"})),
+            kept_from: Some("r1".into()),
+            ..StepStatus::pending("contact")
+        };
+        let big = StepStatus {
+            phase: StepPhase::Succeeded,
+            outputs: Some(json!({"blob": "é".repeat(1000)})),
+            ..StepStatus::pending("big")
+        };
+        run.status = Some(WorkflowRunStatus {
+            phase: RunPhase::Succeeded,
+            pinned: Some(PinnedDefinition {
+                generation: 1,
+                hash: "abc".into(),
+                spec,
+            }),
+            steps: vec![contact, big],
+            ..WorkflowRunStatus::default()
+        });
+        let text = describe(&run, Utc::now());
+        assert!(text.contains(r#"outputs: {"externalId":"c-42"}"#), "{text}");
+        assert!(text.contains("kept from run r1"), "{text}");
+        let long = text.lines().find(|l| l.contains("blob")).unwrap_or_default();
+        assert!(long.chars().count() < 400, "{long}");
     }
 }

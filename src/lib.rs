@@ -35,6 +35,7 @@ pub mod leader;
 pub mod metrics;
 pub mod request;
 pub mod run;
+pub mod runs;
 #[cfg(feature = "dev")]
 pub mod sandbox;
 pub mod scope;

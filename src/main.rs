@@ -63,9 +63,44 @@ enum Command {
 
 #[derive(Subcommand)]
 enum RunsCommand {
-    /// Draw a run's DAG with the state of each step.
+    /// List runs: name, workflow, phase, start, duration, the step that
+    /// failed.
+    List {
+        /// Only the runs of this Workflow.
+        #[arg(short, long)]
+        workflow: Option<String>,
+        /// The namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Draw a run's DAG with the state and outputs of each step.
     Describe {
         /// The WorkflowRun's name.
+        name: String,
+        /// Its namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Draw a run's DAG again whenever it changes, until the run ends.
+    Watch {
+        /// The WorkflowRun's name.
+        name: String,
+        /// Its namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Retry a run that failed, was compensated or was cancelled: a new run
+    /// (spec.retryOf) keeps the steps it finished and runs the others.
+    Retry {
+        /// The WorkflowRun to retry.
+        name: String,
+        /// Its namespace (default: the kubeconfig context's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Cancel a run (spec.cancel): its completed steps are undone.
+    Cancel {
+        /// The WorkflowRun to cancel.
         name: String,
         /// Its namespace (default: the kubeconfig context's).
         #[arg(short, long)]
@@ -78,6 +113,24 @@ enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// `tether runs …`: each command with a client and a namespace.
+async fn runs(command: RunsCommand) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let namespace = |n: Option<String>| n.unwrap_or_else(|| client.default_namespace().to_owned());
+    use tether::runs;
+    match command {
+        RunsCommand::List { workflow, namespace: n } => {
+            runs::list(client.clone(), &namespace(n), workflow.as_deref()).await
+        }
+        RunsCommand::Describe { name, namespace: n } => runs::describe(client.clone(), &namespace(n), &name).await,
+        RunsCommand::Watch { name, namespace: n } => runs::watch(client.clone(), &namespace(n), &name).await,
+        RunsCommand::Retry { name, namespace: n } => runs::retry(client.clone(), &namespace(n), &name).await,
+        RunsCommand::Cancel { name, namespace: n } => runs::cancel(client.clone(), &namespace(n), &name).await,
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -125,21 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(options) => tether::run::run(*options).await?,
         #[cfg(feature = "dev")]
         Command::Sandbox(options) => tether::sandbox::run(options).await?,
-        Command::Runs {
-            command: RunsCommand::Describe { name, namespace },
-        } => {
-            let client = kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
-            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
-            let api: kube::Api<tether::api::WorkflowRun> = kube::Api::namespaced(client, &namespace);
-            let run = api
-                .get_opt(&name)
-                .await
-                .with_context(|| format!("reading WorkflowRun {namespace}/{name}"))?
-                .ok_or_else(|| anyhow::anyhow!("WorkflowRun {name:?} not found in namespace {namespace:?}"))?;
-            print!("{}", tether::describe::describe(&run, chrono::Utc::now()));
-        }
+        Command::Runs { command } => runs(command).await?,
         Command::Crd { out_dir: None } => print!("{}", tether::crd::all_yaml()?),
         Command::Crd { out_dir: Some(dir) } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

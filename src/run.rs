@@ -300,6 +300,20 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
         instance: Some(identity.clone()),
     };
     let config = controller::Config::default().concurrency(options.concurrency);
+    // The ExternalResources runs own: one watch feeds the store a run's
+    // `resource` step reads and the trigger that wakes the run, in that
+    // order, so a run woken by `Ready` sees `Ready`.
+    let (run_resources, run_resources_writer) = reflector::store();
+    let owned_by_runs = objects(
+        reflector::reflector(
+            run_resources_writer,
+            scope.watch::<ExternalResource>(
+                &client,
+                watcher::Config::default().labels(ctrl::workflow_run::steps::RUN_LABEL),
+            ),
+        )
+        .boxed(),
+    );
     let er_controller = scoped_controller::<ExternalResource>(&scope, &client).with_config(config.clone());
     let (leading_tx, leading_rx) = watch::channel(false);
     let run_controller = runs_controller_fed_before_leading(&scope, &client, leading_rx).with_config(config.clone());
@@ -310,6 +324,7 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
         targets: targets.clone(),
         adapters: adapters.clone(),
         resources: er_controller.store(),
+        run_resources,
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         fresh: Default::default(),
@@ -447,7 +462,7 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
         )
     };
     let workflow_runs = run_controller
-        .owns_stream(objects(scope.watch::<ExternalResource>(&client, everything())))
+        .owns_stream(owned_by_runs)
         .watches_stream(objects(scope.watch::<Approval>(&client, everything())), by_approval)
         .graceful_shutdown_on(stopped())
         .run(
@@ -456,20 +471,16 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
             ctx.clone(),
         )
         .for_each(|_| async {});
-    // A run of a schedule that finishes wakes its workflow (history limits,
-    // concurrency policy).
+    // A run that finishes wakes its workflow (retention, a schedule's
+    // history limits and concurrency policy).
     let by_run = |run: WorkflowRun| {
         let finished = run
             .status
             .as_ref()
             .is_some_and(|s| crate::workflow::engine::is_terminal(s.phase));
-        let workflow = run
-            .labels()
-            .get(ctrl::workflow::SCHEDULE_LABEL)
-            .map(|_| run.spec.workflow_ref.name.clone());
-        workflow
-            .filter(|_| finished)
-            .map(|w| ObjectRef::<Workflow>::new(&w).within(&run.namespace().unwrap_or_default()))
+        finished.then(|| {
+            ObjectRef::<Workflow>::new(&run.spec.workflow_ref.name).within(&run.namespace().unwrap_or_default())
+        })
     };
     let workflows_controller = scoped_controller::<Workflow>(&scope, &client)
         .with_config(config.clone())

@@ -222,6 +222,8 @@ pub mod reason {
     pub const COMPENSATION_FAILED: &str = "CompensationFailed";
     /// A run was cancelled.
     pub const CANCELLED: &str = "Cancelled";
+    /// A retry (`spec.retryOf`) names a run it cannot retry.
+    pub const INVALID_RETRY: &str = "InvalidRetry";
     /// The Adapter a TargetSystem names does not exist.
     pub const ADAPTER_NOT_FOUND: &str = "AdapterNotFound";
     /// The Adapter's mapping or service URL is invalid.
@@ -275,6 +277,8 @@ pub mod event {
     pub const APPROVAL_REQUESTED: &str = "ApprovalRequested";
     /// A step succeeded.
     pub const STEP_SUCCEEDED: &str = "StepSucceeded";
+    /// A retry kept a step its old run finished (not run again).
+    pub const STEP_KEPT: &str = "StepKept";
     /// A step's `when` did not hold.
     pub const STEP_SKIPPED: &str = "StepSkipped";
     /// A step failed for good.

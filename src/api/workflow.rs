@@ -63,6 +63,36 @@ pub struct WorkflowSpec {
     /// What starts runs besides `kubectl create`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggers: Option<Triggers>,
+
+    /// How long finished runs of this workflow are kept, however they were
+    /// started (`kubectl create`, a schedule, the webhook, a retry). The
+    /// Workflow's controller deletes them through the API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RunRetention>,
+}
+
+/// When finished runs are deleted: after a time, beyond a count, or both.
+/// Runs under way are never deleted by retention.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRetention {
+    /// Seconds after a run finished (`status.finishedAt`) when it is
+    /// deleted; 0 deletes it as soon as it ends. Unset: kept until a
+    /// history limit removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 31_536_000))]
+    pub ttl_seconds_after_finished: Option<i32>,
+    /// Succeeded runs to keep, newest first (older ones are deleted).
+    /// Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10_000))]
+    pub successful_runs_history_limit: Option<i32>,
+    /// Runs that ended otherwise (`Failed`, `Compensated`,
+    /// `CompensationFailed`, `Cancelled`) to keep, newest first. Unset: no
+    /// limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10_000))]
+    pub failed_runs_history_limit: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

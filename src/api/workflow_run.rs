@@ -32,6 +32,7 @@ use super::common::{ObjectRef, any_value, conditions_schema, free_form_object};
     printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.progress"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new("has(self.retryOf) == has(oldSelf.retryOf) && (!has(self.retryOf) || self.retryOf == oldSelf.retryOf)").message("retryOf is immutable: start a new run instead"))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowRunSpec {
     /// The Workflow to run (same namespace). Immutable.
@@ -49,6 +50,18 @@ pub struct WorkflowRunSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self || !oldSelf").message("a cancelled run cannot be resumed"))]
     pub cancel: bool,
+
+    /// The run this one retries (same namespace): a run that ended
+    /// `Failed`, `Compensated` or `Cancelled`. This run executes that run's
+    /// pinned definition with the same `workflowRef` and `parameters`; it
+    /// keeps the outcome and outputs of every step that succeeded (or was
+    /// skipped) there and whose dependencies were all kept, and runs the
+    /// others again, with its own idempotency keys. `tether runs retry NAME`
+    /// creates such a run. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("retryOf must be the name of a WorkflowRun"))]
+    pub retry_of: Option<String>,
 }
 
 /// Phases of a run.
@@ -179,6 +192,11 @@ pub struct StepStatus {
     /// retries them with the step's backoff, up to three times).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub undo_attempts: i32,
+    /// The run (`spec.retryOf`) whose outcome of this step this run kept
+    /// instead of running it again; a `resource` step's ExternalResource
+    /// keeps that run's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_from: Option<String>,
 }
 
 impl StepStatus {
@@ -196,6 +214,7 @@ impl StepStatus {
             items: None,
             item_details: vec![],
             undo_attempts: 0,
+            kept_from: None,
         }
     }
 }

@@ -46,6 +46,13 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A retry takes over the ExternalResources of the steps it keeps.
+    #[error("handing ExternalResource {name} to the retry: {source}")]
+    HandOver {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -61,6 +68,7 @@ impl Error {
             Error::InUse(_) => "InUse",
             Error::SecretCleanup(_) => "SecretCleanupFailed",
             Error::CreateRun { .. } => "CreateRunFailed",
+            Error::HandOver { .. } => "HandOverFailed",
         }
     }
 
@@ -82,6 +90,7 @@ impl Error {
             | Error::InUse(_)
             | Error::SecretCleanup(_)
             | Error::CreateRun { .. }
+            | Error::HandOver { .. }
             | Error::StillUndoing { .. } => false,
         }
     }

@@ -211,6 +211,11 @@ pub struct Context {
     pub targets: Store<TargetSystem>,
     pub adapters: Store<Adapter>,
     pub resources: Store<ExternalResource>,
+    /// The ExternalResources runs own (`tether.dev/run` label), fed by the
+    /// same watch that wakes their run: a run woken by its resource's
+    /// change reads that change here (the controller's own store may not
+    /// have it yet).
+    pub run_resources: Store<ExternalResource>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub fresh: Mutex<HashMap<String, Freshness>>,

@@ -75,6 +75,7 @@ mod tests {
                 workflow_ref: crate::api::common::ObjectRef::new("ship"),
                 parameters: Value::Null,
                 cancel: false,
+                retry_of: None,
             },
         );
         run.metadata.uid = Some(uid.into());

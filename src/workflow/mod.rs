@@ -12,10 +12,12 @@
 //!   step, whether a poll or a callback finished it).
 //! - [`callback`]: the callback protocol (token, URL path, signed record).
 //! - [`approval`]: which Approval decides a gate of a run.
+//! - [`retry`]: what a retry (`spec.retryOf`) keeps of the run it retries.
 
 pub mod approval;
 pub mod callback;
 pub mod compile;
 pub mod engine;
+pub mod retry;
 pub mod steps;
 pub mod vars;

@@ -2,7 +2,10 @@
 //! expression, the schedules) into its `Ready` condition, and fire its cron
 //! schedules with their concurrency policy and history limits. Runs are
 //! created with deterministic names, so a schedule that fires twice (a
-//! restart, two leaders for a moment) creates one run.
+//! restart, two leaders for a moment) creates one run. Its `retention`
+//! deletes finished runs of every origin ([`retention`]).
+
+pub mod retention;
 
 use crate::api::common::condition::READY;
 use crate::api::common::event;
@@ -177,6 +180,12 @@ async fn reconcile_workflow(workflow: &Workflow, ctx: &Context) -> Result<Action
         next.schedules.push(state);
     }
 
+    if let Some(policy) = &workflow.spec.retention
+        && let Some(at) = retain(ctx, &namespace, &name, policy, now).await
+    {
+        wake = Some(wake.map_or(at, |w| w.min(at)));
+    }
+
     let api: Api<Workflow> = Api::namespaced(ctx.client.clone(), &namespace);
     StatusWriter::new(ctx, api, workflow, KIND, Some(current))
         .unconditional()
@@ -274,6 +283,7 @@ pub async fn create_run(
             workflow_ref: crate::api::common::ObjectRef::new(workflow.name_any()),
             parameters,
             cancel: false,
+            retry_of: None,
         },
     );
     run.meta_mut().namespace = Some(namespace.clone());
@@ -309,6 +319,36 @@ fn runs_of(ctx: &Context, namespace: &str, workflow: &str, schedule: &str) -> Ve
                 && labels.get(SCHEDULE_LABEL).map(String::as_str) == Some(schedule)
         })
         .collect()
+}
+
+/// Applies the Workflow's retention to its finished runs (whatever started
+/// them): deletes those past their TTL or beyond a history limit, and says
+/// when the next one expires. A run's deletion completes at once: a
+/// finished run has nothing left to undo.
+async fn retain(
+    ctx: &Context,
+    namespace: &str,
+    workflow: &str,
+    policy: &crate::api::workflow::RunRetention,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let runs: Vec<Arc<WorkflowRun>> = ctx
+        .runs
+        .state()
+        .into_iter()
+        .filter(|r| r.namespace().as_deref() == Some(namespace) && r.spec.workflow_ref.name == workflow)
+        .collect();
+    let finished = runs.iter().filter_map(|r| retention::Finished::of(r)).collect();
+    let (delete, next) = retention::plan(policy, finished, now);
+    let api: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), namespace);
+    for name in delete {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => tracing::info!(run = name, workflow, "deleted a finished run (retention)"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(err) => tracing::warn!(run = name, %err, "cannot delete a finished run (retention)"),
+        }
+    }
+    next
 }
 
 /// Deletes the oldest finished runs of a schedule beyond its history limits.

@@ -207,6 +207,15 @@ async fn advance(run: Arc<WorkflowRun>, ctx: &Context, api: &Api<WorkflowRun>) -
                 .await;
             }
         },
+        None if run.spec.retry_of.is_some() => match retry_seed(&run, ctx, api).await? {
+            Ok((seeded, spec)) => {
+                status = seeded;
+                spec
+            }
+            Err(message) => {
+                return fail_before_start(&run, ctx, &mut writer, status, reason::INVALID_RETRY, message).await;
+            }
+        },
         None => {
             let workflow_name = &run.spec.workflow_ref.name;
             let Some(workflow) = ctx
@@ -315,6 +324,57 @@ async fn advance(run: Arc<WorkflowRun>, ctx: &Context, api: &Api<WorkflowRun>) -
         None => Advanced::ended(),
         Some(wait) => Advanced::again_in(wait),
     })
+}
+
+/// A retry's first status: the old run's pinned definition and the steps it
+/// keeps (`workflow::retry`), after the ExternalResources of kept
+/// `resource` steps were handed over to this run (so that deleting the old
+/// run does not take them along). `Ok(Err(why))`: the run cannot be retried.
+async fn retry_seed(
+    run: &WorkflowRun,
+    ctx: &Context,
+    api: &Api<WorkflowRun>,
+) -> Result<Result<(WorkflowRunStatus, WorkflowSpec), String>, Error> {
+    let Some(old_name) = run.spec.retry_of.as_deref() else {
+        return Ok(Err("not a retry".into()));
+    };
+    let old = api.get_opt(old_name).await.map_err(|source| Error::Read {
+        name: old_name.to_owned(),
+        source,
+    })?;
+    let Some(old) = old else {
+        return Ok(Err(format!(
+            "run {old_name:?} (spec.retryOf) does not exist in namespace {:?}",
+            run.namespace().unwrap_or_default()
+        )));
+    };
+    if let Some(why) = crate::workflow::retry::refuse(&old, run) {
+        return Ok(Err(why));
+    }
+    let old_status = old.status.clone().unwrap_or_default();
+    let Some(pinned) = &old_status.pinned else {
+        return Ok(Err(format!("run {old_name:?} never started")));
+    };
+    let spec: WorkflowSpec = match serde_json::from_value(pinned.spec.clone()) {
+        Ok(spec) => spec,
+        Err(e) => {
+            return Ok(Err(format!(
+                "the definition run {old_name:?} pinned cannot be read: {e}"
+            )));
+        }
+    };
+    let def = match engine::Definition::from_spec(&spec) {
+        Ok(def) => def,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let seeded = crate::workflow::retry::seed(&def, old_name, &old_status);
+    for step in &seeded.steps {
+        let is_resource = spec.steps.iter().any(|s| s.name == step.name && s.resource.is_some());
+        if is_resource && step.phase == StepPhase::Succeeded {
+            steps::resource::hand_over(ctx, run, step).await?;
+        }
+    }
+    Ok(Ok((seeded, spec)))
 }
 
 /// When to come back on our own: the next retry, poll or delay, or an
@@ -509,6 +569,14 @@ async fn fail_before_start(
     Ok(Advanced::ended())
 }
 
+/// The action of a step's Events. kube-runtime's Recorder folds Events with
+/// the same object, reason and action into one series that keeps the first
+/// note: with the step in the action, five steps that start are five
+/// Events, each naming its step.
+fn step_action(step: &str) -> String {
+    format!("Step/{step}")
+}
+
 /// Events and metrics for what changed between two statuses.
 async fn announce(
     run: &WorkflowRun,
@@ -520,6 +588,15 @@ async fn announce(
     for (i, s) in after.steps.iter().enumerate() {
         let old = before.steps.iter().find(|b| b.name == s.name).map(|b| b.phase);
         if old == Some(s.phase) {
+            continue;
+        }
+        if old.is_none()
+            && let Some(from) = &s.kept_from
+        {
+            // A retry's kept step: it ran (and was counted) in `from`.
+            let note = format!("step {} kept from run {from}: not run again", s.name);
+            ctx.publish(run, EventType::Normal, event::STEP_KEPT, &step_action(&s.name), note)
+                .await;
             continue;
         }
         let message = s.message.clone().unwrap_or_default();
@@ -601,7 +678,7 @@ async fn announce(
                 .get_or_create(&crate::metrics::OutcomeLabels { outcome })
                 .observe((end - start).num_milliseconds().max(0) as f64 / 1000.0);
         }
-        ctx.publish(run, type_, reason, "Step", note).await;
+        ctx.publish(run, type_, reason, &step_action(&s.name), note).await;
     }
     if before.phase != after.phase {
         let phase = serde_json::to_value(after.phase)

@@ -9,7 +9,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::{Do, Scope, Step};
-use crate::api::ExternalResource;
+use crate::api::workflow_run::StepStatus;
+use crate::api::{ExternalResource, WorkflowRun};
+use crate::controller::{Context, Error};
 use crate::workflow::compile::CompiledResource;
 use crate::workflow::engine::{FailureClass, Observation};
 use crate::workflow::steps::{resource_name, resource_outcome};
@@ -57,11 +59,57 @@ async fn start(scope: &Scope<'_>, step: &Step<'_>, resource: &CompiledResource, 
     }
 }
 
+/// The run whose name the step's ExternalResources carry: this one, or the
+/// run a retry kept the step from.
+fn owner_name(scope: &Scope<'_>, step: &str) -> String {
+    scope
+        .status
+        .steps
+        .iter()
+        .find(|s| s.name == step)
+        .and_then(|s| s.kept_from.clone())
+        .unwrap_or_else(|| scope.run.name_any())
+}
+
+/// Makes `run` (a retry) the owner of the ExternalResources of a step it
+/// kept from the run it retries: deleting that run must not delete them,
+/// and this run's compensation undoes them. Idempotent; one already gone
+/// is left gone.
+pub async fn hand_over(ctx: &Context, run: &WorkflowRun, step: &StepStatus) -> Result<(), Error> {
+    let Some(from) = step.kept_from.as_deref() else {
+        return Ok(());
+    };
+    let names: Vec<String> = match &step.items {
+        Some(items) => (0..items.total)
+            .map(|i| resource_name(from, &step.name, Some(i)))
+            .collect(),
+        None => vec![resource_name(from, &step.name, None)],
+    };
+    let owner = run.controller_owner_ref(&()).map(|mut o| {
+        o.block_owner_deletion = None;
+        o
+    });
+    // A merge patch replaces the list: the old run's reference goes.
+    let patch = json!({"metadata": {
+        "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+        "labels": { RUN_LABEL: run.name_any() },
+    }});
+    let api: Api<ExternalResource> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    for name in names {
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => return Err(Error::HandOver { name, source }),
+        }
+    }
+    Ok(())
+}
+
 fn check(scope: &Scope<'_>, step: &Step<'_>, resource: &CompiledResource) -> Option<Observation> {
-    let name = resource_name(&scope.run.name_any(), step.name, None);
+    let name = resource_name(&owner_name(scope, step.name), step.name, None);
     let er = scope
         .ctx
-        .resources
+        .run_resources
         .get(&ObjectRef::new(&name).within(&scope.namespace()));
     resource_outcome(
         step.name,
@@ -126,7 +174,7 @@ async fn ensure(
 
 /// Deletes the ExternalResource; true once it is gone.
 async fn delete_object(scope: &Scope<'_>, step: &str, item: Option<i32>) -> Result<bool, kube::Error> {
-    let name = resource_name(&scope.run.name_any(), step, item);
+    let name = resource_name(&owner_name(scope, step), step, item);
     let api: Api<ExternalResource> = Api::namespaced(scope.ctx.client.clone(), &scope.namespace());
     match api.delete(&name, &DeleteParams::default()).await {
         Ok(_) => {}
