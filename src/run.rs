@@ -309,7 +309,11 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         instance: Some(identity.clone()),
     };
     let config = controller::Config::default().concurrency(options.concurrency);
-    let er_controller = scoped_controller::<ExternalResource>(&scope, &client).with_config(config.clone());
+    // Signed resync pushes (webhook) wake resources through this stream.
+    let (resync, resync_requests) = ctrl::Resync::channel();
+    let er_controller = scoped_controller::<ExternalResource>(&scope, &client)
+        .with_config(config.clone())
+        .reconcile_on(resync_requests);
     let run_controller = scoped_controller::<WorkflowRun>(&scope, &client).with_config(config.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -329,6 +333,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         written: Default::default(),
         callback_base,
         keys: Default::default(),
+        resync,
     });
 
     tracing::info!(addr = %webhook_listener.local_addr()?, "serving workflow webhooks and callbacks");
