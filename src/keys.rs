@@ -20,6 +20,8 @@ use crate::metrics::{Metrics, PurposeLabels};
 pub enum Purpose {
     Webhook,
     Callback,
+    /// A TargetSystem's `resyncWebhook` key.
+    Resync,
 }
 
 impl Purpose {
@@ -27,6 +29,7 @@ impl Purpose {
         match self {
             Purpose::Webhook => "webhook",
             Purpose::Callback => "callback",
+            Purpose::Resync => "resync",
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod http;
 pub mod keys;
 pub mod leader;
 pub mod metrics;
+pub mod plan;
 pub mod request;
 pub mod run;
 pub mod runs;

@@ -21,6 +21,11 @@ enum Command {
     /// Run the controllers (Adapter, TargetSystem, ExternalResource,
     /// Workflow, WorkflowRun) and the webhook endpoint.
     Run(Box<tether::run::RunOptions>),
+    /// Say what Tether would do at each target for these ExternalResources
+    /// (manifests or the cluster's) — create, update field by field, adopt,
+    /// nothing, delete — reading only. Exit code: 0 no changes, 2 changes
+    /// pending, 1 error.
+    Plan(tether::plan::cluster::PlanOptions),
     /// Inspect workflow runs.
     Runs {
         #[command(subcommand)]
@@ -108,6 +113,18 @@ enum RunsCommand {
     },
 }
 
+/// The exit of a `tether plan` whose outcome is not "no changes".
+#[derive(Debug)]
+struct PlanExit(tether::plan::Outcome);
+
+impl std::fmt::Display for PlanExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "plan: {:?}", self.0)
+    }
+}
+
+impl std::error::Error for PlanExit {}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
 enum LogFormat {
     #[default]
@@ -136,6 +153,11 @@ async fn runs(command: RunsCommand) -> anyhow::Result<()> {
 fn main() -> std::process::ExitCode {
     match main_result() {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `tether plan` found changes (or could not plan one resource): its
+        // plan is printed, the code says which.
+        Err(error) if error.downcast_ref::<PlanExit>().is_some() => {
+            std::process::ExitCode::from(error.downcast_ref::<PlanExit>().map_or(1, |e| e.0.code()))
+        }
         Err(error) => {
             // What went wrong, cause by cause, for people: not a debug dump.
             eprintln!("error: {error:#}");
@@ -176,6 +198,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Command::Run(options) => tether::run::run(*options).await?,
+        Command::Plan(options) => match tether::plan::cluster::main(options).await? {
+            tether::plan::Outcome::NoChanges => {}
+            outcome => return Err(PlanExit(outcome).into()),
+        },
         #[cfg(feature = "dev")]
         Command::Sandbox(options) => tether::sandbox::run(options).await?,
         Command::Runs { command } => runs(command).await?,

@@ -121,6 +121,9 @@ pub struct HttpCall {
     pub body: Option<Value>,
     /// Send to this base instead of the target's (an adapter service).
     pub base: Option<url::Url>,
+    /// A timeout of this call instead of the target's `timeouts.request`
+    /// (an adapter service's `timeout`).
+    pub timeout: Option<Duration>,
 }
 
 /// The answer to an [`HttpCall`] that was not a transport-level failure.
@@ -219,6 +222,7 @@ impl CompiledRequest {
                 .collect::<Result<_, ExprError>>()?,
             body: self.body.as_ref().map(|b| b.eval(input, vars)).transpose()?,
             base: None,
+            timeout: None,
         })
     }
 }
@@ -257,25 +261,148 @@ pub fn reserved_header(name: &str) -> Option<&'static str> {
     )
 }
 
-/// A short, single-line message from an error body.
+/// Field-level details kept in an error message at most.
+const MAX_DETAILS: usize = 5;
+/// Longest error message kept (bytes).
+const MAX_ERROR_MESSAGE: usize = 400;
+
+/// A short, single-line message from an error body: the target's top-level
+/// message followed by its field-level details — `errors[]`, `details[]`,
+/// `fields`/`field_errors`/`validation` (at the top or under `error`), each
+/// item's `field` (or `path`, `param`, `loc`) and `message` (or `msg`,
+/// `detail`, `reason`) — at most [`MAX_DETAILS`] of them, the whole cut to
+/// [`MAX_ERROR_MESSAGE`] bytes on a character boundary. A target saying
+/// "validation failed" with "quantity: must be less than 100" below it is
+/// shown with both.
 pub fn error_message(body: &Value) -> String {
-    let text = body
+    let top = body
         .pointer("/error/message")
         .or_else(|| body.get("message"))
-        .or_else(|| body.get("error"))
-        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-        .unwrap_or_else(|| body.to_string());
-    let mut line: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+        .or_else(|| body.get("error").filter(|e| !e.is_object()))
+        .or_else(|| body.get("title"))
+        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+    let mut details = Vec::new();
+    for scope in [Some(body), body.get("error")].into_iter().flatten() {
+        for key in [
+            "errors",
+            "details",
+            "fields",
+            "field_errors",
+            "fieldErrors",
+            "validation",
+            "invalid_params",
+        ] {
+            if let Some(found) = scope.get(key) {
+                collect_details(found, &mut details);
+            }
+        }
+    }
+    let text = match (top, details.is_empty()) {
+        (Some(top), true) => top,
+        (Some(top), false) => {
+            let extra: Vec<&String> = details.iter().filter(|d| **d != top).collect();
+            if extra.is_empty() {
+                top
+            } else {
+                format!(
+                    "{top} ({})",
+                    extra.iter().map(|d| d.as_str()).collect::<Vec<_>>().join("; ")
+                )
+            }
+        }
+        (None, false) => details.join("; "),
+        (None, true) => body.to_string(),
+    };
+    let mut line: String = text.chars().filter(|c| !c.is_control()).collect();
+    crate::text::truncate(&mut line, MAX_ERROR_MESSAGE);
     if line.is_empty() {
         line.push_str("no details");
     }
     line
 }
 
+/// Field-level messages of `found`: a list of strings or of objects with a
+/// field and a message, or an object from field name to message(s).
+fn collect_details(found: &Value, details: &mut Vec<String>) {
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let first = |item: &Value, keys: &[&str]| keys.iter().find_map(|k| item.get(*k)).map(text);
+    let mut push = |detail: String| {
+        if details.len() < MAX_DETAILS && !detail.is_empty() && !details.contains(&detail) {
+            details.push(detail);
+        }
+    };
+    match found {
+        Value::Array(items) => {
+            for item in items.iter().take(MAX_DETAILS) {
+                match item {
+                    Value::String(s) => push(s.clone()),
+                    Value::Object(_) => {
+                        let message = first(item, &["message", "msg", "detail", "reason", "description"]);
+                        let field = first(item, &["field", "path", "param", "loc", "pointer", "name"]);
+                        match (field, message) {
+                            (Some(field), Some(message)) => push(format!("{field}: {message}")),
+                            (None, Some(message)) => push(message),
+                            (Some(field), None) => push(field),
+                            (None, None) => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Value::Object(map) => {
+            for (field, messages) in map.iter().take(MAX_DETAILS) {
+                match messages {
+                    Value::Array(list) => {
+                        let joined: Vec<String> = list.iter().take(MAX_DETAILS).map(text).collect();
+                        push(format!("{field}: {}", joined.join(", ")));
+                    }
+                    other => push(format!("{field}: {}", text(other))),
+                }
+            }
+        }
+        Value::String(s) => push(s.clone()),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::adapter::HttpRequestTemplate;
+
+    #[test]
+    fn a_field_level_message_is_kept_beside_the_top_level_one() {
+        let body = serde_json::json!({"error": {
+            "code": "invalid",
+            "message": "validation failed",
+            "errors": [{"field": "quantity", "message": "must be less than 100"}]
+        }});
+        assert_eq!(
+            error_message(&body),
+            "validation failed (quantity: must be less than 100)"
+        );
+        // Other common shapes: details at the top, fields as a map, bare
+        // strings.
+        let details = serde_json::json!({"message": "bad request", "details": [{"path": "email", "msg": "taken"}]});
+        assert_eq!(error_message(&details), "bad request (email: taken)");
+        let fields = serde_json::json!({"message": "invalid", "fields": {"plan": ["unknown", "required"]}});
+        assert_eq!(error_message(&fields), "invalid (plan: unknown, required)");
+        let only = serde_json::json!({"errors": ["name is required"]});
+        assert_eq!(error_message(&only), "name is required");
+        assert_eq!(error_message(&serde_json::json!({"message": "gone"})), "gone");
+    }
+
+    #[test]
+    fn field_level_details_are_bounded_in_number_and_size() {
+        let errors: Vec<Value> = (0..50)
+            .map(|i| serde_json::json!({"field": format!("f{i}"), "message": "é".repeat(100)}))
+            .collect();
+        let message = error_message(&serde_json::json!({"message": "invalid", "errors": errors}));
+        assert!(message.len() <= MAX_ERROR_MESSAGE, "{}", message.len());
+        assert!(message.contains("f0: "));
+        assert!(!message.contains("f5: "), "at most {MAX_DETAILS} details");
+    }
 
     #[test]
     fn threat_a_template_cannot_set_host_credential_framing_or_tethers_own_headers() {

@@ -314,7 +314,11 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
         )
         .boxed(),
     );
-    let er_controller = scoped_controller::<ExternalResource>(&scope, &client).with_config(config.clone());
+    // Signed resync pushes (webhook) wake resources through this stream.
+    let (resync, resync_requests) = ctrl::Resync::channel();
+    let er_controller = scoped_controller::<ExternalResource>(&scope, &client)
+        .with_config(config.clone())
+        .reconcile_on(resync_requests);
     let (leading_tx, leading_rx) = watch::channel(false);
     let run_controller = runs_controller_fed_before_leading(&scope, &client, leading_rx).with_config(config.clone());
     let ctx = Arc::new(Context {
@@ -336,6 +340,7 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
         written: Default::default(),
         callback_base,
         keys: Default::default(),
+        resync,
     });
 
     tracing::info!(addr = %webhook_listener.local_addr()?, "serving workflow webhooks and callbacks");

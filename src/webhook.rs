@@ -1,5 +1,7 @@
 //! The webhook endpoint of `tether run` (`--webhook-addr`): a signed POST
-//! to `/webhooks/<namespace>/<workflow>` starts a run of that workflow.
+//! to `/webhooks/<namespace>/<workflow>` starts a run of that workflow; one
+//! to `/resync/<namespace>/<target>[/<resource>]` resyncs ExternalResources
+//! now ([`resync`], signed the same way under the TargetSystem's key).
 //!
 //! A request carries `X-Tether-Timestamp` (unix seconds), `X-Tether-Delivery`
 //! (the sender's id of this delivery) and `X-Tether-Signature:
@@ -27,6 +29,8 @@
 pub mod deliveries;
 
 pub mod refusal;
+
+pub mod resync;
 
 use crate::api::common::event;
 use std::sync::Arc;
@@ -130,6 +134,8 @@ pub fn router(ctx: Arc<Context>, tolerance: Duration) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/webhooks/{namespace}/{workflow}", post(trigger))
         .route("/callbacks/{namespace}/{run}/{step}/{attempt}", post(callback))
+        .route("/resync/{namespace}/{target}", post(resync::all))
+        .route("/resync/{namespace}/{target}/{resource}", post(resync::one))
         .with_state(Arc::new(hooks))
 }
 

@@ -295,6 +295,64 @@ async fn deleting_deletes_the_external_object_orphan_keeps_it_and_404_counts_as_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_on_a_later_page_under_the_default_name_is_adopted_not_duplicated() {
+    let cp = ControlPlane::shared();
+    let sim = simulator().await;
+    let ns = cp.namespace("adopt-paged");
+    // A find that lists the whole collection (no filter), page by page:
+    // the simulator answers 50 objects a page with `nextCursor`.
+    let adapter = format!("contacts-{ns}");
+    let mut mapping = contacts_adapter(&adapter);
+    mapping["spec"]["rest"]["resourceTypes"][0]["find"] = json!({
+        "method": "GET", "path": "/v1/contacts",
+        "select": ".items[] | select(.externalName == $desired.name)",
+        "pagination": {"next": ".nextCursor", "queryParam": "cursor"}
+    });
+    cp.apply_json(&ns, &mapping);
+    cp.apply_json(&ns, &target(&adapter, &sim.base_url(), TOKEN, json!({})));
+    let client = reqwest::Client::new();
+    let seed = |body: serde_json::Value| {
+        client
+            .post(format!("{}/v1/contacts", sim.base_url()))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+    };
+    for i in 0..120 {
+        seed(json!({"email": format!("filler{i}@example.com"), "externalName": format!("filler-{i}")}))
+            .await
+            .expect("seed filler");
+    }
+    // No externalName in the spec: its default `<namespace>-<name>` names
+    // this object, on the third page.
+    seed(json!({"email": "ada@example.com", "externalName": format!("{ns}-ada")}))
+        .await
+        .expect("seed ada");
+    sim.reset_stats();
+    let controller = Controller::start(cp, &ns, &[]);
+    cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
+    cp.wait_for(&ns, "xr/ada", "condition=Ready", "60s", Some(&controller));
+
+    assert_eq!(
+        cp.jsonpath(&ns, "xr/ada", "{.status.conditions[?(@.type==\"Ready\")].reason}"),
+        "Adopted"
+    );
+    let adopted = sim
+        .objects("contacts")
+        .into_iter()
+        .find(|o| o["externalName"] == format!("{ns}-ada"))
+        .expect("seeded");
+    assert_eq!(
+        cp.jsonpath(&ns, "xr/ada", "{.status.externalId}"),
+        adopted["id"].as_str().unwrap_or_default()
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.count("create", "contacts"), 0, "no duplicate: {stats:?}");
+    assert_eq!(sim.objects("contacts").len(), 121);
+    assert_eq!(stats.count("list", "contacts"), 3, "three pages read: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_only_adopts_an_existing_object_and_never_writes() {
     let cp = ControlPlane::shared();
     let sim = Simulator::accepting(TOKEN).start();

@@ -37,10 +37,33 @@ impl AnyAdapter {
         };
         if let Some(service) = &adapter.spec.service {
             let url = crate::http::url::parse_base(&service.url).map_err(|e| invalid(e.to_string()))?;
-            return Ok(AnyAdapter::Service(ServiceAdapter::new(url, target)));
+            let timeout = service_timeout(service).map_err(invalid)?;
+            return Ok(AnyAdapter::Service(
+                ServiceAdapter::new(url, target).with_timeout(timeout),
+            ));
         }
         let mapping = mapping(adapter).map_err(invalid)?;
         Ok(AnyAdapter::Rest(RestAdapter::new(mapping, target)))
+    }
+}
+
+/// The Adapter's `service.timeout`, at most the longest request timeout a
+/// TargetSystem may set (the CRD refuses more; an object stored before the
+/// rule gets the same answer here).
+fn service_timeout(service: &crate::api::adapter::AdapterService) -> Result<Option<std::time::Duration>, String> {
+    let Some(timeout) = &service.timeout else {
+        return Ok(None);
+    };
+    let max = crate::api::target_system::MAX_REQUEST_TIMEOUT;
+    match timeout.to_std() {
+        Some(d) if d.is_zero() => Err("service.timeout must be longer than 0s".into()),
+        Some(d) if d > max => Err(format!(
+            "service.timeout {:?} is longer than the maximum of {}s",
+            timeout.0,
+            max.as_secs()
+        )),
+        Some(d) => Ok(Some(d)),
+        None => Err(format!("service.timeout {:?} is not a duration", timeout.0)),
     }
 }
 

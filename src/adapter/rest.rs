@@ -20,6 +20,9 @@ use crate::request::{CompiledRequest, HttpAnswer, TargetRequests};
 /// The longest external id Tether keeps (status, conditions, paths).
 pub const MAX_ID_BYTES: usize = 512;
 
+/// Most pages one `find` reads, whatever the Adapter says.
+pub const MAX_FIND_PAGES: usize = 100;
+
 /// Variables of expressions that read an answer: `$desired` is the request
 /// context (`.properties`, `.id`, `.name`, `.idempotencyKey`).
 const ANSWER_VARS: &[&str] = &["$desired"];
@@ -31,10 +34,18 @@ pub struct CompiledType {
     create: CompiledRequest,
     update: Option<CompiledRequest>,
     delete: Option<CompiledRequest>,
-    find: Option<(CompiledRequest, Expr)>,
+    find: Option<CompiledFind>,
     not_found: Vec<u16>,
     idempotency_header: Option<String>,
     secret_fields: Vec<String>,
+}
+
+/// A `find`: the list request, the selection, and how to page.
+pub struct CompiledFind {
+    request: CompiledRequest,
+    select: Expr,
+    /// The next-page expression, the query parameter, the page bound.
+    pagination: Option<(Expr, String, usize)>,
 }
 
 pub struct CompiledAction {
@@ -112,6 +123,15 @@ fn compile_type(t: &RestResourceType) -> Result<CompiledType, Vec<ExprError>> {
     let update = t.update.as_ref().map(|u| keep_request("update", u));
     let delete = t.delete.as_ref().map(|d| keep_request("delete", d));
     let find_request = t.find.as_ref().map(|f| keep_request("find", &f.request));
+    let next = t.find.as_ref().and_then(|f| f.pagination.as_ref()).map(|p| {
+        Expr::compile(&format!("{field}.find.pagination.next"), &p.next, ANSWER_VARS)
+            .map_err(|e| errors.push(e))
+            .ok()
+            .map(|next| {
+                let max = usize::try_from(p.max_pages).unwrap_or(1).clamp(1, MAX_FIND_PAGES);
+                (next, p.query_param.clone(), max)
+            })
+    });
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -123,7 +143,14 @@ fn compile_type(t: &RestResourceType) -> Result<CompiledType, Vec<ExprError>> {
         create: create.ok_or_else(missing)?,
         update: update.flatten(),
         delete: delete.flatten(),
-        find: find_request.flatten().zip(select.flatten()),
+        find: find_request
+            .flatten()
+            .zip(select.flatten())
+            .map(|(request, select)| CompiledFind {
+                request,
+                select,
+                pagination: next.flatten(),
+            }),
         not_found: t
             .not_found_statuses
             .iter()
@@ -260,21 +287,56 @@ impl<T: TargetRequests> ExternalSystem for RestAdapter<T> {
 
     async fn find(&self, request: &ObjectRequest<'_>) -> Result<Observation> {
         let t = self.mapping.resource_type(request.resource_type)?;
-        let Some((find, select)) = &t.find else {
+        let Some(find) = &t.find else {
             return Ok(Observation::Absent);
         };
         let context = request.context();
-        let answer = self.call(find, "find", &context, vec![]).await?;
-        if t.not_found.contains(&answer.status) {
-            return Ok(Observation::Absent);
+        let max_pages = find.pagination.as_ref().map_or(1, |(_, _, max)| *max);
+        let mut token: Option<String> = None;
+        for _ in 0..max_pages {
+            let mut call = find.request.render("find", &context, &[])?;
+            if let (Some((_, param, _)), Some(token)) = (&find.pagination, &token) {
+                call.query.retain(|(name, _)| name != param);
+                call.query.push((param.clone(), token.clone()));
+            }
+            let answer = self.target.send(call).await?;
+            if t.not_found.contains(&answer.status) {
+                return Ok(Observation::Absent);
+            }
+            if !answer.is_success() {
+                return Err(self.rejected("find", &answer));
+            }
+            match find.select.eval(&answer.body, &[&context])? {
+                Value::Null => {}
+                found => return Ok(Observation::Present(self.object(t, &found, &context, None)?)),
+            }
+            let Some((next, _, _)) = &find.pagination else {
+                return Ok(Observation::Absent);
+            };
+            let next = match next.eval(&answer.body, &[&context])? {
+                Value::Null | Value::Bool(false) => None,
+                Value::String(s) => Some(s).filter(|s| !s.is_empty()),
+                Value::Number(n) => Some(n.to_string()),
+                other => {
+                    return Err(AdapterError::Mapping(format!(
+                        "{}: the next page token must be a string or a number, not {other}",
+                        next.source()
+                    )));
+                }
+            };
+            // The same token twice would loop until the page bound.
+            if next.is_none() || next == token {
+                return Ok(Observation::Absent);
+            }
+            token = next;
         }
-        if !answer.is_success() {
-            return Err(self.rejected("find", &answer));
-        }
-        match select.eval(&answer.body, &[&context])? {
-            Value::Null => Ok(Observation::Absent),
-            found => Ok(Observation::Present(self.object(t, &found, &context, None)?)),
-        }
+        // Pages remain: saying "absent" would create a duplicate of an
+        // object on a page not read.
+        Err(AdapterError::Mapping(format!(
+            "find read {max_pages} pages of resource type {:?} without reaching the last one; \
+             raise find.pagination.maxPages or narrow the find with a filter",
+            request.resource_type
+        )))
     }
 
     async fn create(&self, request: &ObjectRequest<'_>) -> Result<ExternalObject> {
@@ -367,5 +429,129 @@ impl<T: TargetRequests> ExternalSystem for RestAdapter<T> {
             succeeded,
             outputs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::fakes::{FakeTarget, answer};
+
+    fn mapping(pagination: Value) -> Arc<CompiledMapping> {
+        let mut find = json!({
+            "method": "GET", "path": "/v1/contacts",
+            "query": {"limit": "2"},
+            "select": ".items[] | select(.externalName == $desired.name)",
+        });
+        if !pagination.is_null() {
+            find["pagination"] = pagination;
+        }
+        let rest: RestMapping = serde_json::from_value(json!({"resourceTypes": [{
+            "name": "contact",
+            "read": {"method": "GET", "path": "/v1/contacts/\\(.id)"},
+            "create": {"method": "POST", "path": "/v1/contacts", "body": ".properties"},
+            "find": find,
+        }]}))
+        .expect("mapping");
+        Arc::new(CompiledMapping::compile(&rest).unwrap_or_else(|e| panic!("{e:?}")))
+    }
+
+    fn page(names: &[&str], next: Option<&str>) -> Result<HttpAnswer, crate::request::CallError> {
+        let items: Vec<Value> = names
+            .iter()
+            .map(|n| json!({"id": format!("id-{n}"), "externalName": n}))
+            .collect();
+        answer(200, json!({"items": items, "nextCursor": next}))
+    }
+
+    fn request<'a>(properties: &'a Value) -> ObjectRequest<'a> {
+        ObjectRequest {
+            resource_type: "contact",
+            external_id: None,
+            external_name: "ada",
+            properties,
+            idempotency_key: None,
+        }
+    }
+
+    fn cursor(call: &crate::request::HttpCall) -> Option<&str> {
+        call.query.iter().find(|(k, _)| k == "cursor").map(|(_, v)| v.as_str())
+    }
+
+    #[tokio::test]
+    async fn find_reads_the_next_pages_until_it_finds_the_object() {
+        let target = Arc::new(FakeTarget::answering(vec![
+            page(&["a", "b"], Some("b")),
+            page(&["c", "d"], Some("d")),
+            page(&["ada"], None),
+        ]));
+        let adapter = RestAdapter::new(
+            mapping(json!({"next": ".nextCursor", "queryParam": "cursor"})),
+            target.clone(),
+        );
+        let properties = json!({});
+        let found = adapter.find(&request(&properties)).await.expect("find");
+        assert!(
+            matches!(&found, Observation::Present(o) if o.id == "id-ada"),
+            "{found:?}"
+        );
+        let sent = target.sent();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(
+            sent.iter().map(cursor).collect::<Vec<_>>(),
+            vec![None, Some("b"), Some("d")]
+        );
+        // The find's own query parameters ride along on every page.
+        assert!(sent.iter().all(|c| c.query.contains(&("limit".into(), "2".into()))));
+    }
+
+    #[tokio::test]
+    async fn find_stops_at_the_last_page_and_says_absent() {
+        let target = Arc::new(FakeTarget::answering(vec![page(&["a"], Some("a")), page(&["b"], None)]));
+        let adapter = RestAdapter::new(
+            mapping(json!({"next": ".nextCursor", "queryParam": "cursor"})),
+            target.clone(),
+        );
+        let properties = json!({});
+        assert_eq!(
+            adapter.find(&request(&properties)).await.expect("find"),
+            Observation::Absent
+        );
+        assert_eq!(target.sent().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn find_past_its_page_bound_fails_instead_of_reporting_absent() {
+        let target = Arc::new(FakeTarget::answering(vec![
+            page(&["a"], Some("1")),
+            page(&["b"], Some("2")),
+            page(&["c"], Some("3")),
+        ]));
+        let adapter = RestAdapter::new(
+            mapping(json!({"next": ".nextCursor", "queryParam": "cursor", "maxPages": 2})),
+            target.clone(),
+        );
+        let properties = json!({});
+        let error = adapter.find(&request(&properties)).await.expect_err("bounded");
+        assert!(error.to_string().contains("maxPages"), "{error}");
+        assert!(error.certainly_not_applied(), "a create must not follow");
+        assert_eq!(target.sent().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn find_without_pagination_reads_one_page() {
+        let target = Arc::new(FakeTarget::answering(vec![
+            page(&["a"], Some("a")),
+            page(&["ada"], None),
+        ]));
+        let adapter = RestAdapter::new(mapping(Value::Null), target.clone());
+        let properties = json!({});
+        assert_eq!(
+            adapter.find(&request(&properties)).await.expect("find"),
+            Observation::Absent
+        );
+        assert_eq!(target.sent().len(), 1);
     }
 }

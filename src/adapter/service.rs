@@ -24,6 +24,9 @@ pub const PROTOCOL_VERSION: &str = "v1";
 pub struct ServiceAdapter<T> {
     url: Url,
     target: Arc<T>,
+    /// The Adapter's `service.timeout`: each call to the service ends
+    /// after it (else the TargetSystem's `timeouts.request`).
+    timeout: Option<std::time::Duration>,
 }
 
 /// The answer to `observe`, `find`, `create` and `update`.
@@ -60,7 +63,17 @@ struct ActionAnswer {
 
 impl<T: TargetRequests> ServiceAdapter<T> {
     pub fn new(url: Url, target: Arc<T>) -> Self {
-        Self { url, target }
+        Self {
+            url,
+            target,
+            timeout: None,
+        }
+    }
+
+    /// Every call to the service ends after `timeout`.
+    pub fn with_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     fn payload(&self, request: &ObjectRequest<'_>) -> Value {
@@ -86,6 +99,7 @@ impl<T: TargetRequests> ServiceAdapter<T> {
                 headers: vec![],
                 body: Some(payload),
                 base: Some(self.url.clone()),
+                timeout: self.timeout,
             })
             .await?;
         if !answer.is_success() {
@@ -187,5 +201,33 @@ impl<T: TargetRequests> ExternalSystem for ServiceAdapter<T> {
             succeeded: answer.succeeded,
             outputs: answer.outputs,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::fakes::{FakeTarget, answer};
+
+    #[tokio::test]
+    async fn every_call_to_the_service_carries_the_adapters_timeout() {
+        let target = Arc::new(FakeTarget::answering(vec![answer(200, json!({"exists": false}))]));
+        let url = Url::parse("http://adapter.example/").expect("url");
+        let adapter = ServiceAdapter::new(url, target.clone()).with_timeout(Some(std::time::Duration::from_secs(3)));
+        let properties = json!({});
+        let request = ObjectRequest {
+            resource_type: "contact",
+            external_id: Some("c-1"),
+            external_name: "ada",
+            properties: &properties,
+            idempotency_key: None,
+        };
+        assert_eq!(adapter.observe(&request).await.expect("observe"), Observation::Absent);
+        assert_eq!(
+            target.sent().first().and_then(|c| c.timeout),
+            Some(std::time::Duration::from_secs(3))
+        );
     }
 }

@@ -190,6 +190,41 @@ pub struct FindRequest {
     /// `.items[] | select(.email == $desired.properties.email)`.
     #[schemars(length(min = 1, max = 4096))]
     pub select: String,
+    /// How to read the next page of a paginated list. Without it only the
+    /// first page is read, so an object beyond it is not adopted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<FindPagination>,
+}
+
+/// Pagination of a `find`: each page is read in turn until `select` finds
+/// the object, the target says there is no next page, or `maxPages` pages
+/// were read (then `find` fails rather than conclude the object is absent
+/// and create a duplicate).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FindPagination {
+    /// Expression over a page's response body that yields the next page's
+    /// token — a cursor (`.nextCursor`), a page number (`if .page <
+    /// .totalPages then .page + 1 else null end`) — or `null`, `""` or
+    /// `false` on the last page.
+    #[schemars(length(min = 1, max = 1024))]
+    pub next: String,
+    /// The query parameter that carries the token on the next request
+    /// (`cursor`, `page`, `page_token`); the find's other query parameters
+    /// are sent again with it.
+    #[schemars(length(min = 1, max = 128))]
+    pub query_param: String,
+    /// Most pages read by one `find`.
+    #[serde(default = "default_max_pages")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_pages: i32,
+}
+
+/// Default of `find.pagination.maxPages`.
+pub const DEFAULT_FIND_MAX_PAGES: i32 = 20;
+
+fn default_max_pages() -> i32 {
+    DEFAULT_FIND_MAX_PAGES
 }
 
 /// A named operation.
@@ -225,8 +260,10 @@ pub struct AdapterService {
     /// Protocol version the service speaks.
     #[serde(default)]
     pub protocol_version: ProtocolVersion,
-    /// Timeout of one call to the service.
+    /// Timeout of one call to the service (at most 5m), instead of the
+    /// TargetSystem's `timeouts.request`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s') && duration(self) <= duration('5m')").message("service.timeout must be longer than 0s and at most 5m"))]
     pub timeout: Option<Duration>,
 }
 

@@ -62,7 +62,12 @@ pub struct TargetSystemSpec {
     #[serde(default)]
     pub timeouts: Timeouts,
 
-    /// Retries of failed calls.
+    /// How the controller spaces its retries of an ExternalResource after a
+    /// transient failure of this target (5xx, timeout, refused connection):
+    /// exponential from `baseDelay` up to `maxDelay`, with full jitter. A
+    /// `Retry-After` or an open circuit takes precedence; refused
+    /// credentials are retried at least every 15s. Workflow steps have
+    /// their own `retry`.
     #[serde(default)]
     pub retry: RetryPolicy,
 
@@ -85,6 +90,24 @@ pub struct TargetSystemSpec {
     /// `RedirectNotFollowed`.
     #[serde(default)]
     pub follow_redirects: bool,
+
+    /// Lets the target (or anything that knows a change happened) ask for a
+    /// resync now instead of at the next poll: a signed POST to
+    /// `/resync/<namespace>/<targetsystem>` (every ExternalResource of this
+    /// target) or `/resync/<namespace>/<targetsystem>/<externalresource>`
+    /// on the controller's webhook endpoint, signed like a workflow webhook
+    /// (`X-Tether-Timestamp`, `X-Tether-Delivery`, `X-Tether-Signature`)
+    /// with the key in this Secret. Unset: such requests are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_webhook: Option<ResyncWebhook>,
+}
+
+/// The key of signed resync requests.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResyncWebhook {
+    /// The Secret key holding the HMAC-SHA256 key.
+    pub secret_ref: SecretKeyRef,
 }
 
 fn default_max_concurrency() -> i32 {

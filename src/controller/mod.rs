@@ -147,6 +147,55 @@ impl MappingCache {
     }
 }
 
+/// How retries after transient failures are spaced: a TargetSystem's
+/// `spec.retry` for the calls made to it, else the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// A TargetSystem's `spec.retry` (a delay that does not parse keeps
+    /// the default; the base is at least 100 ms, the maximum at least the
+    /// base and at most an hour).
+    pub fn of(policy: &crate::api::target_system::RetryPolicy) -> Self {
+        let default = Self::default();
+        let base = policy
+            .base_delay
+            .to_std()
+            .unwrap_or(default.base)
+            .clamp(Duration::from_millis(100), Duration::from_secs(3600));
+        let max = policy
+            .max_delay
+            .to_std()
+            .unwrap_or(default.max)
+            .clamp(base, Duration::from_secs(3600));
+        Self { base, max }
+    }
+
+    /// The delay after `failures` earlier failures. Credentials are fixed by
+    /// editing a Secret, which Tether does not watch: their delay is capped
+    /// at 15 s so the fix is noticed soon.
+    pub fn delay(&self, failures: u32, awaits: Awaits) -> Duration {
+        let cap = if awaits == Awaits::Secret {
+            self.max.min(Duration::from_secs(15))
+        } else {
+            self.max
+        };
+        backoff::jittered(self.base.min(cap), cap, failures)
+    }
+}
+
 /// Per-object memory of the last reconcile, so that watch events caused by
 /// Tether's own status writes do not call the target again before it is
 /// due: after a success, the poll interval; after a transient failure, the
@@ -231,6 +280,32 @@ pub struct Context {
     pub callback_base: String,
     /// Webhook and callback keys, read from Secrets and cached.
     pub keys: crate::keys::KeyCache,
+    /// ExternalResources to reconcile now (a signed resync push): the
+    /// ExternalResource controller's trigger stream.
+    pub resync: Resync,
+}
+
+/// The sending half of the ExternalResource controller's trigger stream
+/// (`Controller::reconcile_on`): a push wakes a resource in memory, with
+/// no API write (an annotation would cost one per resource and per push,
+/// and a watch event round trip).
+#[derive(Clone)]
+pub struct Resync(futures::channel::mpsc::UnboundedSender<ObjectRef<ExternalResource>>);
+
+impl Resync {
+    /// The sender, and the stream to give `Controller::reconcile_on`.
+    pub fn channel() -> (
+        Self,
+        futures::channel::mpsc::UnboundedReceiver<ObjectRef<ExternalResource>>,
+    ) {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        (Self(tx), rx)
+    }
+
+    /// Asks for a reconcile of `object`; false when the controller is gone.
+    pub fn send(&self, object: ObjectRef<ExternalResource>) -> bool {
+        self.0.unbounded_send(object).is_ok()
+    }
 }
 
 impl Context {
@@ -293,19 +368,19 @@ impl Context {
         Ok(compiled)
     }
 
-    /// The delay before retrying `key` after one more failure.
+    /// The delay before retrying `key` after one more failure, with the
+    /// default policy (0.5 s doubling up to 5 min).
     pub fn backoff(&self, key: &str, failure: &Failure) -> Duration {
+        self.backoff_by(key, failure, &Backoff::default())
+    }
+
+    /// The delay before retrying `key` after one more failure: exponential
+    /// from `policy.base` up to `policy.max`, with full jitter.
+    pub fn backoff_by(&self, key: &str, failure: &Failure, policy: &Backoff) -> Duration {
         let mut failures = lock(&self.failures);
         let count = failures.entry(key.to_owned()).or_insert(0);
         *count = count.saturating_add(1);
-        // Credentials are fixed by editing a Secret, which Tether does not
-        // watch: keep retrying often enough to notice soon.
-        let cap = if failure.awaits == Awaits::Secret {
-            Duration::from_secs(15)
-        } else {
-            Duration::from_secs(300)
-        };
-        let delay = backoff::jittered(Duration::from_millis(500), cap, *count - 1);
+        let delay = policy.delay(*count - 1, failure.awaits);
         failure
             .retry_after
             .map_or(delay, |after| after.max(delay.min(after * 2)))
@@ -398,4 +473,44 @@ pub fn status_body<K: kube::Resource<DynamicType = ()>>(
         "metadata": metadata,
         "status": status,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::target_system::RetryPolicy;
+
+    #[test]
+    fn a_targets_retry_policy_spaces_the_retries_of_calls_to_it() {
+        let policy = Backoff::of(&RetryPolicy {
+            base_delay: "10s".into(),
+            max_delay: "40s".into(),
+        });
+        assert_eq!(
+            policy,
+            Backoff {
+                base: Duration::from_secs(10),
+                max: Duration::from_secs(40)
+            }
+        );
+        for failures in 0..20 {
+            let delay = policy.delay(failures, Awaits::Time);
+            // Full jitter, floored at a tenth of the cap, never above max.
+            assert!(delay >= Duration::from_secs(1), "{delay:?}");
+            assert!(delay <= Duration::from_secs(40), "{delay:?}");
+        }
+        // Credentials keep their short cap whatever the policy.
+        assert!(policy.delay(10, Awaits::Secret) <= Duration::from_secs(15));
+        // A maximum below the base is raised to it; nonsense keeps the default.
+        let odd = Backoff::of(&RetryPolicy {
+            base_delay: "2s".into(),
+            max_delay: "1s".into(),
+        });
+        assert_eq!(odd.max, Duration::from_secs(2));
+        let unparsable = Backoff::of(&RetryPolicy {
+            base_delay: "soon".into(),
+            max_delay: "5m".into(),
+        });
+        assert_eq!(unparsable.base, Backoff::default().base);
+    }
 }

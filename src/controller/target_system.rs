@@ -119,6 +119,7 @@ async fn probe(target: &impl TargetRequests, check: Option<&crate::api::target_s
         headers: vec![],
         body: None,
         base: None,
+        timeout: None,
     };
     match target.send(call).await {
         Ok(answer) if answer.is_success() => Probe::Healthy,

@@ -222,6 +222,9 @@ impl Target {
         if let Some(body) = &call.body {
             request = request.json(body);
         }
+        if let Some(timeout) = call.timeout {
+            request = request.timeout(timeout.min(crate::api::target_system::MAX_REQUEST_TIMEOUT));
+        }
         let request = self.credentials.apply(&self.http, &self.egress, request).await?;
         let request = request
             .build()

@@ -158,6 +158,7 @@ fn get(path: &str) -> HttpCall {
         headers: vec![],
         body: None,
         base: None,
+        timeout: None,
     }
 }
 
@@ -216,6 +217,33 @@ async fn threat_answer_a_never_ending_trickle_stops_at_the_request_timeout() {
     let target = target(&server.url(), &limits, Credentials::None, open_egress());
     let started = Instant::now();
     let err = send_within(&target, get("/slow"), Duration::from_secs(10))
+        .await
+        .expect_err("times out");
+    assert!(matches!(err, CallError::Unavailable { sent: true, .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_calls_own_timeout_ends_it_before_the_targets_request_timeout() {
+    // An adapter service's `timeout` (3 s here would be its value; 300 ms
+    // keeps the test short) wins over the TargetSystem's 30 s.
+    let server = RawServer::start(|_| Script::Endless {
+        head: b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec(),
+        chunk: b"1\r\n \r\n".to_vec(),
+        every: Duration::from_millis(20),
+    })
+    .await;
+    let limits = Limits {
+        request_timeout: Duration::from_secs(30),
+        ..limits()
+    };
+    let target = target(&server.url(), &limits, Credentials::None, open_egress());
+    let started = Instant::now();
+    let call = HttpCall {
+        timeout: Some(Duration::from_millis(300)),
+        ..get("/slow")
+    };
+    let err = send_within(&target, call, Duration::from_secs(10))
         .await
         .expect_err("times out");
     assert!(matches!(err, CallError::Unavailable { sent: true, .. }), "{err:?}");

@@ -75,7 +75,8 @@ pub fn error_policy(er: Arc<ExternalResource>, error: &Error, ctx: Arc<Context>)
         return Action::requeue(Duration::from_secs(30));
     }
     tracing::warn!(name = %er.name_any(), namespace = ?er.namespace(), error = %error, "reconcile failed");
-    Action::requeue(ctx.backoff(&key(&er), &Failure::missing(error.label(), String::new())))
+    let policy = target_policy(&ctx, &er);
+    Action::requeue(ctx.backoff_by(&key(&er), &Failure::missing(error.label(), String::new()), &policy))
 }
 
 fn key(er: &ExternalResource) -> String {
@@ -83,11 +84,19 @@ fn key(er: &ExternalResource) -> String {
         .unwrap_or_else(|| format!("{}/{}", er.namespace().unwrap_or_default(), er.name_any()))
 }
 
-fn external_name(er: &ExternalResource) -> String {
+/// The natural key: `spec.externalName`, default `<namespace>-<name>`.
+pub fn external_name(er: &ExternalResource) -> String {
     er.spec
         .external_name
         .clone()
         .unwrap_or_else(|| format!("{}-{}", er.namespace().unwrap_or_default(), er.name_any()))
+}
+
+/// The backoff of the resource's TargetSystem (`spec.retry`), or the
+/// default when it is not known.
+fn target_policy(ctx: &Context, er: &ExternalResource) -> super::Backoff {
+    ctx.target_system(&er.namespace().unwrap_or_default(), &er.spec.target_ref.name)
+        .map_or_else(super::Backoff::default, |ts| super::Backoff::of(&ts.spec.retry))
 }
 
 fn poll_interval(er: &ExternalResource) -> Duration {
@@ -206,7 +215,10 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
             let delay = if failure.awaits == Awaits::Reference {
                 Some(poll_interval(er))
             } else {
-                (!failure.permanent).then(|| ctx.backoff(&key(er), &failure))
+                // The TargetSystem's `spec.retry` spaces the retries of
+                // calls to it.
+                let policy = target_policy(ctx, er);
+                (!failure.permanent).then(|| ctx.backoff_by(&key(er), &failure, &policy))
             };
             let due = delay.map(|d| Instant::now() + d);
             lock(&ctx.fresh).insert(key(er), Freshness { due, ..freshness });
@@ -398,34 +410,45 @@ fn older(a: &ExternalResource, b: &ExternalResource) -> bool {
     (a.creation_timestamp(), a.name_any()) < (b.creation_timestamp(), b.name_any())
 }
 
-fn owner_name(other: &ExternalResource) -> String {
+/// Whether `other` already manages the object `id` rather than `er`: it
+/// holds the id in status and is older than `er` (or `er` does not hold it
+/// yet). Pure, shared by the reconcile (over the store) and `tether plan`.
+pub fn claims_id(er: &ExternalResource, other: &ExternalResource, id: &str) -> bool {
+    let mine = er.status.as_ref().and_then(|s| s.external_id.as_deref()) == Some(id);
+    let Some(status) = other.status.as_ref() else {
+        return false;
+    };
+    status.external_id.as_deref() == Some(id)
+        && is_rival(er, other)
+        && !crate::conditions::is_true(&status.conditions, status::CONFLICT)
+        && (!mine || older(other, er))
+}
+
+/// Whether `other` is an older ExternalResource that declares the external
+/// name `name` (checked only before a create). Pure.
+pub fn claims_name(er: &ExternalResource, other: &ExternalResource, name: &str) -> bool {
+    other.spec.external_name.as_deref() == Some(name) && is_rival(er, other) && older(other, er)
+}
+
+/// `namespace/name` of a claimant.
+pub fn owner_name(other: &ExternalResource) -> String {
     format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any())
 }
 
 /// The ExternalResource that already manages the object `id`, if another
-/// one does: it holds the id in status and is older than this one (or this
-/// one does not hold it yet). Scans the store in place (no copies): this
+/// one does ([`claims_id`]). Scans the store in place (no copies): this
 /// runs on every reconcile.
 fn claim_on_id(ctx: &Context, er: &ExternalResource, id: &str) -> Option<String> {
-    let mine = er.status.as_ref().and_then(|s| s.external_id.as_deref()) == Some(id);
     ctx.resources
-        .find(|other| {
-            let Some(status) = other.status.as_ref() else {
-                return false;
-            };
-            status.external_id.as_deref() == Some(id)
-                && is_rival(er, other)
-                && !crate::conditions::is_true(&status.conditions, status::CONFLICT)
-                && (!mine || older(other, er))
-        })
+        .find(|other| claims_id(er, other, id))
         .map(|other| owner_name(&other))
 }
 
 /// The older ExternalResource that declares the same external name, if any
-/// (checked only before a create).
+/// ([`claims_name`]).
 fn claim_on_name(ctx: &Context, er: &ExternalResource, name: &str) -> Option<String> {
     ctx.resources
-        .find(|other| other.spec.external_name.as_deref() == Some(name) && is_rival(er, other) && older(other, er))
+        .find(|other| claims_name(er, other, name))
         .map(|other| owner_name(&other))
 }
 
@@ -559,6 +582,14 @@ async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, 
         }
         Err(e) => blocked(e.into()).await,
     }
+}
+
+/// Makes the next pass of `er` call its target whatever its freshness (a
+/// signed resync push), and wakes it through the controller's trigger
+/// stream. Memory only: no API call.
+pub fn request_resync(ctx: &Context, er: &ExternalResource) -> bool {
+    lock(&ctx.fresh).remove(&key(er));
+    ctx.resync.send(kube::runtime::reflector::ObjectRef::from_obj(er))
 }
 
 /// The ExternalResources that reference a TargetSystem (to reconcile them

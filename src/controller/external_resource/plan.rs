@@ -13,17 +13,21 @@ use crate::diff;
 pub enum Lookup {
     /// Read it by this id (known from status, or named by the spec).
     ById(String),
-    /// Look it up by natural key: a create's outcome is unknown, or the
-    /// user named an object to adopt.
+    /// Look it up by natural key (`externalName`, default
+    /// `<namespace>-<name>`): a create's outcome is unknown, or nothing is
+    /// known yet and an object under that name is adopted, not duplicated.
     Find,
     /// Resend the create of unknown outcome with the same idempotency key:
     /// the adapter cannot `find`, the target dedupes by key.
     ResendCreate(String),
-    /// Nothing was ever created: create.
+    /// Nothing was ever created and the adapter cannot `find`: create.
     Nothing,
 }
 
-/// Where the reconcile starts from.
+/// Where the reconcile starts from. Before a first create the natural key
+/// is always looked up when the adapter can `find` — the explicit
+/// `externalName` and its default `<namespace>-<name>` alike (the CRD
+/// promises adoption by either).
 pub fn lookup(spec: &ExternalResourceSpec, status: Option<&ExternalResourceStatus>, can_find: bool) -> Lookup {
     let known_id = status
         .and_then(|s| s.external_id.clone())
@@ -33,12 +37,7 @@ pub fn lookup(spec: &ExternalResourceSpec, status: Option<&ExternalResourceStatu
         (Some(id), _) => Lookup::ById(id),
         (None, Some(_)) if can_find => Lookup::Find,
         (None, Some(p)) => Lookup::ResendCreate(p.idempotency_key.clone()),
-        (None, None)
-            if can_find
-                && (spec.external_name.is_some() || spec.management_policy == ManagementPolicy::ObserveOnly) =>
-        {
-            Lookup::Find
-        }
+        (None, None) if can_find => Lookup::Find,
         (None, None) => Lookup::Nothing,
     }
 }
@@ -201,8 +200,19 @@ mod tests {
     }
 
     #[test]
+    fn the_default_external_name_is_looked_up_before_a_first_create() {
+        // No externalName: its default `<namespace>-<name>` names the
+        // object to adopt, as the CRD says.
+        assert_eq!(spec().external_name, None);
+        assert_eq!(lookup(&spec(), None, true), Lookup::Find);
+        let mut named = spec();
+        named.external_name = Some("ada".into());
+        assert_eq!(lookup(&named, None, true), Lookup::Find);
+    }
+
+    #[test]
     fn a_fresh_resource_creates_with_a_fresh_key() {
-        assert_eq!(lookup(&spec(), None, true), Lookup::Nothing);
+        assert_eq!(lookup(&spec(), None, false), Lookup::Nothing);
         assert_eq!(
             decide(&spec(), Observation::Absent, facts(None)),
             Decision::Create {

@@ -314,7 +314,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_absent_object_is_created_once_with_its_intent_recorded_before_the_request() {
+    async fn an_absent_object_is_looked_up_by_its_default_name_then_created_once_with_its_intent_recorded_before_the_request()
+     {
         let system = FakeSystem::new();
         let spec = spec(json!({"email": "ada@example.com"}));
         let mut effects = Recorded::default();
@@ -323,14 +324,18 @@ mod tests {
             panic!("{synced:?}")
         };
         assert_eq!(*how, How::Created);
-        // Nothing was ever created and no externalName names an object
-        // to adopt: one create, with the key.
+        // Nothing was ever created: the default external name is looked up
+        // (an object under it would be adopted), then one create, with the
+        // key.
         assert_eq!(
             system.calls(),
-            vec![Call::Create {
-                name: "demo-ada".into(),
-                key: Some("key-1".into())
-            }]
+            vec![
+                Call::Find("demo-ada".into()),
+                Call::Create {
+                    name: "demo-ada".into(),
+                    key: Some("key-1".into())
+                }
+            ]
         );
         assert_eq!(effects.intents.len(), 1, "the intent is written before the create");
         assert_eq!(
@@ -346,6 +351,24 @@ mod tests {
         assert!(matches!(again, Synced::Object { how: How::InSync, .. }), "{again:?}");
         assert_eq!(system.count(|c| matches!(c, Call::Create { .. })), 1);
         assert_eq!(system.calls().last(), Some(&Call::Observe(object.id.clone())));
+    }
+
+    #[tokio::test]
+    async fn an_object_under_the_default_external_name_is_adopted_not_created_again() {
+        // No externalName in the spec: its default (`demo-ada` here) names
+        // the object, which exists already (made by hand, or by a create
+        // whose ExternalResource was recreated).
+        let system = FakeSystem::new().with_object("obj-7", "demo-ada", json!({"email": "ada@example.com"}));
+        let spec = spec(json!({"email": "ada@example.com"}));
+        assert_eq!(spec.external_name, None);
+        let synced = pass(&system, &spec, None, &mut Recorded::default())
+            .await
+            .expect("synced");
+        assert!(
+            matches!(&synced, Synced::Object { object, how: How::Adopted } if object.id == "obj-7"),
+            "{synced:?}"
+        );
+        assert_eq!(system.count(|c| matches!(c, Call::Create { .. })), 0);
     }
 
     #[tokio::test]

@@ -1,0 +1,167 @@
+//! Push-triggered resync: a signed POST to `/resync/<ns>/<target>` (every
+//! ExternalResource of that TargetSystem) or `/resync/<ns>/<target>/<name>`
+//! (one) makes those resources read their target now rather than at the
+//! next poll — a target that knows something changed (a webhook of its
+//! own, an operator's script) need not wait for a long `pollInterval`.
+//!
+//! The request is signed exactly as a workflow webhook (timestamp,
+//! delivery, body; the tolerance window; a delivery accepted once), under
+//! the key of the TargetSystem's `spec.resyncWebhook.secretRef`. A replayed
+//! delivery is refused (409): a resync has no result to give back. Every
+//! check runs on memory — the TargetSystem and the resources from the
+//! reflectors, the key from [`crate::keys::KeyCache`] — and so does the
+//! wake-up ([`request_resync`]: the freshness memory forgets the resource
+//! and the controller's trigger stream gets it), so neither a refused nor
+//! an accepted push costs an API call.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+use super::deliveries::Admit;
+use super::refusal::Refusal;
+use super::{
+    DELIVERY_HEADER, MAX_WEBHOOK_BYTES, SIGNATURE_HEADER, TIMESTAMP_HEADER, Webhooks, bounded, count, fresh, header,
+    key_that_verifies, refuse, valid_delivery, verify,
+};
+use crate::api::{ExternalResource, TargetSystem};
+use crate::controller::external_resource::{referencing, request_resync};
+use crate::keys::Purpose;
+
+/// The path of a resync of every ExternalResource of a TargetSystem.
+pub fn path(namespace: &str, target: &str) -> String {
+    format!("/resync/{namespace}/{target}")
+}
+
+/// `POST /resync/{namespace}/{target}`.
+pub async fn all(
+    State(hooks): State<Arc<Webhooks>>,
+    Path((namespace, target)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(&hooks, &namespace, &target, None, &headers, body).await
+}
+
+/// `POST /resync/{namespace}/{target}/{resource}`.
+pub async fn one(
+    State(hooks): State<Arc<Webhooks>>,
+    Path((namespace, target, resource)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(&hooks, &namespace, &target, Some(&resource), &headers, body).await
+}
+
+async fn answer(
+    hooks: &Webhooks,
+    namespace: &str,
+    target: &str,
+    resource: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let ctx = &hooks.ctx;
+    match resync(hooks, namespace, target, resource, headers, body).await {
+        Ok(queued) => {
+            count(ctx, "resync");
+            tracing::info!(%namespace, %target, ?resource, queued, "resync pushed");
+            (StatusCode::ACCEPTED, axum::Json(json!({ "queued": queued }))).into_response()
+        }
+        Err(refusal) => {
+            if matches!(refusal, Refusal::BadSignature | Refusal::Stale(_) | Refusal::Used(_)) {
+                tracing::info!(%namespace, %target, %refusal, "resync refused");
+            }
+            refuse(ctx, &refusal)
+        }
+    }
+}
+
+/// Checks a push (target, headers, window, size, signature, replay) and
+/// wakes the resources it names; returns how many.
+async fn resync(
+    hooks: &Webhooks,
+    namespace: &str,
+    target: &str,
+    resource: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<usize, Refusal> {
+    let ctx = hooks.ctx.as_ref();
+    let ts = ctx
+        .targets
+        .get(&ObjectRef::<TargetSystem>::new(target).within(namespace))
+        .ok_or_else(|| Refusal::NotFound(format!("no TargetSystem {namespace}/{target}")))?;
+    let secret = ts
+        .spec
+        .resync_webhook
+        .as_ref()
+        .map(|w| w.secret_ref.clone())
+        .ok_or_else(|| {
+            Refusal::NotFound(format!(
+                "TargetSystem {namespace}/{target} takes no resync pushes (spec.resyncWebhook)"
+            ))
+        })?;
+    let signature = header(headers, SIGNATURE_HEADER).unwrap_or_default();
+    let delivery = header(headers, DELIVERY_HEADER)
+        .filter(|d| valid_delivery(d))
+        .ok_or(Refusal::BadHeader("X-Tether-Delivery (1 to 128 of A-Z a-z 0-9 - _ :)"))?;
+    let timestamp = header(headers, TIMESTAMP_HEADER)
+        .and_then(|t| t.parse::<i64>().ok())
+        .ok_or(Refusal::BadHeader("X-Tether-Timestamp (unix seconds)"))?;
+    let now = chrono::Utc::now().timestamp();
+    if !fresh(timestamp, now, hooks.tolerance) {
+        return Err(Refusal::Stale(hooks.tolerance.as_secs()));
+    }
+    let body = bounded(headers, body, MAX_WEBHOOK_BYTES).await?;
+    let signed = |key: &[u8]| verify(key, timestamp, delivery, &body, signature);
+    key_that_verifies(ctx, Purpose::Resync, namespace, &secret, signed, Refusal::BadSignature).await?;
+    // Deliveries of resyncs are kept apart from those of workflows.
+    let scope = format!("resync/{target}");
+    match hooks.deliveries.admit(namespace, &scope, delivery, now) {
+        Admit::New => {}
+        Admit::Replay(_) => return Err(Refusal::Used("this delivery was accepted already")),
+        Admit::Full => return Err(Refusal::Busy),
+    }
+    let names: Vec<ObjectRef<ExternalResource>> = match resource {
+        Some(name) => {
+            let found = ctx
+                .resources
+                .get(&ObjectRef::<ExternalResource>::new(name).within(namespace))
+                .filter(|er| er.spec.target_ref.name == target)
+                .ok_or_else(|| {
+                    Refusal::NotFound(format!(
+                        "no ExternalResource {namespace}/{name} on TargetSystem {target}"
+                    ))
+                })?;
+            vec![ObjectRef::from_obj(found.as_ref())]
+        }
+        None => referencing(&ctx.resources.state(), namespace, target),
+    };
+    let expires = timestamp.saturating_add(i64::try_from(hooks.tolerance.as_secs()).unwrap_or(i64::MAX));
+    hooks.deliveries.record(namespace, &scope, delivery, "resync", expires);
+    let mut queued = 0;
+    for name in names {
+        if let Some(er) = ctx.resources.get(&name)
+            && request_resync(ctx, &er)
+        {
+            queued += 1;
+        }
+    }
+    Ok(queued)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resync_path_names_the_namespace_and_the_target() {
+        assert_eq!(path("demo", "crm"), "/resync/demo/crm");
+    }
+}
