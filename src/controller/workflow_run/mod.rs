@@ -369,8 +369,12 @@ async fn retry_seed(
     };
     let seeded = crate::workflow::retry::seed(&def, old_name, &old_status);
     for step in &seeded.steps {
-        let is_resource = spec.steps.iter().any(|s| s.name == step.name && s.resource.is_some());
-        if is_resource && step.phase == StepPhase::Succeeded {
+        // A step that keeps its object released it when its run ended.
+        let owned = spec
+            .steps
+            .iter()
+            .any(|s| s.name == step.name && s.resource.as_ref().is_some_and(|r| !r.keep));
+        if owned && step.phase == StepPhase::Succeeded {
             steps::resource::hand_over(ctx, run, step).await?;
         }
     }
