@@ -297,19 +297,22 @@ async fn deleting_deletes_the_external_object_orphan_keeps_it_and_404_counts_as_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_on_a_later_page_under_the_default_name_is_adopted_not_duplicated() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
-    let ns = cp.namespace("adopt-paged");
+    let sim = Simulator::accepting(TOKEN).start();
     // A find that lists the whole collection (no filter), page by page:
     // the simulator answers 50 objects a page with `nextCursor`.
-    let adapter = format!("contacts-{ns}");
-    let mut mapping = contacts_adapter(&adapter);
-    mapping["spec"]["rest"]["resourceTypes"][0]["find"] = json!({
-        "method": "GET", "path": "/v1/contacts",
-        "select": ".items[] | select(.externalName == $desired.name)",
-        "pagination": {"next": ".nextCursor", "queryParam": "cursor"}
-    });
-    cp.apply_json(&ns, &mapping);
-    cp.apply_json(&ns, &target(&adapter, &sim.base_url(), TOKEN, json!({})));
+    let paged = |adapter: &str| {
+        let mut mapping = contacts_adapter(adapter);
+        mapping["spec"]["rest"]["resourceTypes"][0]["find"] = json!({
+            "method": "GET", "path": "/v1/contacts",
+            "select": ".items[] | select(.externalName == $desired.name)",
+            "pagination": {"next": ".nextCursor", "queryParam": "cursor"}
+        });
+        mapping
+    };
+    let ns = Tenant::new(cp, "adopt-paged")
+        .adapter("contacts", paged)
+        .target(&sim, TOKEN)
+        .create();
     let client = reqwest::Client::new();
     let seed = |body: serde_json::Value| {
         client

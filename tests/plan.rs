@@ -7,23 +7,12 @@ mod support;
 use std::process::Output;
 
 use serde_json::{Value, json};
-use support::tether::{Controller, TEST_EGRESS_DENY, contact, contacts_adapter, target};
+use support::fixtures::{Simulator, Tenant, contact};
+use support::tether::{Controller, TEST_EGRESS_DENY};
 use support::{ControlPlane, KubectlExt};
-use tether_sim::{self as sim, Credentials, SimHandle};
+use tether_sim::SimHandle;
 
 const TOKEN: &str = "tok-plan-secret-77";
-
-fn simulator() -> SimHandle {
-    tether::install_crypto_provider();
-    sim::start_on_own_thread(
-        "127.0.0.1:0".parse().expect("address"),
-        Credentials {
-            bearer_tokens: vec![TOKEN.into()],
-            ..Credentials::default()
-        },
-    )
-    .expect("simulator starts")
-}
 
 /// `tether plan <args>` as `who`, with the test egress list (the simulator
 /// listens on loopback, which the default list refuses).
@@ -60,11 +49,8 @@ fn writes(sim: &SimHandle) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_shows_a_pending_update_before_the_controller_applies_it_and_writes_nothing() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let ns = cp.namespace("plan");
-    let adapter = format!("contacts-{ns}");
-    cp.apply_json(&ns, &contacts_adapter(&adapter));
-    cp.apply_json(&ns, &target(&adapter, &sim.base_url(), TOKEN, json!({})));
+    let sim = Simulator::accepting(TOKEN).start();
+    let ns = Tenant::new(cp, "plan").target(&sim, TOKEN).create();
     let mut controller = Controller::start(cp, &ns, &[]);
     cp.apply_json(
         &ns,
@@ -162,11 +148,8 @@ async fn plan_shows_a_pending_update_before_the_controller_applies_it_and_writes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_reads_credentials_only_as_the_user_may() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let ns = cp.namespace("plan-rbac");
-    let adapter = format!("contacts-{ns}");
-    cp.apply_json(&ns, &contacts_adapter(&adapter));
-    cp.apply_json(&ns, &target(&adapter, &sim.base_url(), TOKEN, json!({})));
+    let sim = Simulator::accepting(TOKEN).start();
+    let ns = Tenant::new(cp, "plan-rbac").target(&sim, TOKEN).create();
     cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
     // bob may read ExternalResources, not the TargetSystem's Secret: the
     // plan fails for that resource (exit 1) and sends nothing.

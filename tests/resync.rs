@@ -7,24 +7,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::tether::{Controller, contact, contacts_adapter, target};
+use support::fixtures::{Simulator, Tenant, contact};
+use support::tether::Controller;
 use support::{ControlPlane, KubectlExt};
-use tether_sim::{self as sim, Credentials, SimHandle};
+use tether_sim::SimHandle;
 
 const TOKEN: &str = "tok-resync-secret-31";
 const KEY: &str = "resync-hmac-key-4b1d";
-
-fn simulator() -> SimHandle {
-    tether::install_crypto_provider();
-    sim::start_on_own_thread(
-        "127.0.0.1:0".parse().expect("address"),
-        Credentials {
-            bearer_tokens: vec![TOKEN.into()],
-            ..Credentials::default()
-        },
-    )
-    .expect("simulator starts")
-}
 
 /// A push signed with `key` (or unsigned) as `delivery`; the status.
 async fn push(controller: &Controller, path: &str, key: Option<&[u8]>, delivery: &str, timestamp: i64) -> u16 {
@@ -77,24 +66,12 @@ async fn corrected_within(sim: &SimHandle, limit: Duration) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_push_corrects_drift_within_a_second_and_a_forged_or_replayed_one_changes_nothing() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let ns = cp.namespace("resync");
-    let adapter = format!("contacts-{ns}");
-    cp.apply_json(&ns, &contacts_adapter(&adapter));
-    cp.apply_json(
-        &ns,
-        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "resync-key"}, "stringData": {"key": KEY}}),
-    );
-    cp.apply_json(
-        &ns,
-        &target(
-            &adapter,
-            &sim.base_url(),
-            TOKEN,
-            json!({"resyncWebhook": {"secretRef": {"name": "resync-key", "key": "key"}}}),
-        ),
-    );
-    let controller = Controller::start(cp, &ns, &[]);
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = Tenant::new(cp, "resync")
+        .secret("resync-key", "key", KEY)
+        .target(&sim, TOKEN)
+        .spec(json!({"resyncWebhook": {"secretRef": {"name": "resync-key", "key": "key"}}}))
+        .start();
     cp.apply_json(
         &ns,
         &contact(

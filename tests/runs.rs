@@ -32,7 +32,7 @@ fn simulator() -> SimHandle {
 fn setup(cp: &ControlPlane, prefix: &str, targets: &[(&str, &SimHandle)]) -> (String, Controller) {
     let ns = cp.namespace(prefix);
     let adapter = format!("runs-{ns}");
-    cp.apply_json(&ns, &support::tether::contacts_adapter(&adapter));
+    cp.apply_json(&ns, &support::fixtures::contacts_adapter(&adapter));
     let mut items = vec![
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token"},
                                 "stringData": {"token": TOKEN}}),
