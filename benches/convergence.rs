@@ -36,7 +36,7 @@ async fn main() -> Result<()> {
     let admin_api: Api<ExternalResource> = Api::namespaced(admin.clone(), NS);
 
     // The target and the controller under test (release build, its own process).
-    let simulator = simulator(TOKEN)?;
+    let simulator = support::fixtures::Simulator::accepting(TOKEN).start();
     let adapter = json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": "bench"},
         "spec": {"rest": {"resourceTypes": [{"name": "contact",
             "read": {"method": "GET", "path": "/v1/contacts/\\(.id)"},
@@ -62,7 +62,7 @@ async fn main() -> Result<()> {
             &format!("127.0.0.1:{metrics_port}"),
             // The simulator is on loopback: the default list without it.
             "--egress-deny",
-            "169.254.0.0/16,fe80::/10,0.0.0.0/8,::/128,::1/128",
+            support::tether::TEST_EGRESS_DENY,
         ])
         .env("KUBECONFIG", cp.kubeconfig("controller"))
         .env("RUST_LOG", "warn")

@@ -28,6 +28,7 @@ pub mod deliveries;
 
 pub mod refusal;
 
+use crate::api::common::event;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -433,7 +434,7 @@ async fn start(
     ctx.publish(
         workflow.as_ref(),
         kube::runtime::events::EventType::Normal,
-        "RunCreated",
+        event::RUN_CREATED,
         "Webhook",
         format!("webhook started run {run}"),
     )

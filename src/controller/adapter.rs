@@ -3,6 +3,7 @@
 //! its field, so a broken mapping is visible before any resource uses it.
 
 use crate::controller::Error;
+use crate::controller::status::StatusWriter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,16 +68,11 @@ pub async fn reconcile(adapter: Arc<Adapter>, ctx: Arc<Context>) -> Result<Actio
             Utc::now(),
         ),
     };
-    if adapter.status.as_ref() != Some(&next) {
-        let api: Api<Adapter> = Api::all(ctx.client.clone());
-        ctx.apply_status(&api, &adapter.name_any(), KIND, &next)
-            .await
-            .map_err(|source| Error::WriteStatus {
-                kind: "Adapter",
-                name: adapter.name_any(),
-                source,
-            })?;
-    }
+    let api: Api<Adapter> = Api::all(ctx.client.clone());
+    StatusWriter::new(&ctx, api, adapter.as_ref(), KIND, adapter.status.clone())
+        .unconditional()
+        .write(next)
+        .await?;
     ctx.metrics.observe_reconcile(KIND, started.elapsed());
     Ok(Action::await_change())
 }

@@ -29,14 +29,9 @@ pub enum Error {
     /// (kube-runtime's `finalizer()` helper).
     #[error(transparent)]
     Finalizer(#[from] Box<finalizer::Error<Error>>),
-    /// The run controller's own finalizer patch (conditional on the
-    /// resourceVersion it read).
-    #[error("updating the finalizer of {name}: {source}")]
-    SetFinalizer {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
+    /// A deleted run still undoes its steps: it lets go when it has ended.
+    #[error("{name} is deleted once its compensation ends")]
+    StillUndoing { name: String, wait: std::time::Duration },
     #[error("cannot delete the external object yet: {0}")]
     DeletionBlocked(String),
     /// Other ExternalResources still reference this one: it is deleted at
@@ -60,7 +55,8 @@ impl Error {
             Error::WriteStatus { .. } => "WriteStatusFailed",
             Error::StatusTooLarge { .. } => "StatusTooLarge",
             Error::Read { .. } => "ReadFailed",
-            Error::Finalizer(_) | Error::SetFinalizer { .. } => "FinalizerFailed",
+            Error::Finalizer(_) => "FinalizerFailed",
+            Error::StillUndoing { .. } => "StillUndoing",
             Error::DeletionBlocked(_) => "DeletionBlocked",
             Error::InUse(_) => "InUse",
             Error::SecretCleanup(_) => "SecretCleanupFailed",
@@ -74,7 +70,7 @@ impl Error {
     pub fn is_stale_read(&self) -> bool {
         let code = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 422);
         match self {
-            Error::WriteStatus { source, .. } | Error::SetFinalizer { source, .. } => code(source),
+            Error::WriteStatus { source, .. } => code(source),
             Error::Finalizer(boxed) => match boxed.as_ref() {
                 finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => code(e),
                 finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner.is_stale_read(),
@@ -85,7 +81,8 @@ impl Error {
             | Error::DeletionBlocked(_)
             | Error::InUse(_)
             | Error::SecretCleanup(_)
-            | Error::CreateRun { .. } => false,
+            | Error::CreateRun { .. }
+            | Error::StillUndoing { .. } => false,
         }
     }
 
@@ -102,6 +99,18 @@ impl Error {
                 _ => false,
             },
             _ => false,
+        }
+    }
+
+    /// A deleted run that still compensates, and when to look again.
+    pub fn still_undoing(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::StillUndoing { wait, .. } => Some(*wait),
+            Error::Finalizer(boxed) => match boxed.as_ref() {
+                finalizer::Error::CleanupFailed(inner) => inner.still_undoing(),
+                _ => None,
+            },
+            _ => None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod adapter;
 pub mod error;
 pub mod external_resource;
 pub mod guard;
+pub mod status;
 pub mod target_system;
 pub mod workflow;
 pub mod workflow_run;
@@ -48,6 +49,21 @@ pub struct Failure {
     /// A create failed in a way that proves nothing was created: the
     /// intent can be dropped, so the next pass creates without a lookup.
     pub create_not_applied: bool,
+    /// What a transient failure waits for, which sets how it is retried.
+    pub awaits: Awaits,
+}
+
+/// What a transient failure waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaits {
+    /// Time: exponential backoff up to five minutes.
+    Time,
+    /// A Secret to be created or fixed (credentials refused or missing),
+    /// which Tether does not watch: backoff capped at 15 s.
+    Secret,
+    /// A referenced ExternalResource to become Ready: its watch event wakes
+    /// the resource; the poll interval is only a safety net.
+    Reference,
 }
 
 impl Failure {
@@ -62,6 +78,7 @@ impl Failure {
             permanent: false,
             retry_after: None,
             create_not_applied: false,
+            awaits: Awaits::Time,
         }
     }
 
@@ -72,6 +89,7 @@ impl Failure {
             permanent: true,
             retry_after: None,
             create_not_applied: false,
+            awaits: Awaits::Time,
         }
     }
 }
@@ -82,12 +100,19 @@ impl From<crate::adapter::AdapterError> for Failure {
             crate::adapter::AdapterError::Call(call) => call.retry_after(),
             _ => None,
         };
+        let awaits = match &e {
+            crate::adapter::AdapterError::Call(
+                crate::request::CallError::Unauthorized { .. } | crate::request::CallError::BadCredentials(_),
+            ) => Awaits::Secret,
+            _ => Awaits::Time,
+        };
         Self {
             reason: e.reason(),
             message: e.to_string(),
             permanent: e.is_permanent(),
             retry_after,
             create_not_applied: false,
+            awaits,
         }
     }
 }
@@ -224,6 +249,11 @@ impl Context {
             permanent: false,
             retry_after: None,
             create_not_applied: false,
+            awaits: if e.awaits_secret() {
+                Awaits::Secret
+            } else {
+                Awaits::Time
+            },
         })
     }
 
@@ -265,9 +295,10 @@ impl Context {
         *count = count.saturating_add(1);
         // Credentials are fixed by editing a Secret, which Tether does not
         // watch: keep retrying often enough to notice soon.
-        let cap = match failure.reason {
-            "CredentialsRejected" | "CredentialsInvalid" | "SecretNotFound" => Duration::from_secs(15),
-            _ => Duration::from_secs(300),
+        let cap = if failure.awaits == Awaits::Secret {
+            Duration::from_secs(15)
+        } else {
+            Duration::from_secs(300)
         };
         let delay = backoff::jittered(Duration::from_millis(500), cap, *count - 1);
         failure

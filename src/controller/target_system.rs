@@ -3,6 +3,7 @@
 //! `Stalled` and the circuit state ([`desired`], pure).
 
 use crate::controller::Error;
+use crate::controller::status::StatusWriter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -163,14 +164,12 @@ pub async fn reconcile(ts: Arc<TargetSystem>, ctx: Arc<Context>) -> Result<Actio
             last_probe_time: Some(Utc::now()),
             ..next
         };
+        // The probe time moves only with the rest: an unchanged probe writes nothing.
         let api: Api<TargetSystem> = Api::namespaced(ctx.client.clone(), &ts.namespace().unwrap_or_default());
-        ctx.apply_status(&api, &ts.name_any(), KIND, &next)
-            .await
-            .map_err(|source| Error::WriteStatus {
-                kind: "TargetSystem",
-                name: ts.name_any(),
-                source,
-            })?;
+        StatusWriter::new(&ctx, api, ts.as_ref(), KIND, ts.status.clone())
+            .unconditional()
+            .write(next)
+            .await?;
     }
     ctx.metrics.observe_reconcile(KIND, started.elapsed());
     Ok(Action::requeue(interval))

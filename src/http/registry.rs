@@ -50,6 +50,14 @@ impl RegistryError {
         }
     }
 
+    /// Fixed by creating or editing a Secret.
+    pub fn awaits_secret(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::SecretMissing { .. } | RegistryError::KeyMissing { .. }
+        )
+    }
+
     /// Waiting on a Secret or a spec change, not on time.
     pub fn is_permanent(&self) -> bool {
         !matches!(self, RegistryError::Kube { .. })

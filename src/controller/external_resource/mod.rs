@@ -15,6 +15,7 @@ pub mod secrets;
 pub mod status;
 pub mod sync;
 
+use crate::api::common::event;
 use crate::controller::Error;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::{Context, EXTERNAL_RESOURCE_FINALIZER, Failure, Freshness, RESYNC_ANNOTATION, lock};
+use super::{Awaits, Context, EXTERNAL_RESOURCE_FINALIZER, Failure, Freshness, RESYNC_ANNOTATION, lock};
 use crate::adapter::{Deletion, ExternalSystem, ObjectRequest, Observation};
 use crate::api::ExternalResource;
 use crate::api::external_resource::{DeletionPolicy, ExternalResourceSpec, ExternalResourceStatus, ManagementPolicy};
@@ -67,23 +68,14 @@ pub fn error_policy(er: Arc<ExternalResource>, error: &Error, ctx: Arc<Context>)
         ));
     }
     ctx.metrics.reconcile_error(KIND, error.label());
-    if let Error::Finalizer(boxed) = error
-        && let finalizer::Error::CleanupFailed(Error::InUse(_)) = boxed.as_ref()
-    {
+    if error.waits_for_dependents() {
         // Waiting for dependents is the expected order, not a failure: the
         // watch event of the last dependent's deletion wakes this one.
         tracing::debug!(name = %er.name_any(), error = %error, "deletion waits for dependents");
         return Action::requeue(Duration::from_secs(30));
     }
     tracing::warn!(name = %er.name_any(), namespace = ?er.namespace(), error = %error, "reconcile failed");
-    let failure = Failure {
-        reason: error.label(),
-        message: String::new(),
-        permanent: false,
-        retry_after: None,
-        create_not_applied: false,
-    };
-    Action::requeue(ctx.backoff(&key(&er), &failure))
+    Action::requeue(ctx.backoff(&key(&er), &Failure::missing(error.label(), String::new())))
 }
 
 fn key(er: &ExternalResource) -> String {
@@ -106,50 +98,12 @@ fn poll_interval(er: &ExternalResource) -> Duration {
         .max(Duration::from_secs(1))
 }
 
-/// Writes status with server-side apply, conditional on the resourceVersion
-/// last seen, and only when it changed.
-struct StatusWriter<'a> {
-    api: Api<ExternalResource>,
-    er: &'a ExternalResource,
-    resource_version: Option<String>,
-    current: Option<ExternalResourceStatus>,
-    ctx: &'a Context,
-}
+/// The ExternalResource's status writer (conditional on the resourceVersion).
+type StatusWriter<'a> = super::status::StatusWriter<'a, ExternalResource, ExternalResourceStatus>;
 
-impl<'a> StatusWriter<'a> {
-    fn new(er: &'a ExternalResource, ctx: &'a Context) -> Self {
-        Self {
-            api: Api::namespaced(ctx.client.clone(), &er.namespace().unwrap_or_default()),
-            er,
-            resource_version: er.resource_version(),
-            current: er.status.clone(),
-            ctx,
-        }
-    }
-
-    async fn write(&mut self, next: ExternalResourceStatus) -> Result<(), Error> {
-        if !status::differs(self.current.as_ref(), &next) {
-            return Ok(());
-        }
-        let written = self
-            .ctx
-            .apply_status_at(
-                &self.api,
-                &self.er.name_any(),
-                KIND,
-                self.resource_version.as_deref(),
-                &next,
-            )
-            .await
-            .map_err(|source| Error::WriteStatus {
-                kind: KIND,
-                name: self.er.name_any(),
-                source,
-            })?;
-        self.resource_version = written;
-        self.current = Some(next);
-        Ok(())
-    }
+fn status_writer<'a>(er: &ExternalResource, ctx: &'a Context) -> StatusWriter<'a> {
+    let api = Api::namespaced(ctx.client.clone(), &er.namespace().unwrap_or_default());
+    StatusWriter::new(ctx, api, er, KIND, er.status.clone())
 }
 
 async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
@@ -177,7 +131,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
         None => {}
     }
 
-    let mut writer = StatusWriter::new(er, ctx);
+    let mut writer = status_writer(er, ctx);
     // Nothing is sent to the target before every reference is Ready.
     let prepared = match resolution {
         Ok(refs) => prepare(er, ctx, &refs).await,
@@ -249,7 +203,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
             // its backoff. Waiting for a reference is neither: the watch
             // event of the referenced object wakes it (its hash is part of
             // the freshness), the poll interval is only a safety net.
-            let delay = if failure.reason == WAITING_FOR_REFERENCE {
+            let delay = if failure.awaits == Awaits::Reference {
                 Some(poll_interval(er))
             } else {
                 (!failure.permanent).then(|| ctx.backoff(&key(er), &failure))
@@ -342,7 +296,14 @@ fn unresolved_failure(unresolved: &Unresolved) -> Failure {
     } else {
         Failure::missing
     };
-    failure(unresolved.reason(), unresolved.message())
+    let failure = failure(unresolved.reason(), unresolved.message());
+    match unresolved {
+        Unresolved::Waiting(_) => Failure {
+            awaits: Awaits::Reference,
+            ..failure
+        },
+        _ => failure,
+    }
 }
 
 /// The spec as this pass sees it (properties with `propertiesFrom`
@@ -407,22 +368,21 @@ async fn record_deletion_wait(
     reason: &'static str,
     message: String,
 ) -> Result<(), Error> {
-    let mut writer = StatusWriter::new(er, ctx);
+    let mut writer = status_writer(er, ctx);
     let outcome = Outcome::Failed {
         reason,
         message,
         permanent: false,
         create_not_applied: false,
     };
-    writer
-        .write(status::compute(
-            writer.current.as_ref(),
-            &er.spec,
-            er.metadata.generation,
-            &outcome,
-            Utc::now(),
-        ))
-        .await
+    let next = status::compute(
+        writer.current.as_ref(),
+        &er.spec,
+        er.metadata.generation,
+        &outcome,
+        Utc::now(),
+    );
+    writer.write(next).await.map(drop)
 }
 
 /// Another live ExternalResource of the same namespace, target and type.
@@ -509,7 +469,7 @@ async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, 
         ctx.publish(
             er,
             EventType::Normal,
-            "Orphaned",
+            event::ORPHANED,
             "Delete",
             format!("left {id} in place (deletionPolicy/managementPolicy)"),
         )
@@ -541,8 +501,14 @@ async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, 
             .and_then(|s| crate::conditions::find(&s.conditions, crate::api::common::condition::SYNCED))
             .map(|c| c.message.clone());
         if previous.as_deref() != Some(message.as_str()) {
-            ctx.publish(er, EventType::Normal, "WaitingForDependents", "Delete", message.clone())
-                .await;
+            ctx.publish(
+                er,
+                EventType::Normal,
+                event::WAITING_FOR_DEPENDENTS,
+                "Delete",
+                message.clone(),
+            )
+            .await;
         }
         record_deletion_wait(er, ctx, "InUse", message).await?;
         return Err(Error::InUse(names));
@@ -587,7 +553,7 @@ async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, 
                 Deletion::Deleted => format!("deleted {id}"),
                 Deletion::AlreadyGone => format!("{id} was already gone"),
             };
-            ctx.publish(er, EventType::Normal, "Deleted", "Delete", note).await;
+            ctx.publish(er, EventType::Normal, event::DELETED, "Delete", note).await;
             ctx.succeeded(&key(er));
             Ok(Action::await_change())
         }
@@ -626,7 +592,7 @@ impl Effects for Live<'_, '_> {
     }
 
     async fn write_intent(&mut self, status: ExternalResourceStatus) -> Result<(), Error> {
-        self.writer.write(status).await
+        self.writer.write(status).await.map(drop)
     }
 
     async fn event(&self, note: Note) {

@@ -6,6 +6,7 @@
 //! write, Events, the other resources' claims), so the decision path is
 //! tested with the fake adapter, without a cluster or a target.
 
+use crate::api::common::event;
 use serde_json::Value;
 
 use super::plan::{self, Decision, Facts, Lookup};
@@ -170,7 +171,7 @@ pub async fn sync(
             let how = if adopted(&object) { How::Adopted } else { How::InSync };
             if how == How::Adopted {
                 let text = format!("adopted existing object {}", object.id);
-                effects.event(Note::normal("Adopted", "Adopt", text)).await;
+                effects.event(Note::normal(event::ADOPTED, "Adopt", text)).await;
             }
             Synced::Object { object, how }
         }
@@ -180,7 +181,11 @@ pub async fn sync(
                 Err(e) => return Ok(Err(e.into())),
             }
             let text = format!("corrected {} on {}", drifted.join(", "), object.id);
-            let reason = if adopted(&object) { "Adopted" } else { "DriftCorrected" };
+            let reason = if adopted(&object) {
+                event::ADOPTED
+            } else {
+                event::DRIFT_CORRECTED
+            };
             effects.event(Note::normal(reason, "Update", text)).await;
             Synced::Object {
                 object,
@@ -191,7 +196,9 @@ pub async fn sync(
             let known = status.map(|s| s.drifted_fields.clone()).unwrap_or_default();
             if known != drifted {
                 let text = format!("{} differs at {}", object.id, drifted.join(", "));
-                effects.event(Note::warning("DriftDetected", "Observe", text)).await;
+                effects
+                    .event(Note::warning(event::DRIFT_DETECTED, "Observe", text))
+                    .await;
             }
             Synced::Drift { object, drifted }
         }
@@ -213,7 +220,7 @@ pub async fn sync(
             match adapter.create(&request(None, Some(&idempotency_key))).await {
                 Ok(object) => {
                     let text = format!("created {}", object.id);
-                    effects.event(Note::normal("Created", "Create", text)).await;
+                    effects.event(Note::normal(event::CREATED, "Create", text)).await;
                     Synced::Object {
                         object,
                         how: How::Created,
@@ -233,7 +240,7 @@ pub async fn sync(
             let previously = status.is_some_and(|s| crate::conditions::is_true(&s.conditions, status::CONFLICT));
             if !previously {
                 let text = format!("the external object {id} is managed by ExternalResource {owner}");
-                effects.event(Note::warning("Conflict", "Adopt", text)).await;
+                effects.event(Note::warning(event::CONFLICT, "Adopt", text)).await;
             }
             Synced::Conflict { id, owner }
         }
