@@ -179,7 +179,7 @@ tether() {
     esac
   done
   runtime_base
-  local args=(--pull=never --layers --build-arg "RUNTIME_IMAGE=$RUNTIME_BASE" -f "$repo/Dockerfile" -t "$TETHER_IMAGE")
+  local args=(--pull=never --layers --force-rm --build-arg "RUNTIME_IMAGE=$RUNTIME_BASE" -f "$repo/Dockerfile" -t "$TETHER_IMAGE")
   if $from_source; then
     local builder
     builder=$(builder_base)
@@ -193,6 +193,8 @@ tether() {
     strip -o "$repo/target/image/tether" "$binary"
     args+=(--build-arg BINARY_FROM=prebuilt --build-arg BINARY=target/image/tether)
   fi
+  # --force-rm: buildah 1.28 otherwise keeps a working container (and its
+  # mounted layer) of the stage the binary comes from, at every build.
   log "building $TETHER_IMAGE from the Dockerfile"
   bah bud "${args[@]}" "$repo" >&2
   export_archive "$TETHER_IMAGE" "$out"
