@@ -326,6 +326,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         metrics: metrics.clone(),
         fresh: Default::default(),
         failures: Default::default(),
+        refused_creates: Default::default(),
         workflows: workflows.clone(),
         runs: run_controller.store(),
         approvals,
