@@ -333,6 +333,7 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
         metrics: metrics.clone(),
         fresh: Default::default(),
         failures: Default::default(),
+        refused_creates: Default::default(),
         workflows: workflows.clone(),
         runs: run_controller.store(),
         approvals,

@@ -90,10 +90,13 @@ async fn a_signed_push_corrects_drift_within_a_second_and_a_forged_or_replayed_o
     sim.reset_stats();
 
     // Forged (wrong key), unsigned and stale pushes are refused.
-    assert_eq!(
-        push(&controller, &all, Some(b"not-the-key"), "forged-1", now()).await,
-        401
-    );
+    for i in 0..20 {
+        let delivery = format!("forged-{i}");
+        assert_eq!(
+            push(&controller, &all, Some(b"not-the-key"), &delivery, now()).await,
+            401
+        );
+    }
     assert_eq!(push(&controller, &all, None, "unsigned-1", now()).await, 401);
     assert_eq!(
         push(&controller, &all, Some(KEY.as_bytes()), "stale-1", now() - 3600).await,
@@ -152,4 +155,12 @@ async fn a_signed_push_corrects_drift_within_a_second_and_a_forged_or_replayed_o
         metrics.contains("tether_webhook_requests_total{outcome=\"resync\"} 2"),
         "{metrics}"
     );
+    // The key came from its Secret once (and once more at most, for a
+    // signature that did not verify): refused pushes cost no API call each.
+    let reads = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tether_key_reads_total{purpose=\"resync\"}"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!((1.0..=2.0).contains(&reads), "{reads} key reads for 26 pushes");
 }

@@ -269,6 +269,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub fresh: Mutex<HashMap<String, Freshness>>,
     pub failures: Mutex<HashMap<String, u32>>,
+    /// ExternalResources whose last pass found no object under their name
+    /// and whose create was refused before it applied, and when: their
+    /// next pass (soon after) creates without a second lookup.
+    pub refused_creates: Mutex<HashMap<String, std::time::Instant>>,
     pub workflows: Store<Workflow>,
     pub runs: Store<WorkflowRun>,
     pub approvals: Store<Approval>,

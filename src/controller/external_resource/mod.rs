@@ -38,6 +38,9 @@ use sync::{Claim, Effects, Note, Synced};
 pub const KIND: &str = "ExternalResource";
 /// Reason of a resource that waits for a reference to be Ready.
 pub const WAITING_FOR_REFERENCE: &str = "WaitingForReference";
+/// How long a pass that looked the name up and saw its create refused
+/// spares the next pass a second lookup.
+const REFUSED_CREATE_MEMORY: Duration = Duration::from_secs(120);
 
 /// Entry point for the controller: apply or clean up, through the
 /// finalizer helper.
@@ -141,6 +144,10 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
     }
 
     let mut writer = status_writer(er, ctx);
+    // Spared one lookup at most: a pass that did not look records nothing.
+    let refused_just_now = lock(&ctx.refused_creates)
+        .remove(&key(er))
+        .is_some_and(|at| at.elapsed() < REFUSED_CREATE_MEMORY);
     // Nothing is sent to the target before every reference is Ready.
     let prepared = match resolution {
         Ok(refs) => prepare(er, ctx, &refs).await,
@@ -168,6 +175,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
                         status: current.as_ref(),
                         generation: er.metadata.generation,
                         fresh_key: format!("{}-{}", key(er), uuid::Uuid::new_v4().simple()),
+                        refused_just_now,
                     },
                     &mut Live {
                         er,
@@ -207,6 +215,9 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
             (next, Action::requeue(poll_interval(er)))
         }
         Err(failure) => {
+            if failure.create_not_applied && !refused_just_now {
+                lock(&ctx.refused_creates).insert(key(er), Instant::now());
+            }
             // Our own status write must not wake this up before it is due:
             // a permanent failure waits for a change, a transient one for
             // its backoff. Waiting for a reference is neither: the watch
@@ -483,6 +494,7 @@ async fn dependents(er: &ExternalResource, ctx: &Context) -> Vec<String> {
 
 async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
     lock(&ctx.fresh).remove(&key(er));
+    lock(&ctx.refused_creates).remove(&key(er));
     if er.spec.deletion_policy == DeletionPolicy::Orphan || er.spec.management_policy == ManagementPolicy::ObserveOnly {
         let id = er
             .status

@@ -42,6 +42,29 @@ pub fn lookup(spec: &ExternalResourceSpec, status: Option<&ExternalResourceStatu
     }
 }
 
+/// [`lookup`] for a pass that follows one which found no object under the
+/// name and whose create the target refused before applying it (429,
+/// 401/403, a 4xx): that pass looked already, so this one creates without
+/// a second `find`. A target that throttles every second request in a row
+/// (find, then create) would otherwise refuse every create for ever.
+pub fn lookup_after_refused_create(
+    spec: &ExternalResourceSpec,
+    status: Option<&ExternalResourceStatus>,
+    can_find: bool,
+    refused_just_now: bool,
+) -> Lookup {
+    match lookup(spec, status, can_find) {
+        Lookup::Find
+            if refused_just_now
+                && spec.management_policy == ManagementPolicy::Full
+                && status.is_none_or(|s| s.pending_create.is_none()) =>
+        {
+            Lookup::Nothing
+        }
+        other => other,
+    }
+}
+
 /// What to do once the object is located.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -208,6 +231,20 @@ mod tests {
         let mut named = spec();
         named.external_name = Some("ada".into());
         assert_eq!(lookup(&named, None, true), Lookup::Find);
+    }
+
+    #[test]
+    fn a_create_refused_before_it_applied_is_retried_without_a_second_lookup() {
+        assert_eq!(lookup_after_refused_create(&spec(), None, true, true), Lookup::Nothing);
+        assert_eq!(lookup_after_refused_create(&spec(), None, true, false), Lookup::Find);
+        // A create of unknown outcome is always looked for.
+        assert_eq!(
+            lookup_after_refused_create(&spec(), Some(&pending("k1")), true, true),
+            Lookup::Find
+        );
+        let mut observe = spec();
+        observe.management_policy = ManagementPolicy::ObserveOnly;
+        assert_eq!(lookup_after_refused_create(&observe, None, true, true), Lookup::Find);
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct Input<'a> {
     pub generation: Option<i64>,
     /// The idempotency key a new create would carry.
     pub fresh_key: String,
+    /// The last pass found nothing under the name and its create was
+    /// refused before it applied: create without looking up again.
+    pub refused_just_now: bool,
 }
 
 /// Another resource's hold on an external object.
@@ -140,7 +143,7 @@ pub async fn sync(
         properties: input.sent,
         idempotency_key: key,
     };
-    let lookup = plan::lookup(spec, status, adapter.can_find(&spec.type_));
+    let lookup = plan::lookup_after_refused_create(spec, status, adapter.can_find(&spec.type_), input.refused_just_now);
     let observation = match &lookup {
         Lookup::ById(id) => adapter.observe(&request(Some(id), None)).await,
         Lookup::Find => adapter.find(&request(None, None)).await,
@@ -309,6 +312,7 @@ mod tests {
             status,
             generation: Some(1),
             fresh_key: "key-1".into(),
+            refused_just_now: false,
         };
         sync(system, input, effects).await.expect("intent written")
     }
