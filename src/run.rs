@@ -331,17 +331,15 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
         run_resources,
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
-        fresh: Default::default(),
-        failures: Default::default(),
-        refused_creates: Default::default(),
+        resource_memory: Default::default(),
         workflows: workflows.clone(),
         runs: run_controller.store(),
         approvals,
-        compiled: Default::default(),
-        written: Default::default(),
+        run_memory: Default::default(),
         callback_base,
         keys: Default::default(),
         resync,
+        leading: leading_tx.subscribe(),
     });
 
     tracing::info!(addr = %webhook_listener.local_addr()?, "serving workflow webhooks and callbacks");

@@ -267,19 +267,13 @@ pub struct Context {
     pub run_resources: Store<ExternalResource>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    pub fresh: Mutex<HashMap<String, Freshness>>,
-    pub failures: Mutex<HashMap<String, u32>>,
-    /// ExternalResources whose last pass found no object under their name
-    /// and whose create was refused before it applied, and when: their
-    /// next pass (soon after) creates without a second lookup.
-    pub refused_creates: Mutex<HashMap<String, std::time::Instant>>,
+    /// What the ExternalResource controller remembers between passes.
+    pub resource_memory: ResourceMemory,
     pub workflows: Store<Workflow>,
     pub runs: Store<WorkflowRun>,
     pub approvals: Store<Approval>,
-    /// Compiled definitions by pinned hash: runs of one version share one.
-    pub compiled: Mutex<HashMap<String, Arc<CompiledWorkflow>>>,
-    /// The resourceVersion of each run's last write by this process.
-    pub written: Mutex<HashMap<String, String>>,
+    /// What the WorkflowRun controller remembers between passes.
+    pub run_memory: RunMemory,
     /// Base URL of step callbacks (the webhook endpoint as targets reach it).
     pub callback_base: String,
     /// Webhook and callback keys, read from Secrets and cached.
@@ -287,6 +281,31 @@ pub struct Context {
     /// ExternalResources to reconcile now (a signed resync push): the
     /// ExternalResource controller's trigger stream.
     pub resync: Resync,
+    /// Whether this replica leads (reconciles); a standby serves webhooks
+    /// and callbacks only.
+    pub leading: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Per-object memory of the ExternalResource controller (keyed by UID).
+#[derive(Default)]
+pub struct ResourceMemory {
+    /// When each resource's next pass is due (see [`Freshness`]).
+    pub fresh: Mutex<HashMap<String, Freshness>>,
+    /// Consecutive failures, for the backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+    /// ExternalResources whose last pass found no object under their name
+    /// and whose create was refused before it applied, and when: their
+    /// next pass (soon after) creates without a second lookup.
+    pub refused_creates: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// Memory of the WorkflowRun controller.
+#[derive(Default)]
+pub struct RunMemory {
+    /// Compiled definitions by pinned hash: runs of one version share one.
+    pub compiled: Mutex<HashMap<String, Arc<CompiledWorkflow>>>,
+    /// The resourceVersion of each run's last write by this process.
+    pub written: Mutex<HashMap<String, String>>,
 }
 
 /// The sending half of the ExternalResource controller's trigger stream
@@ -364,11 +383,11 @@ impl Context {
         hash: &str,
         spec: &crate::api::workflow::WorkflowSpec,
     ) -> Result<Arc<CompiledWorkflow>, String> {
-        if let Some(compiled) = lock(&self.compiled).get(hash) {
+        if let Some(compiled) = lock(&self.run_memory.compiled).get(hash) {
             return Ok(compiled.clone());
         }
         let compiled = Arc::new(CompiledWorkflow::compile(spec).map_err(|errors| errors.join("; "))?);
-        lock(&self.compiled).insert(hash.to_owned(), compiled.clone());
+        lock(&self.run_memory.compiled).insert(hash.to_owned(), compiled.clone());
         Ok(compiled)
     }
 
@@ -381,7 +400,7 @@ impl Context {
     /// The delay before retrying `key` after one more failure: exponential
     /// from `policy.base` up to `policy.max`, with full jitter.
     pub fn backoff_by(&self, key: &str, failure: &Failure, policy: &Backoff) -> Duration {
-        let mut failures = lock(&self.failures);
+        let mut failures = lock(&self.resource_memory.failures);
         let count = failures.entry(key.to_owned()).or_insert(0);
         *count = count.saturating_add(1);
         let delay = policy.delay(*count - 1, failure.awaits);
@@ -391,7 +410,7 @@ impl Context {
     }
 
     pub fn succeeded(&self, key: &str) {
-        lock(&self.failures).remove(key);
+        lock(&self.resource_memory.failures).remove(key);
     }
 
     /// Server-side applies `status` to the `/status` of `name` with Tether's

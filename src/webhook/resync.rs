@@ -31,6 +31,7 @@ use super::{
 };
 use crate::api::{ExternalResource, TargetSystem};
 use crate::controller::external_resource::{referencing, request_resync};
+use crate::controller::{Context, RESYNC_ANNOTATION};
 use crate::keys::Purpose;
 
 /// The path of a resync of every ExternalResource of a TargetSystem.
@@ -128,6 +129,15 @@ async fn resync(
         Admit::Replay(_) => return Err(Refusal::Used("this delivery was accepted already")),
         Admit::Full => return Err(Refusal::Busy),
     }
+    if !*ctx.leading.borrow() {
+        // A standby does not reconcile (and does not cache
+        // ExternalResources): it hands the push to the leader through the
+        // API — the resync annotation, one write per resource, which the
+        // leader's watch sees.
+        let expires = timestamp.saturating_add(i64::try_from(hooks.tolerance.as_secs()).unwrap_or(i64::MAX));
+        hooks.deliveries.record(namespace, &scope, delivery, "resync", expires);
+        return annotate(ctx, namespace, target, resource).await;
+    }
     let names: Vec<ObjectRef<ExternalResource>> = match resource {
         Some(name) => {
             let found = ctx
@@ -151,6 +161,47 @@ async fn resync(
             && request_resync(ctx, &er)
         {
             queued += 1;
+        }
+    }
+    Ok(queued)
+}
+
+/// The most resources one push resyncs through the API from a standby.
+const MAX_ANNOTATED: usize = 1000;
+
+/// Sets `tether.dev/resync` on the ExternalResources the push names (read
+/// from the API server: a standby has no cache of them).
+async fn annotate(ctx: &Context, namespace: &str, target: &str, resource: Option<&str>) -> Result<usize, Refusal> {
+    use kube::api::{Api, ListParams, Patch, PatchParams};
+    let api: Api<ExternalResource> = Api::namespaced(ctx.client.clone(), namespace);
+    let names: Vec<String> = match resource {
+        Some(name) => vec![name.to_owned()],
+        None => api
+            .list_metadata(
+                &ListParams::default()
+                    .fields(&format!("spec.targetRef.name={target}"))
+                    .limit(MAX_ANNOTATED as u32),
+            )
+            .await
+            .map_err(Refusal::ReadRun)?
+            .items
+            .into_iter()
+            .filter_map(|er| er.metadata.name)
+            .collect(),
+    };
+    let stamp = chrono::Utc::now().timestamp_millis().to_string();
+    let patch = serde_json::json!({"metadata": {"annotations": {RESYNC_ANNOTATION: stamp}}});
+    let mut queued = 0;
+    for name in names {
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(er) if er.spec.target_ref.name == target => queued += 1,
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Err(Refusal::NotFound(format!(
+                    "no ExternalResource {namespace}/{name} on TargetSystem {target}"
+                )));
+            }
+            Err(e) => return Err(Refusal::ReadRun(e)),
         }
     }
     Ok(queued)

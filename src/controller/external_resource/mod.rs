@@ -145,7 +145,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
 
     let mut writer = status_writer(er, ctx);
     // Spared one lookup at most: a pass that did not look records nothing.
-    let refused_just_now = lock(&ctx.refused_creates)
+    let refused_just_now = lock(&ctx.resource_memory.refused_creates)
         .remove(&key(er))
         .is_some_and(|at| at.elapsed() < REFUSED_CREATE_MEMORY);
     // Nothing is sent to the target before every reference is Ready.
@@ -204,7 +204,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
         Ok(synced) => {
             ctx.succeeded(&key(er));
             let due = Some(Instant::now() + poll_interval(er));
-            lock(&ctx.fresh).insert(key(er), Freshness { due, ..freshness });
+            lock(&ctx.resource_memory.fresh).insert(key(er), Freshness { due, ..freshness });
             let next = status::compute(
                 writer.current.as_ref(),
                 &desired,
@@ -216,7 +216,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
         }
         Err(failure) => {
             if failure.create_not_applied && !refused_just_now {
-                lock(&ctx.refused_creates).insert(key(er), Instant::now());
+                lock(&ctx.resource_memory.refused_creates).insert(key(er), Instant::now());
             }
             // Our own status write must not wake this up before it is due:
             // a permanent failure waits for a change, a transient one for
@@ -232,7 +232,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
                 (!failure.permanent).then(|| ctx.backoff_by(&key(er), &failure, &policy))
             };
             let due = delay.map(|d| Instant::now() + d);
-            lock(&ctx.fresh).insert(key(er), Freshness { due, ..freshness });
+            lock(&ctx.resource_memory.fresh).insert(key(er), Freshness { due, ..freshness });
             ctx.metrics.reconcile_error(KIND, failure.reason);
             let previous_reason = writer
                 .current
@@ -380,7 +380,9 @@ async fn keep_secrets(ctx: &Context, er: &ExternalResource, synced: Synced) -> R
 }
 
 fn still_fresh(ctx: &Context, er: &ExternalResource, now: &Freshness) -> Option<Duration> {
-    lock(&ctx.fresh).get(&key(er))?.wait(now, Instant::now())
+    lock(&ctx.resource_memory.fresh)
+        .get(&key(er))?
+        .wait(now, Instant::now())
 }
 
 /// Records in status why a deletion waits (a transient failure: it is
@@ -493,8 +495,8 @@ async fn dependents(er: &ExternalResource, ctx: &Context) -> Vec<String> {
 }
 
 async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
-    lock(&ctx.fresh).remove(&key(er));
-    lock(&ctx.refused_creates).remove(&key(er));
+    lock(&ctx.resource_memory.fresh).remove(&key(er));
+    lock(&ctx.resource_memory.refused_creates).remove(&key(er));
     if er.spec.deletion_policy == DeletionPolicy::Orphan || er.spec.management_policy == ManagementPolicy::ObserveOnly {
         let id = er
             .status
@@ -600,7 +602,7 @@ async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, 
 /// signed resync push), and wakes it through the controller's trigger
 /// stream. Memory only: no API call.
 pub fn request_resync(ctx: &Context, er: &ExternalResource) -> bool {
-    lock(&ctx.fresh).remove(&key(er));
+    lock(&ctx.resource_memory.fresh).remove(&key(er));
     ctx.resync.send(kube::runtime::reflector::ObjectRef::from_obj(er))
 }
 

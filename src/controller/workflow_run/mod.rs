@@ -153,7 +153,7 @@ async fn fresh(
     api: &Api<WorkflowRun>,
 ) -> Result<(Arc<WorkflowRun>, bool), Error> {
     let uid = run.uid().unwrap_or_default();
-    let last = lock(&ctx.written).get(&uid).cloned();
+    let last = lock(&ctx.run_memory.written).get(&uid).cloned();
     if last.is_none() || last == run.resource_version() {
         return Ok((run, true));
     }
@@ -186,7 +186,7 @@ async fn advance(run: Arc<WorkflowRun>, ctx: &Context, api: &Api<WorkflowRun>) -
         if cache_current {
             // The cache has caught up with this process's last write: no
             // later pass can see an older version, so the memory can go.
-            lock(&ctx.written).remove(&writer.uid);
+            lock(&ctx.run_memory.written).remove(&writer.uid);
         }
         return Ok(Advanced::ended());
     }
@@ -794,7 +794,7 @@ impl<'a> Writer<'a> {
 
     fn remember(&mut self) {
         if let Some(rv) = self.status.resource_version() {
-            lock(&self.ctx.written).insert(self.uid.clone(), rv.to_owned());
+            lock(&self.ctx.run_memory.written).insert(self.uid.clone(), rv.to_owned());
         }
     }
 }
