@@ -25,10 +25,7 @@ use serde_json::json;
 
 use super::deliveries::Admit;
 use super::refusal::Refusal;
-use super::{
-    DELIVERY_HEADER, MAX_WEBHOOK_BYTES, SIGNATURE_HEADER, TIMESTAMP_HEADER, Webhooks, bounded, count, fresh, header,
-    key_that_verifies, refuse, valid_delivery, verify,
-};
+use super::{Signed, Webhooks, count, refuse, signed};
 use crate::api::{ExternalResource, TargetSystem};
 use crate::controller::external_resource::{referencing, request_resync};
 use crate::controller::{Context, RESYNC_ANNOTATION};
@@ -108,20 +105,13 @@ async fn resync(
                 "TargetSystem {namespace}/{target} takes no resync pushes (spec.resyncWebhook)"
             ))
         })?;
-    let signature = header(headers, SIGNATURE_HEADER).unwrap_or_default();
-    let delivery = header(headers, DELIVERY_HEADER)
-        .filter(|d| valid_delivery(d))
-        .ok_or(Refusal::BadHeader("X-Tether-Delivery (1 to 128 of A-Z a-z 0-9 - _ :)"))?;
-    let timestamp = header(headers, TIMESTAMP_HEADER)
-        .and_then(|t| t.parse::<i64>().ok())
-        .ok_or(Refusal::BadHeader("X-Tether-Timestamp (unix seconds)"))?;
-    let now = chrono::Utc::now().timestamp();
-    if !fresh(timestamp, now, hooks.tolerance) {
-        return Err(Refusal::Stale(hooks.tolerance.as_secs()));
-    }
-    let body = bounded(headers, body, MAX_WEBHOOK_BYTES).await?;
-    let signed = |key: &[u8]| verify(key, timestamp, delivery, &body, signature);
-    key_that_verifies(ctx, Purpose::Resync, namespace, &secret, signed, Refusal::BadSignature).await?;
+    let Signed {
+        delivery,
+        timestamp,
+        now,
+        body: _,
+    } = signed(hooks, Purpose::Resync, namespace, &secret, headers, body).await?;
+    let delivery = delivery.as_str();
     // Deliveries of resyncs are kept apart from those of workflows.
     let scope = format!("resync/{target}");
     match hooks.deliveries.admit(namespace, &scope, delivery, now) {
