@@ -37,6 +37,88 @@ pub fn all_yaml() -> Result<String, Error> {
     Ok(out)
 }
 
+/// The API reference (`docs/reference.md`): every kind and every field
+/// with its type and description, from the CRDs — the descriptions are
+/// the one source the docs link to instead of restating them.
+pub fn reference() -> String {
+    let mut out = String::from(
+        "# API reference\n\nGenerated from the CRDs by `scripts/generate.sh` (`tether crd --reference`);\n\
+         `kubectl explain <kind>.<field>` shows the same text. Do not edit by hand.\n",
+    );
+    for crd in crate::api::crds() {
+        let names = &crd.spec.names;
+        for version in &crd.spec.versions {
+            let schema = version
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .map(|s| serde_json::to_value(s).unwrap_or_default())
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "\n## {} (`{}/{}`)\n\n{}\n\n| field | type | description |\n| --- | --- | --- |\n",
+                names.kind,
+                crd.spec.group,
+                version.name,
+                one_line(
+                    schema
+                        .get("description")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default()
+                )
+            ));
+            for (path, node) in fields(&schema) {
+                let type_ = node.get("type").and_then(serde_json::Value::as_str).unwrap_or("object");
+                let description = node
+                    .get("description")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default();
+                out.push_str(&format!("| `{path}` | {type_} | {} |\n", one_line(description)));
+            }
+        }
+    }
+    out
+}
+
+/// Text on one table line: newlines become spaces, `|` is escaped.
+fn one_line(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
+}
+
+/// Every field under `spec` and `status`, depth first, with its schema.
+fn fields(schema: &serde_json::Value) -> Vec<(String, &serde_json::Value)> {
+    fn walk<'a>(path: String, node: &'a serde_json::Value, out: &mut Vec<(String, &'a serde_json::Value)>) {
+        out.push((path.clone(), node));
+        let children = node
+            .get("properties")
+            .or_else(|| node.get("items").and_then(|i| i.get("properties")))
+            .or_else(|| node.get("additionalProperties").and_then(|v| v.get("properties")))
+            .and_then(serde_json::Value::as_object);
+        let infix = if node.get("items").is_some() {
+            "[]."
+        } else if node
+            .get("additionalProperties")
+            .is_some_and(serde_json::Value::is_object)
+        {
+            ".*."
+        } else {
+            "."
+        };
+        for (name, child) in children.into_iter().flatten() {
+            walk(format!("{path}{infix}{name}"), child, out);
+        }
+    }
+    let mut out = Vec::new();
+    for top in ["spec", "status"] {
+        if let Some(node) = schema.get("properties").and_then(|p| p.get(top)) {
+            walk(top.to_owned(), node, &mut out);
+        }
+    }
+    out
+}
+
 /// Every field of `schema` (a JSON schema as JSON) without a description,
 /// as `path.to.field`; `metadata`, which the API server describes, aside.
 pub fn undescribed(schema: &serde_json::Value) -> Vec<String> {

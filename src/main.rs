@@ -37,6 +37,10 @@ enum Command {
         /// Write `<name>.yaml` files into this directory instead of printing.
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Write the API reference (Markdown, every field's description)
+        /// to this file instead.
+        #[arg(long, conflicts_with = "out_dir")]
+        reference: Option<PathBuf>,
     },
     /// Start a local sandbox: control plane, simulator, controller, and the
     /// examples converging. Ctrl-C stops everything.
@@ -205,8 +209,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "dev")]
         Command::Sandbox(options) => tether::sandbox::run(options).await?,
         Command::Runs { command } => runs(command).await?,
-        Command::Crd { out_dir: None } => print!("{}", tether::crd::all_yaml()?),
-        Command::Crd { out_dir: Some(dir) } => {
+        Command::Crd {
+            reference: Some(path), ..
+        } => std::fs::write(&path, tether::crd::reference()).with_context(|| format!("writing {}", path.display()))?,
+        Command::Crd { out_dir: None, .. } => print!("{}", tether::crd::all_yaml()?),
+        Command::Crd { out_dir: Some(dir), .. } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for crd in tether::api::crds() {
                 let path = dir.join(tether::crd::file_name(&crd));

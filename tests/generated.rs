@@ -121,3 +121,20 @@ fn the_chart_ships_the_argo_cd_health_checks_of_deploy() {
         );
     }
 }
+
+/// The API reference is the CRDs' own descriptions: the docs link to it
+/// instead of restating what a field means (day two: the CRD and the docs
+/// disagreed on a step's `timeout` and on what `successWhen` reads).
+#[test]
+fn the_api_reference_is_generated_from_the_crds() {
+    let checked_in = read(&repo().join("docs/reference.md"));
+    assert!(
+        checked_in == tether::crd::reference(),
+        "docs/reference.md differs from the CRDs' descriptions; run scripts/generate.sh"
+    );
+    let workflows = read(&repo().join("docs/workflows.md"));
+    assert!(
+        workflows.contains("reference.md"),
+        "docs/workflows.md links the reference"
+    );
+}

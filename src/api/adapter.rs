@@ -237,7 +237,7 @@ pub struct RestAction {
     /// The request that performs the action.
     #[serde(flatten)]
     pub request: HttpRequestTemplate,
-    /// Condition over `{status, body, headers}` that means success; by
+    /// Condition over the answer `{status, body}` that means success; by
     /// default any 2xx status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
