@@ -201,4 +201,20 @@ mod tests {
             missing.join("\n")
         );
     }
+
+    /// Day two: `lastSyncTime` and `lastProbeTime` said they moved on every
+    /// resync and probe; a pass that finds nothing new writes nothing (0
+    /// writes per no-op resync), so their descriptions say that instead.
+    #[test]
+    fn last_sync_and_probe_times_say_a_pass_that_finds_nothing_leaves_them() {
+        let reference = reference();
+        for field in ["`status.lastSyncTime`", "`status.lastProbeTime`"] {
+            let line = reference
+                .lines()
+                .find(|l| l.starts_with(&format!("| {field} ")))
+                .unwrap_or_else(|| panic!("{field} is not in the reference"));
+            assert!(line.contains("writes nothing"), "{line}");
+            assert!(line.contains("does not move"), "{line}");
+        }
+    }
 }
