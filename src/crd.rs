@@ -48,12 +48,7 @@ pub fn reference() -> String {
     for crd in crate::api::crds() {
         let names = &crd.spec.names;
         for version in &crd.spec.versions {
-            let schema = version
-                .schema
-                .as_ref()
-                .and_then(|s| s.open_api_v3_schema.as_ref())
-                .map(|s| serde_json::to_value(s).unwrap_or_default())
-                .unwrap_or_default();
+            let schema = schema_of(version);
             out.push_str(&format!(
                 "\n## {} (`{}/{}`)\n\n{}\n\n| field | type | description |\n| --- | --- | --- |\n",
                 names.kind,
@@ -77,6 +72,18 @@ pub fn reference() -> String {
         }
     }
     out
+}
+
+/// A version's OpenAPI schema as JSON (null when it has none).
+fn schema_of(
+    version: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinitionVersion,
+) -> serde_json::Value {
+    version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .map(|s| serde_json::to_value(s).unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// Text on one table line: newlines become spaces, `|` is escaped.
@@ -178,12 +185,7 @@ mod tests {
         for crd in crate::api::crds() {
             let kind = crd.spec.names.kind.clone();
             for version in &crd.spec.versions {
-                let schema = version
-                    .schema
-                    .as_ref()
-                    .and_then(|s| s.open_api_v3_schema.as_ref())
-                    .map(|s| serde_json::to_value(s).unwrap_or_default())
-                    .unwrap_or_default();
+                let schema = schema_of(version);
                 let root = schema
                     .get("description")
                     .and_then(serde_json::Value::as_str)
