@@ -21,12 +21,14 @@
 
 pub mod adapter;
 pub mod api;
+pub mod cache;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod describe;
 pub mod diff;
 pub mod engine;
+pub mod events;
 pub mod expr;
 pub mod leader;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod gone_proxy;
 pub mod tether;
 
 pub use ::tether::sandbox::ControlPlane;

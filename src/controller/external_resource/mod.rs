@@ -132,7 +132,8 @@ pub fn error_policy(er: Arc<ExternalResource>, error: &Error, ctx: Arc<Context>)
     Action::requeue(ctx.backoff(&key(&er), &failure))
 }
 
-fn key(er: &ExternalResource) -> String {
+/// The key of what is kept per resource (its UID).
+pub(crate) fn key(er: &ExternalResource) -> String {
     er.uid()
         .unwrap_or_else(|| format!("{}/{}", er.namespace().unwrap_or_default(), er.name_any()))
 }
