@@ -185,6 +185,8 @@ fn spawn_controller(kubeconfig: &std::path::Path, metrics_port: u16) -> Result<s
             "64",
             "--metrics-addr",
             &metrics_addr,
+            "--webhook-addr",
+            "127.0.0.1:0",
             // The simulator is on loopback: the default list without it.
             "--egress-deny",
             "169.254.0.0/16,fe80::/10,0.0.0.0/8,::/128,::1/128",
@@ -196,6 +198,8 @@ fn spawn_controller(kubeconfig: &std::path::Path, metrics_port: u16) -> Result<s
         .args(args)
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "warn")
+        // As the image runs it (Dockerfile).
+        .env("MALLOC_ARENA_MAX", "2")
         .stderr(std::process::Stdio::null())
         .spawn()?)
 }

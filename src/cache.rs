@@ -72,6 +72,8 @@ where
     events: BoxStream<'static, watcher::Result<Event<K>>>,
     writer: Writer<K>,
     subscribers: Vec<(Interest, mpsc::Sender<Arc<K>>)>,
+    /// What the kind drops besides [`lean`]'s fields, if anything.
+    slim: Option<fn(&mut K)>,
 }
 
 impl<K> Cache<K>
@@ -84,7 +86,30 @@ where
             events,
             writer: Writer::default(),
             subscribers: Vec::new(),
+            slim: None,
         }
+    }
+
+    /// A cache of the objects of `K` in `scope`, watched with `config`.
+    pub fn watch(scope: &crate::scope::Scope, client: &kube::Client, config: watcher::Config) -> Self
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let writer = Writer::default();
+        let events = scope.watch(client, config, writer.as_reader());
+        Self {
+            events,
+            writer,
+            subscribers: Vec::new(),
+            slim: None,
+        }
+    }
+
+    /// Also applies `slim` to each object before it is stored (what only
+    /// the kind knows it can drop or share).
+    pub fn slimmed(mut self, slim: fn(&mut K)) -> Self {
+        self.slim = Some(slim);
+        self
     }
 
     /// The store (every clone reads the same objects).
@@ -132,8 +157,15 @@ where
             events,
             mut writer,
             mut subscribers,
+            slim,
         } = self;
         let reader = writer.as_reader();
+        let lean = move |object: &mut K| {
+            lean(object);
+            if let Some(slim) = slim {
+                slim(object);
+            }
+        };
         let mut events = std::pin::pin!(events.modify(lean).default_backoff());
         while let Some(event) = events.next().await {
             let event = match event {

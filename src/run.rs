@@ -218,7 +218,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     // kind reads the same lean store, fed by one watch. Secrets are known
     // by their metadata only (versions, for the registry's fingerprints).
     let everything = watcher::Config::default;
-    let secrets_cache = Cache::new(scope.watch::<PartialObjectMeta<Secret>>(&client, everything()));
+    let secrets_cache = Cache::<PartialObjectMeta<Secret>>::watch(&scope, &client, everything());
     let secrets = secrets_cache.store();
     let secrets_ready = secrets.clone();
     let egress =
@@ -260,12 +260,13 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     // (a resource's TargetSystem, a run's Workflow) whole, as a labelled
     // resource may use an unlabelled TargetSystem.
     let adapter_api: Api<Adapter> = Api::all(client.clone());
-    let mut resources_cache = Cache::new(scope.watch::<ExternalResource>(&client, scope.reconciled()));
-    let mut runs_cache = Cache::new(scope.watch::<WorkflowRun>(&client, scope.reconciled()));
-    let mut targets_cache = Cache::new(scope.watch::<TargetSystem>(&client, everything()));
+    let mut resources_cache =
+        Cache::<ExternalResource>::watch(&scope, &client, scope.reconciled()).slimmed(ExternalResource::slim);
+    let mut runs_cache = Cache::<WorkflowRun>::watch(&scope, &client, scope.reconciled());
+    let mut targets_cache = Cache::<TargetSystem>::watch(&scope, &client, everything());
     let mut adapters_cache = Cache::new(watcher(adapter_api, everything()).boxed());
-    let mut workflows_cache = Cache::new(scope.watch::<Workflow>(&client, everything()));
-    let mut approvals_cache = Cache::new(scope.watch::<Approval>(&client, everything()));
+    let mut workflows_cache = Cache::<Workflow>::watch(&scope, &client, everything());
+    let mut approvals_cache = Cache::<Approval>::watch(&scope, &client, everything());
     let (targets, adapters, workflows) = (targets_cache.store(), adapters_cache.store(), workflows_cache.store());
     let approvals = approvals_cache.store();
 
@@ -552,7 +553,7 @@ where
     if scope.selector.is_none() {
         return (shared.applied().boxed(), shared.store());
     }
-    let mut selected = Cache::new(scope.watch::<K>(client, scope.reconciled()));
+    let mut selected = Cache::<K>::watch(scope, client, scope.reconciled());
     let trigger = selected.applied().boxed();
     (trigger, selected.run())
 }

@@ -169,7 +169,7 @@ impl<'a> StatusWriter<'a> {
             api: Api::namespaced(ctx.client.clone(), &er.namespace().unwrap_or_default()),
             er,
             resource_version: er.resource_version(),
-            current: er.status.clone(),
+            current: er.full_status(),
             ctx,
         }
     }

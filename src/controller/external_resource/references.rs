@@ -66,7 +66,7 @@ fn exposed(er: &ExternalResource) -> Value {
     json!({
         "name": er.name_any(),
         "externalId": status.and_then(|s| s.external_id.clone()),
-        "observed": status.and_then(|s| s.observed.clone()).unwrap_or(Value::Null),
+        "observed": er.observed().cloned().unwrap_or(Value::Null),
     })
 }
 

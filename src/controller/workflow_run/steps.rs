@@ -308,7 +308,7 @@ impl<'a> Scope<'a> {
                     return Some(succeeded(json!({
                         "name": resource_name(self.run, name, None),
                         "externalId": status.external_id,
-                        "observed": status.observed,
+                        "observed": er.as_ref().and_then(|er| er.observed()),
                     })));
                 }
                 if after_std(started, *ready_timeout) <= self.now {
