@@ -312,7 +312,7 @@ mod slim_tests {
         assert_eq!(slim.observed(), original.observed());
         assert_eq!(slim.full_status(), original.status);
         assert_eq!(
-            serde_json::to_value(&slim.full_status()).ok(),
+            serde_json::to_value(slim.full_status()).ok(),
             serde_json::to_value(&original.status).ok()
         );
     }
@@ -322,6 +322,6 @@ mod slim_tests {
         let drifted = in_sync(json!({"email": "changed@example.com"}));
         let mut slim = drifted.clone();
         slim.slim();
-        assert_eq!(slim, drifted);
+        assert_eq!(slim.status, drifted.status);
     }
 }
