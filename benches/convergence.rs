@@ -11,9 +11,6 @@
 //! under a profiler (any command that takes the controller's command line).
 
 mod common;
-#[path = "../tests/support/gone_proxy.rs"]
-#[allow(dead_code)] // shared with tests/, which use all of it
-mod gone_proxy;
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +18,7 @@ use common::*;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tether::api::ExternalResource;
-use tether::sandbox::ControlPlane;
+use tether_harness::ControlPlane;
 
 const NS: &str = "bench";
 const TOKEN: &str = "bench-token";
@@ -46,7 +43,7 @@ async fn main() -> Result<()> {
     let admin_api: Api<ExternalResource> = Api::namespaced(admin.clone(), NS);
 
     // The target and the controller under test (release build, its own process).
-    let simulator = simulator(TOKEN)?;
+    let simulator = support::fixtures::Simulator::accepting(TOKEN).start();
     install_target(&cp, &simulator)?;
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut child = spawn_controller(&cp.kubeconfig("controller"), metrics_port)?;
@@ -153,7 +150,7 @@ async fn main() -> Result<()> {
 
 /// The Adapter of the simulator's contacts and a TargetSystem with no rate
 /// limit and `maxConcurrency: 64`.
-fn install_target(cp: &ControlPlane, simulator: &tether::sim::SimHandle) -> Result<()> {
+fn install_target(cp: &ControlPlane, simulator: &tether_sim::SimHandle) -> Result<()> {
     let adapter = json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": "bench"},
         "spec": {"rest": {"resourceTypes": [{"name": "contact",
             "read": {"method": "GET", "path": "/v1/contacts/\\(.id)"},
@@ -189,7 +186,7 @@ fn spawn_controller(kubeconfig: &std::path::Path, metrics_port: u16) -> Result<s
             "127.0.0.1:0",
             // The simulator is on loopback: the default list without it.
             "--egress-deny",
-            "169.254.0.0/16,fe80::/10,0.0.0.0/8,::/128,::1/128",
+            support::tether::TEST_EGRESS_DENY,
         ]
         .map(str::to_owned),
     );
@@ -239,10 +236,10 @@ mod scale {
     use kube::runtime::watcher;
     use serde_json::json;
     use tether::api::ExternalResource;
-    use tether::sandbox::ControlPlane;
+    use tether_harness::ControlPlane;
 
-    use super::common::{Result, machine, peak_rss_mib, simulator};
-    use super::gone_proxy::GoneProxy;
+    use super::common::support::gone_proxy::GoneProxy;
+    use super::common::{Result, machine, peak_rss_mib};
     use super::{NS, TOKEN, install_target, spawn_controller};
 
     pub async fn run(cp: &ControlPlane, largest: usize) -> Result<()> {
@@ -250,13 +247,13 @@ mod scale {
         super::ok(&cp.kubectl(&["create", "namespace", NS]))?;
         let admin = cp.try_client("admin").await?;
         let api: Api<ExternalResource> = Api::namespaced(admin.clone(), NS);
-        let simulator = simulator(TOKEN)?;
+        let simulator = super::common::support::fixtures::Simulator::accepting(TOKEN).start();
         install_target(cp, &simulator)?;
         // The controller reaches the API server through a proxy that can
         // expire its ExternalResource watches (a forced 410 Gone).
         let proxy = GoneProxy::start(&cp.server, &cp.dir.join("ca.crt"), "externalresources").await;
         let kubeconfig = cp.dir.join("controller-proxy.kubeconfig");
-        proxy.write_kubeconfig(&kubeconfig, tether::sandbox::control_plane::CONTROLLER_TOKEN);
+        proxy.write_kubeconfig(&kubeconfig, tether_harness::CONTROLLER_TOKEN);
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut child = spawn_controller(&kubeconfig, metrics_port)?;
         let pid = child.id();

@@ -15,7 +15,7 @@ use kube::api::Api;
 use serde_json::{Value, json};
 use tether::api::WorkflowRun;
 use tether::api::workflow_run::RunPhase;
-use tether::sandbox::ControlPlane;
+use tether_harness::ControlPlane;
 
 const NS: &str = "bench";
 const TOKEN: &str = "bench-token";
@@ -44,7 +44,7 @@ async fn main() -> Result<()> {
     let ceiling = write_ceilings(&controller_client, &admin, NS).await?;
     let at_ceiling = |writes: u64| writes as f64 / ceiling[&32];
 
-    let simulator = simulator(TOKEN)?;
+    let simulator = support::fixtures::Simulator::accepting(TOKEN).start();
     let setup = json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": "bench"},
          "spec": {"rest": {"resourceTypes": [{"name": "item",
@@ -76,7 +76,7 @@ async fn main() -> Result<()> {
             "127.0.0.1:0",
             // The simulator is on loopback: the default list without it.
             "--egress-deny",
-            "169.254.0.0/16,fe80::/10,0.0.0.0/8,::/128,::1/128",
+            support::tether::TEST_EGRESS_DENY,
         ])
         .env("KUBECONFIG", cp.kubeconfig("controller"))
         .env("RUST_LOG", "warn")

@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use crate::api::WorkflowRun;
 use crate::api::workflow::{Step, WorkflowSpec};
 use crate::api::workflow_run::{StepPhase, StepStatus};
-use crate::engine::Dag;
+use crate::workflow::engine::Dag;
 
 fn symbol(phase: StepPhase) -> &'static str {
     match phase {

@@ -132,18 +132,18 @@ impl Recorder {
 
     /// Events remembered for series now.
     pub fn remembered_len(&self) -> usize {
-        crate::controller::lock(&self.published).len()
+        crate::lock(&self.published).len()
     }
 
     fn remembered(&self, key: &Key, now: Instant) -> Option<Published> {
-        crate::controller::lock(&self.published)
+        crate::lock(&self.published)
             .get(key)
             .filter(|p| now.duration_since(p.at) < SERIES_WINDOW)
             .cloned()
     }
 
     fn remember(&self, key: Key, published: Published, now: Instant) {
-        let mut map = crate::controller::lock(&self.published);
+        let mut map = crate::lock(&self.published);
         map.insert(key, published);
         if map.len() > MAX_REMEMBERED {
             // Amortised: expired entries go, then the oldest until half

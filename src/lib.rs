@@ -27,21 +27,32 @@ pub mod controller;
 pub mod crd;
 pub mod describe;
 pub mod diff;
-pub mod engine;
 pub mod events;
 pub mod expr;
+#[cfg(test)]
+pub(crate) mod fakes;
+pub mod http;
+pub mod keys;
 pub mod leader;
 pub mod metrics;
+pub mod request;
 pub mod run;
+#[cfg(feature = "dev")]
 pub mod sandbox;
 pub mod scope;
-pub mod sim;
-pub mod target;
+pub mod signing;
 pub mod text;
 pub mod webhook;
+pub mod workflow;
 
 /// Selects ring as the process-wide TLS crypto provider (kube and reqwest
 /// both use rustls). Safe to call more than once.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Locks `mutex`, taking the data even if a panicking thread poisoned it:
+/// every mutex here guards a cache whose entries are valid one by one.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

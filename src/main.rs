@@ -1,7 +1,6 @@
 //! The `tether` binary: one command, several jobs.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -36,12 +35,14 @@ enum Command {
     },
     /// Start a local sandbox: control plane, simulator, controller, and the
     /// examples converging. Ctrl-C stops everything.
+    #[cfg(feature = "dev")]
     Sandbox(tether::sandbox::SandboxOptions),
     /// Run the target simulator: a SaaS-like HTTP API with fault injection.
+    #[cfg(feature = "dev")]
     Sim {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8090", env = "TETHER_SIM_LISTEN")]
-        listen: SocketAddr,
+        listen: std::net::SocketAddr,
         /// Accept `Authorization: Bearer <token>` (repeatable). With neither
         /// tokens nor keys the API is open.
         #[arg(long = "token")]
@@ -113,13 +114,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs redirected to a file stay plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
     match cli.command {
         Command::Run(options) => tether::run::run(*options).await?,
+        #[cfg(feature = "dev")]
         Command::Sandbox(options) => tether::sandbox::run(options).await?,
         Command::Runs {
             command: RunsCommand::Describe { name, namespace },
@@ -145,26 +149,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }
+        #[cfg(feature = "dev")]
         Command::Sim {
             listen,
             tokens,
             api_keys,
-        } => {
-            let credentials = tether::sim::Credentials {
-                bearer_tokens: tokens,
-                api_keys,
-                ..Default::default()
-            };
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding {listen}"))?;
-            let state = std::sync::Arc::new(tether::sim::SimState::new(credentials));
-            tracing::info!(addr = %listener.local_addr()?, "simulator listening");
-            tether::sim::serve(listener, state, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await;
-        }
+        } => tether::sandbox::simulator(listen, tokens, api_keys).await?,
         Command::ExprWorker { .. } => anyhow::bail!("expr-worker runs without a runtime"),
     }
     Ok(())

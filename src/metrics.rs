@@ -199,7 +199,7 @@ impl Metrics {
             let _ = self.status_writes.get_or_create(&KindLabels { kind });
             let _ = self.reconcile_errors.get_or_create(&ErrorLabels {
                 kind,
-                reason: crate::controller::guard::INTERNAL_ERROR,
+                reason: crate::api::common::reason::INTERNAL_ERROR,
             });
         }
         for phase in [

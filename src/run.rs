@@ -29,10 +29,10 @@ use tokio::sync::watch;
 use crate::api::{Adapter, Approval, ExternalResource, TargetSystem, Workflow, WorkflowRun};
 use crate::cache::Cache;
 use crate::controller::{self as ctrl, Context};
+use crate::http::registry::Registry;
 use crate::leader::{self, LeaderElector};
 use crate::metrics::Metrics;
 use crate::scope::Scope;
-use crate::target::registry::Registry;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunOptions {
@@ -94,7 +94,7 @@ pub struct RunOptions {
     /// (loopback, link-local, unspecified, and the API server's addresses);
     /// the API server's own ip:port is refused whatever this says.
     #[arg(long, env = "TETHER_EGRESS_DENY")]
-    pub egress_deny: Option<crate::target::egress::DenyList>,
+    pub egress_deny: Option<crate::http::egress::DenyList>,
     /// URL of the API server, for the egress deny list (set by `run` from
     /// the kubeconfig or the in-cluster config).
     #[arg(skip)]
@@ -221,8 +221,7 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     let secrets_cache = Cache::<PartialObjectMeta<Secret>>::watch(&scope, &client, everything());
     let secrets = secrets_cache.store();
     let secrets_ready = secrets.clone();
-    let egress =
-        crate::target::egress::policy_for(options.egress_deny.as_ref(), options.api_server_url.as_deref()).await;
+    let egress = crate::http::egress::policy_for(options.egress_deny.as_ref(), options.api_server_url.as_deref()).await;
     tracing::info!(deny = ?egress.deny_list(), "egress deny list");
     let registry =
         Arc::new(Registry::new(client.clone(), Some(secrets), metrics.clone()).with_egress(Arc::new(egress)));
@@ -329,14 +328,11 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
         compiled: Default::default(),
         written: Default::default(),
         callback_base,
-        triggers: crate::webhook::Triggers {
-            tolerance: options.webhook_tolerance,
-            ..Default::default()
-        },
+        keys: Default::default(),
     });
 
     tracing::info!(addr = %webhook_listener.local_addr()?, "serving workflow webhooks and callbacks");
-    let webhook_router = crate::webhook::router(ctx.clone());
+    let webhook_router = crate::webhook::router(ctx.clone(), options.webhook_tolerance);
     tokio::spawn(async move { axum::serve(webhook_listener, webhook_router).await });
 
     // What was kept per object goes with the object.
@@ -487,7 +483,10 @@ pub async fn run_with_client(client: Client, options: RunOptions) -> anyhow::Res
     // A run of a schedule that finishes wakes its workflow (history limits,
     // concurrency policy).
     let by_run = |run: Arc<WorkflowRun>| {
-        let finished = run.status.as_ref().is_some_and(|s| crate::engine::is_terminal(s.phase));
+        let finished = run
+            .status
+            .as_ref()
+            .is_some_and(|s| crate::workflow::engine::is_terminal(s.phase));
         let workflow = run
             .labels()
             .get(ctrl::workflow::SCHEDULE_LABEL)

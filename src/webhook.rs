@@ -25,9 +25,10 @@
 //! (1 MiB for webhooks, 64 KiB for callbacks) and refused beyond it.
 
 pub mod deliveries;
-pub mod keys;
+
 pub mod refusal;
 
+use crate::api::common::event;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,11 +38,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hmac::{Hmac, Mac};
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::api::common::SecretKeyRef;
 use crate::api::workflow_run::StepPhase;
@@ -49,10 +48,13 @@ use crate::api::{Workflow, WorkflowRun};
 use crate::controller::Context;
 use crate::controller::workflow::{TRIGGER_LABEL, create_run};
 use crate::expr::Expr;
+use crate::keys::{Freshness, Purpose};
 use crate::metrics::OutcomeLabels;
+use crate::signing::{mac_hex, verify_hex};
+use crate::workflow::callback::{self, callback_record, verify_callback_record, verify_callback_token};
 use deliveries::{Admit, Deliveries};
-use keys::{Freshness, KeyCache, Purpose};
 use refusal::Refusal;
+use sha2::{Digest, Sha256};
 
 /// Header with the signature of timestamp, delivery and body.
 pub const SIGNATURE_HEADER: &str = "x-tether-signature";
@@ -69,52 +71,16 @@ pub const MAX_CALLBACK_BYTES: usize = 64 * 1024;
 /// Longest delivery id.
 pub const MAX_DELIVERY_ID: usize = 128;
 
-/// What the webhook and callback endpoints keep between requests.
-pub struct Triggers {
-    pub keys: KeyCache,
+/// The endpoints' state: the controllers' context (stores, client, key
+/// cache), the deliveries accepted, and the tolerance of timestamps.
+pub struct Webhooks {
+    pub ctx: Arc<Context>,
     pub deliveries: Deliveries,
     /// How far a webhook's timestamp may be from now, either way.
     pub tolerance: Duration,
 }
 
-impl Default for Triggers {
-    fn default() -> Self {
-        Self {
-            keys: KeyCache::default(),
-            deliveries: Deliveries::default(),
-            tolerance: DEFAULT_TOLERANCE,
-        }
-    }
-}
-
-/// The path that triggers a workflow.
-pub fn path(namespace: &str, workflow: &str) -> String {
-    format!("/webhooks/{namespace}/{workflow}")
-}
-
-fn mac(key: &[u8], parts: &[&[u8]]) -> Option<Hmac<Sha256>> {
-    // HMAC takes keys of any length: this does not fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
-    for part in parts {
-        mac.update(part);
-    }
-    Some(mac)
-}
-
-fn mac_hex(key: &[u8], parts: &[&[u8]]) -> String {
-    mac(key, parts)
-        .map(|m| hex::encode(m.finalize().into_bytes()))
-        .unwrap_or_default()
-}
-
-/// Whether `hex_digest` is the HMAC of `parts` under `key`, compared in
-/// constant time.
-fn verify_hex(key: &[u8], parts: &[&[u8]], hex_digest: &str) -> bool {
-    let Ok(digest) = hex::decode(hex_digest.trim()) else {
-        return false;
-    };
-    mac(key, parts).is_some_and(|m| m.verify_slice(&digest).is_ok())
-}
+pub use crate::workflow::callback::trigger_path as path;
 
 /// Whether a delivery id may be signed: 1 to 128 characters of
 /// `[A-Za-z0-9_:-]` (no `.`, which separates the signed fields).
@@ -154,54 +120,17 @@ pub fn fresh(timestamp: i64, now: i64, tolerance: Duration) -> bool {
     now.checked_sub(timestamp).is_some_and(|age| age.abs() <= tolerance)
 }
 
-/// The path of one attempt's callback.
-pub fn callback_path(namespace: &str, run: &str, step: &str, attempt: i32) -> String {
-    format!("/callbacks/{namespace}/{run}/{step}/{attempt}")
-}
-
-/// The one-time token of one attempt's callback (hex).
-pub fn callback_token(key: &[u8], run_uid: &str, step: &str, attempt: i32) -> String {
-    mac_hex(key, &[format!("{run_uid}/{step}/{attempt}").as_bytes()])
-}
-
-fn verify_callback_token(key: &[u8], run_uid: &str, step: &str, attempt: i32, token: &str) -> bool {
-    verify_hex(key, &[format!("{run_uid}/{step}/{attempt}").as_bytes()], token)
-}
-
-/// What the callback endpoint records in the run's annotation: the
-/// attempt, the body and a MAC binding both to the run's UID and step
-/// under the step's key (domain-separated from the token).
-pub fn callback_record(key: &[u8], run_uid: &str, step: &str, attempt: i32, body: &Value) -> Value {
-    let mac = record_mac(key, run_uid, step, attempt, body);
-    json!({ "attempt": attempt, "body": body, "mac": mac })
-}
-
-fn record_message(run_uid: &str, step: &str, attempt: i32, body: &Value) -> String {
-    let digest = hex::encode(Sha256::digest(body.to_string().as_bytes()));
-    format!("tether-callback-record\n{run_uid}/{step}/{attempt}\n{digest}")
-}
-
-fn record_mac(key: &[u8], run_uid: &str, step: &str, attempt: i32, body: &Value) -> String {
-    mac_hex(key, &[record_message(run_uid, step, attempt, body).as_bytes()])
-}
-
-/// Whether a recorded callback was written by the callback endpoint for
-/// this run, step and attempt: its MAC verifies under the step's key.
-pub fn verify_callback_record(key: &[u8], run_uid: &str, step: &str, attempt: i32, record: &Value) -> bool {
-    let recorded_attempt = record.get("attempt").and_then(Value::as_i64);
-    let (Some(mac), Some(body)) = (record.get("mac").and_then(Value::as_str), record.get("body")) else {
-        return false;
+pub fn router(ctx: Arc<Context>, tolerance: Duration) -> Router {
+    let hooks = Webhooks {
+        ctx,
+        deliveries: Deliveries::default(),
+        tolerance,
     };
-    recorded_attempt == Some(i64::from(attempt))
-        && verify_hex(key, &[record_message(run_uid, step, attempt, body).as_bytes()], mac)
-}
-
-pub fn router(ctx: Arc<Context>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/webhooks/{namespace}/{workflow}", post(trigger))
         .route("/callbacks/{namespace}/{run}/{step}/{attempt}", post(callback))
-        .with_state(ctx)
+        .with_state(Arc::new(hooks))
 }
 
 /// The body, read up to `limit` bytes: a larger one is refused without
@@ -233,7 +162,6 @@ async fn key_that_verifies(
     let mut found = false;
     for want in [Freshness::Cached, Freshness::Refresh] {
         let key = ctx
-            .triggers
             .keys
             .get(&ctx.client, &ctx.metrics, purpose, namespace, secret, want)
             .await;
@@ -275,7 +203,7 @@ struct TokenQuery {
 }
 
 async fn callback(
-    State(ctx): State<Arc<Context>>,
+    State(hooks): State<Arc<Webhooks>>,
     Path((namespace, run, step, attempt)): Path<(String, String, String, i32)>,
     axum::extract::Query(query): axum::extract::Query<TokenQuery>,
     headers: HeaderMap,
@@ -287,16 +215,17 @@ async fn callback(
         step,
         attempt,
     };
-    match record(&ctx, &attempt, &query.token, &headers, body).await {
+    let ctx = &hooks.ctx;
+    match record(ctx, &attempt, &query.token, &headers, body).await {
         Ok(()) => {
-            count(&ctx, "callback");
+            count(ctx, "callback");
             (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": true }))).into_response()
         }
         Err(refusal) => {
             if matches!(refusal, Refusal::BadToken) {
                 tracing::info!(run = %attempt.run, step = %attempt.step, "callback refused: bad token");
             }
-            refuse(&ctx, &refusal)
+            refuse(ctx, &refusal)
         }
     }
 }
@@ -355,7 +284,7 @@ async fn record(ctx: &Context, at: &Attempt, token: &str, headers: &HeaderMap, b
             .iter()
             .any(|s| &s.name == step && s.phase == StepPhase::Waiting && s.attempt == attempt)
     });
-    let annotation = crate::controller::workflow_run::steps::callback_annotation(step);
+    let annotation = callback::annotation(step);
     // Only a genuine record uses the token: a forged annotation does not
     // block the real callback.
     let used = kube::ResourceExt::annotations(&run)
@@ -398,25 +327,26 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 async fn trigger(
-    State(ctx): State<Arc<Context>>,
+    State(hooks): State<Arc<Webhooks>>,
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match start(&ctx, &namespace, &name, &headers, body).await {
+    let ctx = &hooks.ctx;
+    match start(&hooks, &namespace, &name, &headers, body).await {
         Ok(Started::New(run)) => {
-            count(&ctx, "accepted");
+            count(ctx, "accepted");
             (StatusCode::ACCEPTED, axum::Json(json!({ "run": run }))).into_response()
         }
         Ok(Started::Replay(run)) => {
-            count(&ctx, "replayed");
+            count(ctx, "replayed");
             (StatusCode::OK, axum::Json(json!({ "run": run, "replayed": true }))).into_response()
         }
         Err(refusal) => {
             if matches!(refusal, Refusal::BadSignature | Refusal::Stale(_)) {
                 tracing::info!(workflow = %name, %namespace, %refusal, "webhook refused");
             }
-            refuse(&ctx, &refusal)
+            refuse(ctx, &refusal)
         }
     }
 }
@@ -432,12 +362,13 @@ enum Started {
 /// Checks a webhook (headers, window, size, signature, replay) and starts
 /// its run.
 async fn start(
-    ctx: &Context,
+    hooks: &Webhooks,
     namespace: &str,
     name: &str,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Started, Refusal> {
+    let ctx = hooks.ctx.as_ref();
     let workflow = ctx
         .workflows
         .get(&ObjectRef::<Workflow>::new(name).within(namespace))
@@ -456,7 +387,7 @@ async fn start(
         .and_then(|t| t.parse::<i64>().ok())
         .ok_or(Refusal::BadHeader("X-Tether-Timestamp (unix seconds)"))?;
     let now = chrono::Utc::now().timestamp();
-    let tolerance = ctx.triggers.tolerance;
+    let tolerance = hooks.tolerance;
     if !fresh(timestamp, now, tolerance) {
         return Err(Refusal::Stale(tolerance.as_secs()));
     }
@@ -471,7 +402,7 @@ async fn start(
         Refusal::BadSignature,
     )
     .await?;
-    match ctx.triggers.deliveries.admit(namespace, name, delivery, now) {
+    match hooks.deliveries.admit(namespace, name, delivery, now) {
         Admit::New => {}
         Admit::Replay(run) => return Ok(Started::Replay(run)),
         Admit::Full => return Err(Refusal::Busy),
@@ -499,11 +430,11 @@ async fn start(
     .map_err(Refusal::CreateRun)?;
     let run = kube::ResourceExt::name_any(&run);
     let expires = timestamp.saturating_add(i64::try_from(tolerance.as_secs()).unwrap_or(i64::MAX));
-    ctx.triggers.deliveries.record(namespace, name, delivery, &run, expires);
+    hooks.deliveries.record(namespace, name, delivery, &run, expires);
     ctx.publish(
         workflow.as_ref(),
         kube::runtime::events::EventType::Normal,
-        "RunCreated",
+        event::RUN_CREATED,
         "Webhook",
         format!("webhook started run {run}"),
     )
@@ -514,6 +445,7 @@ async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workflow::callback::callback_token;
 
     #[test]
     fn a_signature_verifies_only_with_its_key_timestamp_delivery_and_body() {

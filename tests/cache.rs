@@ -7,10 +7,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::fixtures::{Simulator, Tenant, contact};
 use support::gone_proxy::GoneProxy;
-use support::tether::{Controller, contact, contacts_adapter, target};
+use support::tether::Controller;
 use support::{ControlPlane, KubectlExt, assert_ok};
-use tether::sim::{self, Credentials};
 
 const TOKEN: &str = "cache-token-5e1a";
 
@@ -43,21 +43,11 @@ async fn await_metric(controller: &Controller, series: &str, value: f64) {
 async fn a_forced_relist_loses_nothing_and_per_object_state_goes_with_the_objects() {
     tether::install_crypto_provider();
     let cp = ControlPlane::shared();
-    let sim = sim::start_on_own_thread(
-        "127.0.0.1:0".parse().expect("address"),
-        Credentials {
-            bearer_tokens: vec![TOKEN.into()],
-            ..Credentials::default()
-        },
-    )
-    .expect("simulator");
-    let ns = cp.namespace("cache");
-    let adapter = format!("cache-{ns}");
-    cp.apply_json(&ns, &contacts_adapter(&adapter));
-    cp.apply_json(&ns, &target(&adapter, &sim.base_url(), TOKEN, json!({})));
+    let sim = Simulator::accepting(TOKEN).start();
+    let ns = Tenant::new(cp, "cache").target(&sim, TOKEN).create();
     let proxy = GoneProxy::start(&cp.server, &cp.dir.join("ca.crt"), "externalresources").await;
     let kubeconfig = cp.dir.join(format!("proxy-{ns}.kubeconfig"));
-    proxy.write_kubeconfig(&kubeconfig, tether::sandbox::control_plane::CONTROLLER_TOKEN);
+    proxy.write_kubeconfig(&kubeconfig, tether_harness::CONTROLLER_TOKEN);
     let controller = Controller::start_with_kubeconfig(cp, &ns, &[], kubeconfig);
 
     let email = |name: &str| json!({"email": format!("{name}@example.com")});

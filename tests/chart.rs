@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::{Value, json};
-use support::tether::Controller;
+use support::fixtures::{Simulator, Tenant, contact, contacts_adapter};
 use support::{ControlPlane, KubectlExt, assert_ok};
 
 fn repo() -> PathBuf {
@@ -187,35 +187,16 @@ async fn the_dashboard_reads_only_metrics_the_controller_serves() {
     let mut exprs = Vec::new();
     expressions(&dashboard, &mut exprs);
     assert!(exprs.len() >= 10, "panels for reconciles, targets and workflows");
-    tether::install_crypto_provider();
     let cp = ControlPlane::shared();
-    let ns = cp.namespace("dashboard");
     // One resource through a rate-limited target: the per-target series
     // (calls, limiter waits, circuit) exist once a target was called.
-    let target = tether::sim::start_on_own_thread(
-        "127.0.0.1:0".parse().expect("address"),
-        tether::sim::Credentials {
-            bearer_tokens: vec!["dash-token-1234".into()],
-            ..Default::default()
-        },
-    )
-    .expect("simulator");
-    let adapter = format!("dashboard-{ns}");
-    cp.apply_json(&ns, &support::tether::contacts_adapter(&adapter));
-    cp.apply_json(
-        &ns,
-        &support::tether::target(
-            &adapter,
-            &target.base_url(),
-            "dash-token-1234",
-            json!({"rateLimit": {"requestsPerSecond": 50, "burst": 5}}),
-        ),
-    );
-    cp.apply_json(
-        &ns,
-        &support::tether::contact("ada", json!({"email": "ada@example.com"}), json!({})),
-    );
-    let controller = Controller::start(cp, &ns, &[]);
+    let target = Simulator::accepting("dash-token-1234").start();
+    let (ns, controller) = Tenant::new(cp, "dashboard")
+        .adapter("dashboard", contacts_adapter)
+        .target(&target, "dash-token-1234")
+        .spec(json!({"rateLimit": {"requestsPerSecond": 50, "burst": 5}}))
+        .with_object(contact("ada", json!({"email": "ada@example.com"}), json!({})))
+        .start();
     cp.wait_for(&ns, "xr/ada", "condition=Ready", "60s", Some(&controller));
     let served = controller.metrics().await;
     for expr in &exprs {

@@ -5,42 +5,18 @@
 mod support;
 
 use serde_json::json;
-use support::tether::{Controller, contact, contacts_adapter, target};
+use support::fixtures::{Simulator, Tenant, contact, contacts_adapter, contacts_adapter_with_create};
+use support::tether::Controller;
 use support::{ControlPlane, KubectlExt};
-use tether::sim::{self, Credentials, SimHandle};
+use tether_sim::{self as sim, Credentials};
 
 const TOKEN: &str = "tok-3f9a-demo-secret";
-
-async fn simulator() -> SimHandle {
-    simulator_with(Credentials {
-        bearer_tokens: vec![TOKEN.into()],
-        ..Credentials::default()
-    })
-}
-
-/// A simulator on its own runtime thread, so it keeps answering while the
-/// test blocks on `kubectl wait`.
-fn simulator_with(credentials: Credentials) -> SimHandle {
-    tether::install_crypto_provider();
-    sim::start_on_own_thread("127.0.0.1:0".parse().expect("address"), credentials).expect("simulator starts")
-}
-
-/// A namespace with an Adapter, a Secret and a TargetSystem on `sim`, and a
-/// controller watching it.
-fn setup(cp: &ControlPlane, prefix: &str, sim: &SimHandle, target_spec: serde_json::Value) -> (String, Controller) {
-    let ns = cp.namespace(prefix);
-    let adapter = format!("contacts-{ns}");
-    cp.apply_json(&ns, &contacts_adapter(&adapter));
-    cp.apply_json(&ns, &target(&adapter, &sim.base_url(), TOKEN, target_spec));
-    let controller = Controller::start(cp, &ns, &[]);
-    (ns, controller)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resource_converges_with_exactly_one_create() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
-    let (ns, controller) = setup(cp, "converge", &sim, json!({}));
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = Tenant::new(cp, "converge").target(&sim, TOKEN).start();
     cp.apply_json(
         &ns,
         &contact("ada", json!({"email": "ada@example.com", "plan": "pro"}), json!({})),
@@ -80,12 +56,12 @@ fn events(cp: &ControlPlane, ns: &str, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_create_answer_adopts_instead_of_duplicating() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
+    let sim = Simulator::accepting(TOKEN).start();
     sim.set_faults(sim::Faults {
         drop_create_responses: 1,
         ..sim::Faults::default()
     });
-    let (ns, controller) = setup(cp, "lost-answer", &sim, json!({}));
+    let (ns, controller) = Tenant::new(cp, "lost-answer").target(&sim, TOKEN).start();
     cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
     cp.wait_for(&ns, "xr/ada", "condition=Ready", "60s", Some(&controller));
 
@@ -108,19 +84,17 @@ async fn lost_create_answer_adopts_instead_of_duplicating() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_killed_between_the_create_and_its_status_write_resumes_without_a_duplicate() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
+    let sim = Simulator::accepting(TOKEN).start();
     // The create commits at once and answers 30 s later: the controller is
     // killed inside that window, after the call and before its record.
     sim.set_faults(sim::Faults {
         create_answer_delay_ms: 30_000,
         ..sim::Faults::default()
     });
-    let (ns, mut controller) = setup(
-        cp,
-        "sigkill",
-        &sim,
-        json!({"timeouts": {"connect": "2s", "request": "60s"}}),
-    );
+    let (ns, mut controller) = Tenant::new(cp, "sigkill")
+        .target(&sim, TOKEN)
+        .spec(json!({"timeouts": {"connect": "2s", "request": "60s"}}))
+        .start();
     cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
     eventually("the create is committed at the target", 60, || {
         sim.objects("contacts").len() == 1
@@ -156,8 +130,8 @@ async fn controller_killed_between_the_create_and_its_status_write_resumes_witho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_resources_claiming_one_object_the_second_gets_conflict_and_nothing_is_overwritten() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
-    let (ns, controller) = setup(cp, "conflict", &sim, json!({}));
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = Tenant::new(cp, "conflict").target(&sim, TOKEN).start();
     cp.apply_json(
         &ns,
         &contact(
@@ -200,8 +174,8 @@ async fn two_resources_claiming_one_object_the_second_gets_conflict_and_nothing_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_corrected_by_default_and_only_reported_when_asked() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
-    let (ns, controller) = setup(cp, "drift", &sim, json!({}));
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = Tenant::new(cp, "drift").target(&sim, TOKEN).start();
     cp.apply_json(
         &ns,
         &contact(
@@ -255,8 +229,8 @@ async fn drift_is_corrected_by_default_and_only_reported_when_asked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_resync_annotation_forces_a_resync_now() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
-    let (ns, controller) = setup(cp, "resync", &sim, json!({}));
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = Tenant::new(cp, "resync").target(&sim, TOKEN).start();
     cp.apply_json(
         &ns,
         &contact(
@@ -279,8 +253,8 @@ async fn the_resync_annotation_forces_a_resync_now() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_deletes_the_external_object_orphan_keeps_it_and_404_counts_as_gone() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
-    let (ns, controller) = setup(cp, "delete", &sim, json!({}));
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = Tenant::new(cp, "delete").target(&sim, TOKEN).start();
     cp.apply_json(&ns, &contact("gone", json!({"email": "g@example.com"}), json!({})));
     cp.apply_json(
         &ns,
@@ -323,7 +297,7 @@ async fn deleting_deletes_the_external_object_orphan_keeps_it_and_404_counts_as_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_only_adopts_an_existing_object_and_never_writes() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
+    let sim = Simulator::accepting(TOKEN).start();
     let client = reqwest::Client::new();
     client
         .post(format!("{}/v1/contacts", sim.base_url()))
@@ -333,7 +307,7 @@ async fn observe_only_adopts_an_existing_object_and_never_writes() {
         .await
         .expect("seed object");
     sim.reset_stats();
-    let (ns, controller) = setup(cp, "observe", &sim, json!({}));
+    let (ns, controller) = Tenant::new(cp, "observe").target(&sim, TOKEN).start();
     cp.apply_json(
         &ns,
         &contact(
@@ -364,13 +338,11 @@ async fn observe_only_adopts_an_existing_object_and_never_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_resources_share_one_rate_limit() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
-    let (ns, controller) = setup(
-        cp,
-        "ratelimit",
-        &sim,
-        json!({"rateLimit": {"requestsPerSecond": 5, "burst": 5}}),
-    );
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = Tenant::new(cp, "ratelimit")
+        .target(&sim, TOKEN)
+        .spec(json!({"rateLimit": {"requestsPerSecond": 5, "burst": 5}}))
+        .start();
     let items: Vec<_> = (0..200)
         .map(|i| {
             contact(
@@ -402,7 +374,7 @@ async fn two_hundred_resources_share_one_rate_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_of_a_429_is_honoured_by_every_caller_of_the_target() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
+    let sim = Simulator::accepting(TOKEN).start();
     sim.set_faults(sim::Faults {
         rate_limit: Some(sim::RateLimitFault {
             requests_per_second: 2.0,
@@ -411,7 +383,10 @@ async fn retry_after_of_a_429_is_honoured_by_every_caller_of_the_target() {
         }),
         ..sim::Faults::default()
     });
-    let (ns, controller) = setup(cp, "retryafter", &sim, json!({"maxConcurrency": 1}));
+    let (ns, controller) = Tenant::new(cp, "retryafter")
+        .target(&sim, TOKEN)
+        .spec(json!({"maxConcurrency": 1}))
+        .start();
     let items: Vec<_> = (0..6)
         .map(|i| {
             contact(
@@ -438,17 +413,12 @@ async fn retry_after_of_a_429_is_honoured_by_every_caller_of_the_target() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_circuit_opens_after_repeated_failures_and_closes_by_itself() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
+    let sim = Simulator::accepting(TOKEN).start();
     sim.set_faults(sim::Faults {
         error_rate: 1.0,
         ..sim::Faults::default()
     });
-    let (ns, controller) = setup(
-        cp,
-        "circuit",
-        &sim,
-        json!({"circuitBreaker": {"failureThreshold": 2, "openFor": "3s"}, "healthCheck": {"path": "/v1/contacts?limit=1", "interval": "1s"}}),
-    );
+    let (ns, controller) = Tenant::new(cp, "circuit").target(&sim, TOKEN).spec(json!({"circuitBreaker": {"failureThreshold": 2, "openFor": "3s"}, "healthCheck": {"path": "/v1/contacts?limit=1", "interval": "1s"}})).start();
     cp.apply_json(&ns, &contact("ada", json!({"email": "a@example.com"}), json!({})));
     cp.wait_for(
         &ns,
@@ -479,14 +449,13 @@ async fn the_circuit_opens_after_repeated_failures_and_closes_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_mapping_waits_for_a_spec_change_and_names_the_field() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
-    let ns = cp.namespace("broken");
+    let broken = contacts_adapter_with_create("body", json!("{email: .properties.email"));
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = Tenant::new(cp, "broken")
+        .adapter("contacts", broken)
+        .target(&sim, TOKEN)
+        .start();
     let adapter = format!("contacts-{ns}");
-    let mut broken = contacts_adapter(&adapter);
-    broken["spec"]["rest"]["resourceTypes"][0]["create"]["body"] = json!("{email: .properties.email");
-    cp.apply_json(&ns, &broken);
-    cp.apply_json(&ns, &target(&adapter, &sim.base_url(), TOKEN, json!({})));
-    let controller = Controller::start(cp, &ns, &[]);
     cp.apply_json(&ns, &contact("ada", json!({"email": "a@example.com"}), json!({})));
     cp.wait_for(&ns, "xr/ada", "condition=Synced=False", "60s", Some(&controller));
     let message = cp.jsonpath(&ns, "xr/ada", "{.status.conditions[?(@.type==\"Synced\")].message}");
@@ -528,13 +497,9 @@ async fn a_broken_mapping_waits_for_a_spec_change_and_names_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_credential_is_reported_recovers_once_the_secret_is_fixed_and_never_leaks() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
+    let sim = Simulator::accepting(TOKEN).start();
     const WRONG: &str = "wrong-token-9c1e7d";
-    let ns = cp.namespace("creds");
-    let adapter = format!("contacts-{ns}");
-    cp.apply_json(&ns, &contacts_adapter(&adapter));
-    cp.apply_json(&ns, &target(&adapter, &sim.base_url(), WRONG, json!({})));
-    let controller = Controller::start(cp, &ns, &[]);
+    let (ns, controller) = Tenant::new(cp, "creds").target(&sim, WRONG).start();
     cp.apply_json(&ns, &contact("ada", json!({"email": "a@example.com"}), json!({})));
     cp.wait_for(
         &ns,
@@ -574,15 +539,13 @@ async fn a_bad_credential_is_reported_recovers_once_the_secret_is_fixed_and_neve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_path_template_cannot_reach_another_host() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
-    let evil = simulator().await;
-    let ns = cp.namespace("ssrf");
-    let adapter = format!("slugs-{ns}");
-    let mut mapping = contacts_adapter(&adapter);
-    mapping["spec"]["rest"]["resourceTypes"][0]["create"]["path"] = json!("/v1/\\(.properties.collection)");
-    cp.apply_json(&ns, &mapping);
-    cp.apply_json(&ns, &target(&adapter, &sim.base_url(), TOKEN, json!({})));
-    let controller = Controller::start(cp, &ns, &[]);
+    let mapping = contacts_adapter_with_create("path", json!("/v1/\\(.properties.collection)"));
+    let sim = Simulator::accepting(TOKEN).start();
+    let evil = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = Tenant::new(cp, "ssrf")
+        .adapter("slugs", mapping)
+        .target(&sim, TOKEN)
+        .start();
     let evil_host = evil.addr.to_string();
     for (name, collection) in [
         ("netpath", format!("/{evil_host}/v1/contacts")),
@@ -681,11 +644,8 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_of_two_controllers_leads_and_the_other_takes_over_when_it_dies() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
-    let ns = cp.namespace("leader");
-    let adapter = format!("contacts-{ns}");
-    cp.apply_json(&ns, &contacts_adapter(&adapter));
-    cp.apply_json(&ns, &target(&adapter, &sim.base_url(), TOKEN, json!({})));
+    let sim = Simulator::accepting(TOKEN).start();
+    let ns = Tenant::new(cp, "leader").target(&sim, TOKEN).create();
     let lease = format!("lease-{ns}");
     let election = [
         "--leader-election",
@@ -742,13 +702,11 @@ async fn one_of_two_controllers_leads_and_the_other_takes_over_when_it_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_endpoints_report_reconciles_calls_and_readiness() {
     let cp = ControlPlane::shared();
-    let sim = simulator().await;
-    let (ns, controller) = setup(
-        cp,
-        "metrics",
-        &sim,
-        json!({"rateLimit": {"requestsPerSecond": 50, "burst": 5}}),
-    );
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = Tenant::new(cp, "metrics")
+        .target(&sim, TOKEN)
+        .spec(json!({"rateLimit": {"requestsPerSecond": 50, "burst": 5}}))
+        .start();
     cp.apply_json(&ns, &contact("ada", json!({"email": "a@example.com"}), json!({})));
     cp.wait_for(&ns, "xr/ada", "condition=Ready", "60s", Some(&controller));
 
@@ -772,17 +730,17 @@ async fn metrics_and_health_endpoints_report_reconciles_calls_and_readiness() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oauth2_client_credentials_tokens_are_fetched_cached_and_refreshed() {
     let cp = ControlPlane::shared();
-    let sim = simulator_with(Credentials {
+    let sim = Simulator::with_credentials(Credentials {
         oauth_clients: vec![sim::OAuthClient {
             client_id: "tether".into(),
             client_secret: "client-secret-77d1".into(),
         }],
         oauth_token_ttl_seconds: Some(3),
         ..Credentials::default()
-    });
-    let ns = cp.namespace("oauth");
+    })
+    .start();
+    let ns = Tenant::new(cp, "oauth").create();
     let adapter = format!("contacts-{ns}");
-    cp.apply_json(&ns, &contacts_adapter(&adapter));
     cp.apply_json(&ns, &json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "oauth"},
          "stringData": {"clientId": "tether", "clientSecret": "client-secret-77d1"}},

@@ -17,23 +17,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::tether::{Controller, contact, contacts_adapter, target};
+use support::fixtures::{Simulator, Tenant, contact};
 use support::{ControlPlane, KubectlExt, assert_ok};
-use tether::sim::{self, Credentials, Faults, SimHandle};
+use tether_sim::Faults;
 
 const TOKEN: &str = "health-token-5b2e";
-
-fn simulator() -> SimHandle {
-    tether::install_crypto_provider();
-    sim::start_on_own_thread(
-        "127.0.0.1:0".parse().expect("address"),
-        Credentials {
-            bearer_tokens: vec![TOKEN.into()],
-            ..Credentials::default()
-        },
-    )
-    .expect("simulator starts")
-}
 
 /// The `tether-health` binary, built (once, cached) by the project script.
 fn health_tool(cp: &ControlPlane) -> &'static PathBuf {
@@ -161,12 +149,9 @@ const CURRENT_AND_HEALTHY: Expect = Expect {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_resources_read_current_in_progress_or_failed_as_their_conditions_say() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let ns = cp.namespace("health-xr");
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = Tenant::new(cp, "health-xr").target(&sim, TOKEN).start();
     let adapter = format!("contacts-{ns}");
-    cp.apply_json(&ns, &contacts_adapter(&adapter));
-    cp.apply_json(&ns, &target(&adapter, &sim.base_url(), TOKEN, json!({})));
-    let controller = Controller::start(cp, &ns, &[]);
 
     // Ready.
     cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
@@ -253,22 +238,13 @@ async fn external_resources_read_current_in_progress_or_failed_as_their_conditio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_circuit_reads_in_progress_and_degraded_never_current() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let ns = cp.namespace("health-circuit");
-    let adapter = format!("contacts-{ns}");
-    cp.apply_json(&ns, &contacts_adapter(&adapter));
+    let sim = Simulator::accepting(TOKEN).start();
     // A long `openFor`: the circuit stays open while the test reads it.
-    cp.apply_json(
-        &ns,
-        &target(
-            &adapter,
-            &sim.base_url(),
-            TOKEN,
-            json!({"circuitBreaker": {"failureThreshold": 2, "openFor": "10m"},
-                   "healthCheck": {"path": "/v1/contacts?limit=1", "interval": "1s"}}),
-        ),
-    );
-    let controller = Controller::start(cp, &ns, &[]);
+    let (ns, controller) = Tenant::new(cp, "health-circuit")
+        .target(&sim, TOKEN)
+        .spec(json!({"circuitBreaker": {"failureThreshold": 2, "openFor": "10m"},
+                     "healthCheck": {"path": "/v1/contacts?limit=1", "interval": "1s"}}))
+        .start();
     cp.apply_json(
         &ns,
         &contact(
@@ -364,12 +340,8 @@ fn waits_for_failure(cp: &ControlPlane, ns: &str, run: &str, timeout: &str) -> b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_read_in_progress_suspended_current_or_failed_and_kubectl_waits_for_a_failure() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let ns = cp.namespace("health-runs");
-    let adapter = format!("contacts-{ns}");
-    cp.apply_json(&ns, &contacts_adapter(&adapter));
-    cp.apply_json(&ns, &target(&adapter, &sim.base_url(), TOKEN, json!({})));
-    let controller = Controller::start(cp, &ns, &[]);
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = Tenant::new(cp, "health-runs").target(&sim, TOKEN).start();
 
     let long_wait = json!({"name": "nap", "wait": {"duration": "1h"}});
     let gate = json!({"name": "gate", "approval": {"message": "go?"}});

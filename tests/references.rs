@@ -9,23 +9,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::tether::{Controller, target};
+use support::fixtures::{Simulator, Tenant};
+use support::tether::Controller;
 use support::{ControlPlane, KubectlExt, assert_ok};
-use tether::sim::{self, Credentials, SimHandle};
+use tether_sim::SimHandle;
 
 const TOKEN: &str = "tok-refs-demo";
-
-fn simulator() -> SimHandle {
-    tether::install_crypto_provider();
-    sim::start_on_own_thread(
-        "127.0.0.1:0".parse().expect("address"),
-        Credentials {
-            bearer_tokens: vec![TOKEN.into()],
-            ..Credentials::default()
-        },
-    )
-    .expect("simulator starts")
-}
 
 /// An Adapter for the simulator's customers, orders, API keys, webhooks
 /// and invoices.
@@ -50,13 +39,9 @@ fn shop_adapter(name: &str) -> Value {
     })
 }
 
-fn setup(cp: &ControlPlane, prefix: &str, sim: &SimHandle) -> (String, Controller) {
-    let ns = cp.namespace(prefix);
-    let adapter = format!("shop-{ns}");
-    cp.apply_json(&ns, &shop_adapter(&adapter));
-    cp.apply_json(&ns, &target(&adapter, &sim.base_url(), TOKEN, json!({})));
-    let controller = Controller::start(cp, &ns, &[]);
-    (ns, controller)
+/// A tenant with the shop Adapter and the TargetSystem `target` on `sim`.
+fn shop<'a>(cp: &'a ControlPlane, prefix: &str, sim: &SimHandle) -> Tenant<'a> {
+    Tenant::new(cp, prefix).adapter("shop", shop_adapter).target(sim, TOKEN)
 }
 
 fn resource(name: &str, type_: &str, spec: Value) -> Value {
@@ -121,8 +106,8 @@ fn wait_reason(cp: &ControlPlane, ns: &str, name: &str, reason: &str, controller
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_applied_before_its_parent_waits_then_is_created_with_its_id_on_the_parents_watch_event() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let (ns, controller) = setup(cp, "refs-order", &sim);
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = shop(cp, "refs-order", &sim).start();
     cp.apply_json(&ns, &order("first-order", "ada"));
     wait_reason(cp, &ns, "first-order", "WaitingForReference", &controller);
     let (_, message) = ready_reason(cp, &ns, "first-order");
@@ -178,8 +163,8 @@ async fn a_child_applied_before_its_parent_waits_then_is_created_with_its_id_on_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reference_by_labels_waits_for_its_match_and_resolves_on_its_watch_event() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let (ns, controller) = setup(cp, "refs-selector", &sim);
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = shop(cp, "refs-selector", &sim).start();
     let mut by_label = order("first-order", "unused");
     by_label["spec"]["references"]["customer"] = json!({"selector": {"matchLabels": {"shop.example/role": "buyer"}}});
     cp.apply_json(&ns, &by_label);
@@ -202,8 +187,8 @@ async fn a_reference_by_labels_waits_for_its_match_and_resolves_on_its_watch_eve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_of_the_referenced_object_updates_the_child_at_its_target() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let (ns, controller) = setup(cp, "refs-update", &sim);
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = shop(cp, "refs-update", &sim).start();
     cp.apply_json(&ns, &customer("ada", "ada@example.com"));
     cp.apply_json(&ns, &customer("bob", "bob@example.com"));
     cp.wait_all(&ns, "xr", "condition=Ready", "60s", Some(&controller));
@@ -234,8 +219,8 @@ async fn a_change_of_the_referenced_object_updates_the_child_at_its_target() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_parent_and_child_at_once_deletes_the_child_first_and_no_call_is_refused() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let (ns, controller) = setup(cp, "refs-delete", &sim);
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = shop(cp, "refs-delete", &sim).start();
     // The parent first in the file: kubectl deletes in file order.
     let list = json!({"apiVersion": "v1", "kind": "List", "items": [
         customer("ada", "ada@example.com"), order("first-order", "ada")
@@ -261,8 +246,8 @@ async fn deleting_parent_and_child_at_once_deletes_the_child_first_and_no_call_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_referenced_object_holds_its_deletion_while_a_dependent_exists_and_says_which() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let (ns, controller) = setup(cp, "refs-hold", &sim);
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = shop(cp, "refs-hold", &sim).start();
     cp.apply_json(&ns, &customer("ada", "ada@example.com"));
     cp.apply_json(&ns, &order("first-order", "ada"));
     cp.wait_for(&ns, "xr/first-order", "condition=Ready", "60s", Some(&controller));
@@ -294,8 +279,8 @@ async fn a_referenced_object_holds_its_deletion_while_a_dependent_exists_and_say
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_orphaned_parent_goes_at_once_and_leaves_its_object() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let (ns, controller) = setup(cp, "refs-orphan", &sim);
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = shop(cp, "refs-orphan", &sim).start();
     let mut ada = customer("ada", "ada@example.com");
     ada["spec"]["deletionPolicy"] = json!("Orphan");
     cp.apply_json(&ns, &ada);
@@ -309,8 +294,8 @@ async fn an_orphaned_parent_goes_at_once_and_leaves_its_object() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reference_to_a_resource_of_another_target_system_carries_its_id_across() {
     let cp = ControlPlane::shared();
-    let (crm, billing) = (simulator(), simulator());
-    let (ns, controller) = setup(cp, "refs-cross-target", &crm);
+    let (crm, billing) = (Simulator::accepting(TOKEN).start(), Simulator::accepting(TOKEN).start());
+    let (ns, controller) = shop(cp, "refs-cross-target", &crm).start();
     // A second system (another simulator, its own TargetSystem and Secret).
     let adapter = format!("shop-{ns}");
     cp.apply_json(
@@ -359,8 +344,8 @@ async fn a_reference_to_another_namespace_is_refused_at_apply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reference_cycle_is_refused_with_a_condition_naming_it() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let (ns, controller) = setup(cp, "refs-cycle", &sim);
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = shop(cp, "refs-cycle", &sim).start();
     let linked = |name: &str, other: &str| {
         resource(
             name,
@@ -393,8 +378,8 @@ async fn everywhere(cp: &ControlPlane, ns: &str, controller: &Controller) -> Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_field_written_to_a_secret_is_nowhere_else_and_goes_with_its_owner() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let (ns, controller) = setup(cp, "refs-secret", &sim);
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = shop(cp, "refs-secret", &sim).start();
     cp.apply_json(
         &ns,
         &resource("ci-key", "api-key", json!({"properties": {"scope": "deploy"}})),

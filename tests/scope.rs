@@ -4,9 +4,9 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::tether::{Controller, contact, contacts_adapter, target};
+use support::fixtures::{Simulator, Tenant, contact, contacts_adapter};
+use support::tether::Controller;
 use support::{ControlPlane, KubectlExt, assert_ok};
-use tether::sim::{self, Credentials};
 
 const TOKEN: &str = "scope-token-81c2";
 
@@ -17,26 +17,15 @@ fn labelled(mut object: Value, team: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_reconciles_only_its_namespaces_and_selector() {
-    tether::install_crypto_provider();
     let cp = ControlPlane::shared();
-    let sim = sim::start_on_own_thread(
-        "127.0.0.1:0".parse().expect("address"),
-        Credentials {
-            bearer_tokens: vec![TOKEN.into()],
-            ..Credentials::default()
-        },
-    )
-    .expect("simulator");
-    let (a, b, outside) = (
-        cp.namespace("scope-a"),
-        cp.namespace("scope-b"),
-        cp.namespace("scope-c"),
-    );
-    for ns in [&a, &b, &outside] {
-        let adapter = format!("scope-{ns}");
-        cp.apply_json(ns, &contacts_adapter(&adapter));
-        cp.apply_json(ns, &target(&adapter, &sim.base_url(), TOKEN, json!({})));
-    }
+    let sim = Simulator::accepting(TOKEN).start();
+    let tenant = |prefix| {
+        Tenant::new(cp, prefix)
+            .adapter("scope", contacts_adapter)
+            .target(&sim, TOKEN)
+            .create()
+    };
+    let (a, b, outside) = (tenant("scope-a"), tenant("scope-b"), tenant("scope-c"));
     let mine = |name: &str| {
         labelled(
             contact(name, json!({"email": format!("{name}@example.com")}), json!({})),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tether::sim::{self, Credentials, Faults, RateLimitFault, SimHandle};
+use tether_sim::{self as sim, Credentials, Faults, RateLimitFault, SimHandle};
 
 async fn open_sim() -> SimHandle {
     sim::start("127.0.0.1:0".parse().expect("address"), Credentials::default())

@@ -8,41 +8,19 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::tether::{Controller, contact, contacts_adapter, target};
+use support::fixtures::{Simulator, Tenant, contact};
+use support::tether::Controller;
 use support::{ControlPlane, KubectlExt};
-use tether::sim::{self, Credentials, Faults, Hostile, SimHandle};
+use tether_sim::{Faults, Hostile, SimHandle};
 
 const TOKEN: &str = "tok-egress-5b2e-secret";
 const API_KEY: &str = "key-egress-91ac-secret";
-
-fn simulator() -> SimHandle {
-    tether::install_crypto_provider();
-    sim::start_on_own_thread(
-        "127.0.0.1:0".parse().expect("address"),
-        Credentials {
-            bearer_tokens: vec![TOKEN.into()],
-            api_keys: vec![API_KEY.into()],
-            ..Credentials::default()
-        },
-    )
-    .expect("simulator starts")
-}
 
 fn hostile(sim: &SimHandle, answer: Hostile) {
     sim.set_faults(Faults {
         hostile: Some(answer),
         ..Faults::default()
     });
-}
-
-/// A namespace with the contacts Adapter and a TargetSystem `target` on
-/// `base_url` (bearer token), without a controller.
-fn namespace(cp: &ControlPlane, prefix: &str, base_url: &str, target_spec: Value) -> String {
-    let ns = cp.namespace(prefix);
-    let adapter = format!("contacts-{ns}");
-    cp.apply_json(&ns, &contacts_adapter(&adapter));
-    cp.apply_json(&ns, &target(&adapter, base_url, TOKEN, target_spec));
-    ns
 }
 
 /// `kubectl wait` for a condition's reason.
@@ -77,10 +55,9 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_answer_a_200_mb_answer_keeps_the_controller_below_256_mib() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
+    let sim = Simulator::accepting(TOKEN).and_api_key(API_KEY).start();
     hostile(&sim, Hostile::HugeBody { bytes: 200_000_000 });
-    let ns = namespace(cp, "huge", &sim.base_url(), json!({}));
-    let controller = Controller::start(cp, &ns, &[]);
+    let (ns, controller) = Tenant::new(cp, "huge").target(&sim, TOKEN).start();
     cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
     // Whatever the outcome, once the first call has ended (and been
     // reported), the controller's peak memory is known.
@@ -121,7 +98,7 @@ async fn settled_reason(cp: &ControlPlane, ns: &str, object: &str, condition: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_answer_a_never_ending_answer_stops_at_the_cap() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
+    let sim = Simulator::accepting(TOKEN).and_api_key(API_KEY).start();
     hostile(
         &sim,
         Hostile::EndlessBody {
@@ -129,8 +106,10 @@ async fn threat_answer_a_never_ending_answer_stops_at_the_cap() {
             chunk_bytes: 64 * 1024,
         },
     );
-    let ns = namespace(cp, "endless", &sim.base_url(), json!({"maxResponseBytes": 1048576}));
-    let controller = Controller::start(cp, &ns, &[]);
+    let (ns, controller) = Tenant::new(cp, "endless")
+        .target(&sim, TOKEN)
+        .spec(json!({"maxResponseBytes": 1048576}))
+        .start();
     cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
     wait_reason(cp, &ns, "xr/ada", "Synced", "ResponseTooLarge", &controller);
     assert!(message(cp, &ns, "xr/ada", "Synced").contains("1048576"));
@@ -160,8 +139,8 @@ async fn threat_answer_a_timeout_beyond_the_maximum_is_refused_at_apply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_egress_a_redirect_to_another_origin_reaches_nothing_there() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let elsewhere = simulator();
+    let sim = Simulator::accepting(TOKEN).and_api_key(API_KEY).start();
+    let elsewhere = Simulator::accepting(TOKEN).and_api_key(API_KEY).start();
     hostile(
         &sim,
         Hostile::Redirect {
@@ -169,8 +148,7 @@ async fn threat_egress_a_redirect_to_another_origin_reaches_nothing_there() {
             location: format!("{}/v1/contacts", elsewhere.base_url()),
         },
     );
-    let ns = namespace(cp, "redirect", &sim.base_url(), json!({}));
-    let controller = Controller::start(cp, &ns, &[]);
+    let (ns, controller) = Tenant::new(cp, "redirect").target(&sim, TOKEN).start();
     cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
     wait_reason(cp, &ns, "xr/ada", "Synced", "RedirectNotFollowed", &controller);
     assert!(message(cp, &ns, "xr/ada", "Synced").contains("spec.followRedirects"));
@@ -207,15 +185,12 @@ async fn threat_egress_a_redirect_to_another_origin_reaches_nothing_there() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_egress_a_target_pointed_at_the_api_server_is_refused() {
     let cp = ControlPlane::shared();
-    let ns = namespace(
-        cp,
-        "apiserver",
-        &cp.server,
-        json!({"tls": {"insecureSkipVerify": true}, "healthCheck": {"path": "/version"}}),
-    );
     // Loopback is allowed here (the test list): only the always-on refusal
     // of the API server's own socket stands between the tenant and it.
-    let controller = Controller::start(cp, &ns, &[]);
+    let (ns, controller) = Tenant::new(cp, "apiserver")
+        .target(&cp.server, TOKEN)
+        .spec(json!({"tls": {"insecureSkipVerify": true}, "healthCheck": {"path": "/version"}}))
+        .start();
     wait_reason(cp, &ns, "tts/target", "Ready", "EgressDenied", &controller);
     cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
     wait_reason(cp, &ns, "xr/ada", "Synced", "EgressDenied", &controller);
@@ -241,13 +216,10 @@ async fn threat_egress_a_target_pointed_at_the_api_server_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_egress_a_target_pointed_at_the_metadata_address_is_refused_without_a_connection() {
     let cp = ControlPlane::shared();
-    let ns = namespace(
-        cp,
-        "metadata",
-        "http://169.254.169.254",
-        json!({"healthCheck": {"path": "/latest/meta-data/iam/security-credentials/"}}),
-    );
-    let controller = Controller::start(cp, &ns, &[]);
+    let (ns, controller) = Tenant::new(cp, "metadata")
+        .target("http://169.254.169.254", TOKEN)
+        .spec(json!({"healthCheck": {"path": "/latest/meta-data/iam/security-credentials/"}}))
+        .start();
     wait_reason(cp, &ns, "tts/target", "Ready", "EgressDenied", &controller);
     let text = message(cp, &ns, "tts/target", "Ready");
     assert!(
@@ -259,14 +231,12 @@ async fn threat_egress_a_target_pointed_at_the_metadata_address_is_refused_witho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_egress_a_host_name_that_resolves_to_loopback_is_refused_by_default() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
-    let ns = namespace(
-        cp,
-        "localhost",
-        &format!("http://localhost:{}", sim.addr.port()),
-        json!({"healthCheck": {"path": "/v1/contacts"}}),
-    );
-    let controller = Controller::start_with_default_egress(cp, &ns, &[]);
+    let sim = Simulator::accepting(TOKEN).and_api_key(API_KEY).start();
+    let (ns, controller) = Tenant::new(cp, "localhost")
+        .target(&format!("http://localhost:{}", sim.addr.port()), TOKEN)
+        .spec(json!({"healthCheck": {"path": "/v1/contacts"}}))
+        .default_egress()
+        .start();
     wait_reason(cp, &ns, "tts/target", "Ready", "EgressDenied", &controller);
     cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
     wait_reason(cp, &ns, "xr/ada", "Synced", "EgressDenied", &controller);
@@ -277,14 +247,14 @@ async fn threat_egress_a_host_name_that_resolves_to_loopback_is_refused_by_defau
 /// A namespace with a TargetSystem `tenant` on `base_url` and a
 /// one-step Workflow POSTing to `path`, and a run of it.
 fn call_workflow(cp: &ControlPlane, prefix: &str, base_url: &str, path: &str) -> (String, Controller) {
-    let ns = namespace(cp, prefix, base_url, json!({}));
-    cp.apply_json(
-        &ns,
-        &json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Workflow", "metadata": {"name": "call"},
+    let (ns, controller) = Tenant::new(cp, prefix)
+        .target(base_url, TOKEN)
+        .with_object(
+            json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Workflow", "metadata": {"name": "call"},
                 "spec": {"steps": [{"name": "post", "call": {"targetRef": {"name": "target"},
                          "request": {"method": "POST", "path": path, "body": "{n: 1}"}}}]}}),
-    );
-    let controller = Controller::start(cp, &ns, &[]);
+        )
+        .start();
     cp.apply_json(
         &ns,
         &json!({"apiVersion": "tether.dev/v1alpha1", "kind": "WorkflowRun", "metadata": {"name": "run"},
@@ -313,7 +283,7 @@ async fn step_ended(cp: &ControlPlane, ns: &str, controller: &Controller) -> Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_egress_a_path_with_a_tab_cannot_leave_the_base_path() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
+    let sim = Simulator::accepting(TOKEN).and_api_key(API_KEY).start();
     // The URL parser drops the tab: `/.\t./tenant-admin` would become
     // `/../tenant-admin`, i.e. /v1/tenant-admin, which starts with /v1/tenant.
     let (ns, controller) = call_workflow(
@@ -337,7 +307,7 @@ async fn threat_egress_a_path_with_a_tab_cannot_leave_the_base_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_answer_a_long_non_ascii_error_message_fails_the_step_not_the_controller() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
+    let sim = Simulator::accepting(TOKEN).and_api_key(API_KEY).start();
     hostile(
         &sim,
         Hostile::LongMessage {
@@ -368,7 +338,7 @@ async fn threat_answer_a_long_non_ascii_error_message_fails_the_step_not_the_con
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_answer_a_retry_after_past_the_clock_throttles_without_crashing_the_controller() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
+    let sim = Simulator::accepting(TOKEN).and_api_key(API_KEY).start();
     // `Instant::now() + 18446744073709551615s` overflows: uncapped, this
     // panicked the reconcile and kube-runtime took the process down.
     hostile(
@@ -378,8 +348,7 @@ async fn threat_answer_a_retry_after_past_the_clock_throttles_without_crashing_t
             headers: vec![("retry-after".into(), u64::MAX.to_string())],
         },
     );
-    let ns = namespace(cp, "retry-after", &sim.base_url(), json!({}));
-    let controller = Controller::start(cp, &ns, &[]);
+    let (ns, controller) = Tenant::new(cp, "retry-after").target(&sim, TOKEN).start();
     cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
     wait_reason(cp, &ns, "xr/ada", "Synced", "Throttled", &controller);
     assert!(message(cp, &ns, "xr/ada", "Synced").contains("retry after 3600s"));
@@ -389,7 +358,7 @@ async fn threat_answer_a_retry_after_past_the_clock_throttles_without_crashing_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_answer_an_invalid_utf8_body_is_an_error_of_the_resource_not_of_the_controller() {
     let cp = ControlPlane::shared();
-    let sim = simulator();
+    let sim = Simulator::accepting(TOKEN).and_api_key(API_KEY).start();
     hostile(
         &sim,
         Hostile::InvalidUtf8 {
@@ -397,8 +366,7 @@ async fn threat_answer_an_invalid_utf8_body_is_an_error_of_the_resource_not_of_t
             bytes: 100_000,
         },
     );
-    let ns = namespace(cp, "utf8", &sim.base_url(), json!({}));
-    let controller = Controller::start(cp, &ns, &[]);
+    let (ns, controller) = Tenant::new(cp, "utf8").target(&sim, TOKEN).start();
     cp.apply_json(&ns, &contact("ada", json!({"email": "ada@example.com"}), json!({})));
     let reason = settled_reason(cp, &ns, "xr/ada", "Synced").await;
     assert!(reason.is_some(), "no settled condition:\n{}", controller.logs());
@@ -409,7 +377,7 @@ async fn threat_answer_an_invalid_utf8_body_is_an_error_of_the_resource_not_of_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hostile_simulator_answers_what_its_faults_say() {
-    let sim = simulator();
+    let sim = Simulator::accepting(TOKEN).and_api_key(API_KEY).start();
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

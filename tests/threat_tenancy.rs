@@ -8,23 +8,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::tether::Controller;
+use support::fixtures::{Simulator, Tenant};
 use support::{ControlPlane, KubectlExt, assert_ok};
-use tether::sim::{self, Credentials, SimHandle};
+use tether_sim::SimHandle;
 
 const TOKEN: &str = "tenancy-token-5e1a9f";
-
-fn simulator() -> SimHandle {
-    tether::install_crypto_provider();
-    sim::start_on_own_thread(
-        "127.0.0.1:0".parse().expect("address"),
-        Credentials {
-            bearer_tokens: vec![TOKEN.into()],
-            ..Credentials::default()
-        },
-    )
-    .expect("simulator starts")
-}
 
 fn adapter(name: &str) -> Value {
     json!({
@@ -54,19 +42,12 @@ fn run(name: &str, workflow: &str) -> Value {
            "spec": {"workflowRef": {"name": workflow}}})
 }
 
-/// A namespace with the token Secret, the adapter and a TargetSystem `sim`,
-/// created by the admin (the platform team), and a controller.
-fn setup(cp: &ControlPlane, prefix: &str, target: &SimHandle, extra: &[&str]) -> (String, Controller) {
-    let ns = cp.namespace(prefix);
-    let adapter_name = format!("tenancy-{ns}");
-    cp.apply_json(&ns, &adapter(&adapter_name));
-    cp.apply_json(
-        &ns,
-        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token"}, "stringData": {"token": TOKEN}}),
-    );
-    cp.apply_json(&ns, &target_system("sim", &adapter_name, &target.base_url(), "token"));
-    let controller = Controller::start(cp, &ns, extra);
-    (ns, controller)
+/// A tenant with the adapter, the token Secret and a TargetSystem `sim`.
+fn tenant<'a>(cp: &'a ControlPlane, prefix: &str, target: &SimHandle) -> Tenant<'a> {
+    Tenant::new(cp, prefix)
+        .adapter("tenancy", adapter)
+        .bearer_token("token", TOKEN)
+        .target_system("sim", target)
 }
 
 /// Lets `user` create and edit Tether's namespaced kinds in `ns`, and,
@@ -133,8 +114,8 @@ fn refused(cp: &ControlPlane, who: &str, ns: &str, manifest: &Value, expect: &st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_a_tenant_cannot_use_a_secret_through_tether_that_they_cannot_read() {
     let cp = ControlPlane::shared();
-    let target = simulator();
-    let (ns, _controller) = setup(cp, "tenancy-secrets", &target, &[]);
+    let target = Simulator::accepting(TOKEN).start();
+    let (ns, _controller) = tenant(cp, "tenancy-secrets", &target).start();
     let adapter_name = format!("tenancy-{ns}");
     grant(cp, &ns, "alice", false);
     grant(cp, &ns, "bob", true);
@@ -195,8 +176,8 @@ async fn threat_a_tenant_cannot_use_a_secret_through_tether_that_they_cannot_rea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_a_target_that_echoes_credentials_gets_none_into_status() {
     let cp = ControlPlane::shared();
-    let target = simulator();
-    let (ns, controller) = setup(cp, "tenancy-echo", &target, &[]);
+    let target = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = tenant(cp, "tenancy-echo", &target).start();
     let echo = json!({"name": "echo", "call": {"targetRef": {"name": "sim"},
         "request": {"method": "POST", "path": "/echo", "body": "{hello: 1}"},
         "outputs": {"everything": "."}}});
@@ -215,8 +196,8 @@ async fn threat_a_target_that_echoes_credentials_gets_none_into_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_expressions_that_stop_the_process_or_read_its_environment_are_refused_by_name() {
     let cp = ControlPlane::shared();
-    let target = simulator();
-    let (ns, controller) = setup(cp, "tenancy-halt", &target, &[]);
+    let target = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = tenant(cp, "tenancy-halt", &target).start();
     for (name, expression) in [
         ("halts", "halt"),
         ("halts-error", "\"bye\" | halt_error(1)"),
@@ -250,13 +231,10 @@ async fn threat_expressions_that_stop_the_process_or_read_its_environment_are_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_an_expression_that_never_ends_neither_pins_the_controller_nor_blocks_other_runs() {
     let cp = ControlPlane::shared();
-    let target = simulator();
-    let (ns, controller) = setup(
-        cp,
-        "tenancy-loop",
-        &target,
-        &["--expr-timeout", "20s", "--expr-workers", "4"],
-    );
+    let target = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = tenant(cp, "tenancy-loop", &target)
+        .controller_args(&["--expr-timeout", "20s", "--expr-workers", "4"])
+        .start();
     let forever = json!({"name": "spin", "call": {"targetRef": {"name": "sim"},
         "input": "last(range(1e12))",
         "request": {"method": "POST", "path": "/v1/spins", "body": "{n: .}"}}});
@@ -323,8 +301,8 @@ async fn threat_an_expression_that_never_ends_neither_pins_the_controller_nor_bl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_outputs_too_large_for_status_fail_the_step_once_and_deleting_the_run_completes() {
     let cp = ControlPlane::shared();
-    let target = simulator();
-    let (ns, controller) = setup(cp, "tenancy-big", &target, &[]);
+    let target = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = tenant(cp, "tenancy-big", &target).start();
     // The target answers with ~900 KB; the step keeps all of it twice over.
     let big = json!({"name": "big", "call": {"targetRef": {"name": "sim"},
         "request": {"method": "POST", "path": "/v1/blobs", "body": "{blob: (\"x\" * 900000)}"},

@@ -8,49 +8,32 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::fixtures::{Simulator, Tenant};
 use support::tether::Controller;
 use support::{ControlPlane, KubectlExt, assert_ok};
-use tether::sim::{self, Credentials, SimHandle};
+use tether_sim::SimHandle;
 
 const TOKEN: &str = "trig-token-3b9e";
 const HOOK_KEY: &str = "hook-key-0c4d";
 const CALLBACK_KEY: &str = "cb-key-77a0";
 
-fn simulator() -> SimHandle {
-    tether::install_crypto_provider();
-    sim::start_on_own_thread(
-        "127.0.0.1:0".parse().expect("address"),
-        Credentials {
-            bearer_tokens: vec![TOKEN.into()],
-            ..Credentials::default()
-        },
-    )
-    .expect("simulator starts")
+/// An Adapter with one resource type, `note`.
+fn adapter(name: &str) -> Value {
+    json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": name},
+           "spec": {"rest": {"resourceTypes": [{"name": "note",
+               "read": {"method": "GET", "path": "/v1/notes/\\(.id)"},
+               "create": {"method": "POST", "path": "/v1/notes"}}]}}})
 }
 
-/// A namespace with an Adapter, a TargetSystem `sim`, the webhook and
-/// callback key Secrets, and a controller watching it.
-fn setup(cp: &ControlPlane, prefix: &str, target: &SimHandle) -> (String, Controller) {
-    let ns = cp.namespace(prefix);
-    let adapter = format!("trig-{ns}");
-    cp.apply_json(
-        &ns,
-        &json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": adapter},
-                "spec": {"rest": {"resourceTypes": [{"name": "note",
-                    "read": {"method": "GET", "path": "/v1/notes/\\(.id)"},
-                    "create": {"method": "POST", "path": "/v1/notes"}}]}}}),
-    );
-    let items = json!([
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token"}, "stringData": {"token": TOKEN}},
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook"}, "stringData": {"key": HOOK_KEY}},
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cb"}, "stringData": {"key": CALLBACK_KEY}},
-        {"apiVersion": "tether.dev/v1alpha1", "kind": "TargetSystem", "metadata": {"name": "sim"},
-         "spec": {"adapterRef": {"name": adapter}, "baseUrl": target.base_url(),
-                  "auth": {"bearer": {"tokenSecretRef": {"name": "token", "key": "token"}}}}}
-    ]);
-    cp.apply_json(&ns, &json!({"apiVersion": "v1", "kind": "List", "items": items}));
-    let controller = Controller::start(cp, &ns, &[]);
-    (ns, controller)
+/// A tenant with the Adapter, a TargetSystem `sim` and the webhook and
+/// callback key Secrets.
+fn tenant<'a>(cp: &'a ControlPlane, prefix: &str, target: &SimHandle) -> Tenant<'a> {
+    Tenant::new(cp, prefix)
+        .adapter("trig", adapter)
+        .bearer_token("token", TOKEN)
+        .secret("hook", "key", HOOK_KEY)
+        .secret("cb", "key", CALLBACK_KEY)
+        .target_system("sim", target)
 }
 
 fn workflow(name: &str, spec: Value) -> Value {
@@ -143,8 +126,8 @@ const BODY: &str = r#"{"customer":{"email":"lin@example.com"}}"#;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_replayed_webhook_with_a_new_delivery_id_starts_no_run() {
     let cp = ControlPlane::shared();
-    let target = simulator();
-    let (ns, controller) = setup(cp, "threat-hook-replay", &target);
+    let target = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = tenant(cp, "threat-hook-replay", &target).start();
     let url = greeter(cp, &ns, &controller);
 
     let genuine = Delivery::signed(HOOK_KEY, now(), "d-1", BODY);
@@ -187,8 +170,8 @@ async fn threat_replayed_webhook_with_a_new_delivery_id_starts_no_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_replayed_webhook_after_its_run_is_deleted_starts_no_run() {
     let cp = ControlPlane::shared();
-    let target = simulator();
-    let (ns, controller) = setup(cp, "threat-hook-deleted", &target);
+    let target = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = tenant(cp, "threat-hook-deleted", &target).start();
     let url = greeter(cp, &ns, &controller);
 
     let genuine = Delivery::signed(HOOK_KEY, now(), "order-77", BODY);
@@ -221,8 +204,8 @@ async fn threat_replayed_webhook_after_its_run_is_deleted_starts_no_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_webhook_signed_outside_the_tolerance_window_is_refused() {
     let cp = ControlPlane::shared();
-    let target = simulator();
-    let (ns, controller) = setup(cp, "threat-hook-stale", &target);
+    let target = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = tenant(cp, "threat-hook-stale", &target).start();
     let url = greeter(cp, &ns, &controller);
 
     // Correctly signed, but six minutes old, or six minutes ahead.
@@ -250,8 +233,8 @@ async fn threat_webhook_signed_outside_the_tolerance_window_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_a_flood_of_bad_webhook_signatures_costs_no_api_call_each() {
     let cp = ControlPlane::shared();
-    let target = simulator();
-    let (ns, controller) = setup(cp, "threat-hook-flood", &target);
+    let target = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = tenant(cp, "threat-hook-flood", &target).start();
     let url = greeter(cp, &ns, &controller);
     let reads = "tether_key_reads_total{purpose=\"webhook\"}";
     let before = sample(&controller, reads).await;
@@ -276,8 +259,8 @@ async fn threat_a_flood_of_bad_webhook_signatures_costs_no_api_call_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_an_oversized_webhook_body_is_refused_unread() {
     let cp = ControlPlane::shared();
-    let target = simulator();
-    let (ns, controller) = setup(cp, "threat-hook-size", &target);
+    let target = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = tenant(cp, "threat-hook-size", &target).start();
     let url = greeter(cp, &ns, &controller);
 
     // 1.5 MiB: below axum's own default limit, above Tether's 1 MiB.
@@ -339,8 +322,8 @@ fn wait_for_event(cp: &ControlPlane, ns: &str, object: &str, reason: &str, contr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_a_tenant_who_may_patch_runs_cannot_complete_a_callback_without_its_token() {
     let cp = ControlPlane::shared();
-    let target = simulator();
-    let (ns, controller) = setup(cp, "threat-callback", &target);
+    let target = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = tenant(cp, "threat-callback", &target).start();
     // alice may edit WorkflowRuns (annotations included), not read Secrets.
     assert_ok(&cp.kubectl(&[
         "create",
@@ -427,8 +410,8 @@ async fn threat_a_tenant_who_may_patch_runs_cannot_complete_a_callback_without_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_an_oversized_callback_body_is_refused_unread() {
     let cp = ControlPlane::shared();
-    let target = simulator();
-    let (ns, controller) = setup(cp, "threat-callback-size", &target);
+    let target = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = tenant(cp, "threat-callback-size", &target).start();
     let url = waiting_for_a_callback(cp, &ns, &controller, &target).await;
     let big = json!({"status": "done", "padding": "x".repeat(100 * 1024)});
     let refused = reqwest::Client::new()
@@ -522,8 +505,8 @@ fn only_a_fresh_approval_opens(cp: &ControlPlane, ns: &str, controller: &Control
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_an_approval_of_a_deleted_run_does_not_approve_a_new_run_of_the_same_name() {
     let cp = ControlPlane::shared();
-    let target = simulator();
-    let (ns, controller) = setup(cp, "threat-approval-reuse", &target);
+    let target = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = tenant(cp, "threat-approval-reuse", &target).start();
     support::bind_approver(cp, &ns, "bob");
     gated_workflows(cp, &ns);
 
@@ -560,8 +543,8 @@ async fn threat_an_approval_of_a_deleted_run_does_not_approve_a_new_run_of_the_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threat_an_approval_made_for_a_deleted_run_before_its_gate_does_not_approve_its_namesake() {
     let cp = ControlPlane::shared();
-    let target = simulator();
-    let (ns, controller) = setup(cp, "threat-approval-early", &target);
+    let target = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = tenant(cp, "threat-approval-early", &target).start();
     support::bind_approver(cp, &ns, "bob");
     gated_workflows(cp, &ns);
 

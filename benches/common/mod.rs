@@ -1,5 +1,6 @@
 //! Helpers shared by the benchmarks: the raw write ceiling, API-server
-//! write counts, process figures, the machine line.
+//! write counts, process figures, the machine line; the simulator comes
+//! from the integration tests' fixtures.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -9,9 +10,14 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tether::api::ExternalResource;
-use tether::sandbox::ControlPlane;
+use tether_harness::ControlPlane;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// The integration tests' helpers: the simulator fixture and the egress
+/// list that lets a controller reach it on loopback.
+#[path = "../../tests/support/mod.rs"]
+pub mod support;
 
 /// The raw write ceiling: a plain client patching /status of small custom
 /// resources, as the controller's identity (same API Priority and Fairness
@@ -224,15 +230,4 @@ where
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-/// The simulator on its own runtime thread, accepting `token`.
-pub fn simulator(token: &str) -> Result<tether::sim::SimHandle> {
-    Ok(tether::sim::start_on_own_thread(
-        "127.0.0.1:0".parse()?,
-        tether::sim::Credentials {
-            bearer_tokens: vec![token.into()],
-            ..Default::default()
-        },
-    )?)
 }

@@ -1,9 +1,12 @@
 //! The port to external systems. The reconcilers see only the
-//! [`ExternalSystem`] trait and plain result structs; which form an Adapter
-//! takes — a declarative REST mapping ([`rest`]) or an adapter service
-//! ([`service`]) — is decided once, by [`AnyAdapter`]. Tests drive the
-//! reconciler logic with a hand-written fake.
+//! [`ExternalSystem`] trait and plain result structs; this module has no
+//! transport type. Its implementations live beside it: a declarative REST
+//! mapping ([`rest`]) and an adapter service ([`service`]), both speaking
+//! to the target through the request port (`crate::request`); which one a
+//! TargetSystem gets is decided once, in [`any`]. Tests drive the
+//! reconciler logic with a hand-written fake (`crate::fakes`).
 
+pub mod any;
 pub mod rest;
 pub mod service;
 
@@ -12,10 +15,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::expr::ExprError;
-use std::sync::Arc;
-
-pub(crate) use crate::target::error_message;
-use crate::target::{CallError, Target};
+use crate::request::CallError;
 
 /// What a call about one object concerns.
 #[derive(Debug, Clone, Copy)]
@@ -165,7 +165,7 @@ impl AdapterError {
                 | CallError::Unauthorized { .. }
                 | CallError::BadCredentials(_)
                 | CallError::CircuitOpen { .. }
-                | CallError::Url(_)
+                | CallError::Url { .. }
                 | CallError::EgressDenied(_) => true,
             },
             AdapterError::Rejected { status, .. } => *status != 409,
@@ -182,7 +182,7 @@ impl AdapterError {
             AdapterError::Expression(_)
                 | AdapterError::Mapping(_)
                 | AdapterError::Rejected { .. }
-                | AdapterError::Call(CallError::Url(_) | CallError::EgressDenied(_))
+                | AdapterError::Call(CallError::Url { .. } | CallError::EgressDenied(_))
         )
     }
 }
@@ -224,54 +224,4 @@ pub trait ExternalSystem: Send + Sync {
     ) -> impl Future<Output = Result<ActionOutcome>> + Send;
 }
 
-/// The adapter of a TargetSystem, in whichever form its Adapter takes.
-pub enum AnyAdapter {
-    Rest(rest::RestAdapter),
-    Service(service::ServiceAdapter),
-}
-
-macro_rules! dispatch {
-    ($self:ident, $a:ident => $call:expr) => {
-        match $self {
-            AnyAdapter::Rest($a) => $call,
-            AnyAdapter::Service($a) => $call,
-        }
-    };
-}
-
-impl AnyAdapter {
-    /// The shared target the adapter calls through (its circuit, limits).
-    pub fn target(&self) -> &Arc<Target> {
-        match self {
-            AnyAdapter::Rest(a) => a.target(),
-            AnyAdapter::Service(a) => a.target(),
-        }
-    }
-}
-
-impl ExternalSystem for AnyAdapter {
-    async fn observe(&self, request: &ObjectRequest<'_>) -> Result<Observation> {
-        dispatch!(self, a => a.observe(request).await)
-    }
-    fn can_find(&self, resource_type: &str) -> bool {
-        dispatch!(self, a => a.can_find(resource_type))
-    }
-    async fn find(&self, request: &ObjectRequest<'_>) -> Result<Observation> {
-        dispatch!(self, a => a.find(request).await)
-    }
-    async fn create(&self, request: &ObjectRequest<'_>) -> Result<ExternalObject> {
-        dispatch!(self, a => a.create(request).await)
-    }
-    fn can_update(&self, resource_type: &str) -> bool {
-        dispatch!(self, a => a.can_update(resource_type))
-    }
-    async fn update(&self, request: &ObjectRequest<'_>) -> Result<Option<Value>> {
-        dispatch!(self, a => a.update(request).await)
-    }
-    async fn delete(&self, request: &ObjectRequest<'_>) -> Result<Deletion> {
-        dispatch!(self, a => a.delete(request).await)
-    }
-    async fn act(&self, action: &str, input: &Value, idempotency_key: &str) -> Result<ActionOutcome> {
-        dispatch!(self, a => a.act(action, input, idempotency_key).await)
-    }
-}
+pub use any::AnyAdapter;

@@ -10,11 +10,12 @@ use serde_json::{Value, json};
 
 use super::{
     ActionOutcome, AdapterError, Deletion, ExternalObject, ExternalSystem, ObjectRequest, Observation, Result,
-    SecretValues, error_message,
+    SecretValues,
 };
-use crate::api::adapter::{HttpMethod, HttpRequestTemplate, RestAction, RestMapping, RestResourceType};
+use crate::api::adapter::{HttpRequestTemplate, RestAction, RestMapping, RestResourceType};
 use crate::expr::{Expr, ExprError};
-use crate::target::{HttpAnswer, HttpCall, Target};
+use crate::request::error_message;
+use crate::request::{CompiledRequest, HttpAnswer, TargetRequests};
 
 /// The longest external id Tether keeps (status, conditions, paths).
 pub const MAX_ID_BYTES: usize = 512;
@@ -22,88 +23,6 @@ pub const MAX_ID_BYTES: usize = 512;
 /// Variables of expressions that read an answer: `$desired` is the request
 /// context (`.properties`, `.id`, `.name`, `.idempotencyKey`).
 const ANSWER_VARS: &[&str] = &["$desired"];
-
-pub struct CompiledRequest {
-    method: HttpMethod,
-    path: Expr,
-    query: Vec<(String, Expr)>,
-    headers: Vec<(String, Expr)>,
-    body: Option<Expr>,
-}
-
-impl CompiledRequest {
-    pub fn compile(field: &str, template: &HttpRequestTemplate, vars: &[&str]) -> Result<Self, Vec<ExprError>> {
-        let mut errors = Vec::new();
-        let mut keep = |r: Result<Expr, ExprError>| r.map_err(|e| errors.push(e)).ok();
-        let path = keep(Expr::template(&format!("{field}.path"), &template.path, vars, true));
-        // Query and header values are plain templates (reqwest encodes them).
-        let mut text_templates =
-            |part: &str, values: &std::collections::BTreeMap<String, String>| -> Vec<(String, Expr)> {
-                values
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        Some((
-                            k.clone(),
-                            keep(Expr::template(&format!("{field}.{part}.{k}"), v, vars, false))?,
-                        ))
-                    })
-                    .collect()
-            };
-        let query = text_templates("query", &template.query);
-        let headers = text_templates("headers", &template.headers);
-        let body = template
-            .body
-            .as_ref()
-            .map(|b| keep(Expr::compile(&format!("{field}.body"), b, vars)));
-        for name in template.headers.keys() {
-            if let Some(why) = crate::target::reserved_header(name) {
-                errors.push(ExprError::Compile {
-                    field: format!("{field}.headers.{name}"),
-                    expression: name.clone(),
-                    message: why.to_owned(),
-                });
-            }
-        }
-        match (path, body) {
-            (Some(path), None) if errors.is_empty() => Ok(Self {
-                method: template.method,
-                path,
-                query,
-                headers,
-                body: None,
-            }),
-            (Some(path), Some(Some(body))) if errors.is_empty() => Ok(Self {
-                method: template.method,
-                path,
-                query,
-                headers,
-                body: Some(body),
-            }),
-            _ => Err(errors),
-        }
-    }
-
-    /// The call for `input`, with `vars` values in the order compiled.
-    pub fn render(&self, operation: &str, input: &Value, vars: &[&Value]) -> Result<HttpCall, ExprError> {
-        Ok(HttpCall {
-            operation: operation.to_owned(),
-            method: self.method,
-            path: self.path.eval_string(input, vars)?,
-            query: self
-                .query
-                .iter()
-                .map(|(k, e)| Ok((k.clone(), e.eval_string(input, vars)?)))
-                .collect::<Result<_, ExprError>>()?,
-            headers: self
-                .headers
-                .iter()
-                .map(|(k, e)| Ok((k.clone(), e.eval_string(input, vars)?)))
-                .collect::<Result<_, ExprError>>()?,
-            body: self.body.as_ref().map(|b| b.eval(input, vars)).transpose()?,
-            base: None,
-        })
-    }
-}
 
 pub struct CompiledType {
     id: Expr,
@@ -247,18 +166,14 @@ fn compile_action(a: &RestAction) -> Result<CompiledAction, Vec<ExprError>> {
 }
 
 /// A REST mapping bound to a target.
-pub struct RestAdapter {
+pub struct RestAdapter<T> {
     mapping: Arc<CompiledMapping>,
-    target: Arc<Target>,
+    target: Arc<T>,
 }
 
-impl RestAdapter {
-    pub fn new(mapping: Arc<CompiledMapping>, target: Arc<Target>) -> Self {
+impl<T: TargetRequests> RestAdapter<T> {
+    pub fn new(mapping: Arc<CompiledMapping>, target: Arc<T>) -> Self {
         Self { mapping, target }
-    }
-
-    pub fn target(&self) -> &Arc<Target> {
-        &self.target
     }
 
     async fn call(
@@ -315,12 +230,12 @@ impl RestAdapter {
         AdapterError::Rejected {
             operation: operation.to_owned(),
             status: answer.status,
-            message: self.target.redactor().redact(&error_message(&answer.body)),
+            message: self.target.redact(&error_message(&answer.body)),
         }
     }
 }
 
-impl ExternalSystem for RestAdapter {
+impl<T: TargetRequests> ExternalSystem for RestAdapter<T> {
     async fn observe(&self, request: &ObjectRequest<'_>) -> Result<Observation> {
         let t = self.mapping.resource_type(request.resource_type)?;
         let context = request.context();
@@ -452,50 +367,5 @@ impl ExternalSystem for RestAdapter {
             succeeded,
             outputs,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::adapter::{HttpMethod, HttpRequestTemplate};
-
-    #[test]
-    fn threat_a_template_cannot_set_host_credential_framing_or_tethers_own_headers() {
-        for name in [
-            "Host",
-            "authorization",
-            "Cookie",
-            "X-Forwarded-Host",
-            "X-Original-URL",
-            "Transfer-Encoding",
-            "Idempotency-Key",
-            "x-tether-fencing-token",
-        ] {
-            let template = HttpRequestTemplate {
-                method: HttpMethod::Get,
-                path: "/v1/x".into(),
-                query: Default::default(),
-                headers: [(name.to_owned(), "admin.internal".to_owned())].into(),
-                body: None,
-            };
-            let Err(errors) = CompiledRequest::compile("spec.steps[s].call.request", &template, &[]) else {
-                panic!("{name} was accepted");
-            };
-            let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-            assert!(
-                message.contains(&format!("spec.steps[s].call.request.headers.{name}")),
-                "{message}"
-            );
-            assert!(message.contains("reserved"), "{message}");
-        }
-        let ordinary = HttpRequestTemplate {
-            method: HttpMethod::Get,
-            path: "/v1/x".into(),
-            query: Default::default(),
-            headers: [("X-Request-Source".to_owned(), "tether".to_owned())].into(),
-            body: None,
-        };
-        assert!(CompiledRequest::compile("f", &ordinary, &[]).is_ok());
     }
 }

@@ -7,23 +7,23 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use reqwest::Url;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use url::Url;
 
 use super::{
     ActionOutcome, AdapterError, Deletion, ExternalObject, ExternalSystem, ObjectRequest, Observation, Result,
-    error_message,
 };
 use crate::api::adapter::HttpMethod;
-use crate::target::{CallError, HttpCall, Target};
+use crate::request::error_message;
+use crate::request::{CallError, HttpCall, TargetRequests};
 
 /// Version of the protocol this build speaks.
 pub const PROTOCOL_VERSION: &str = "v1";
 
-pub struct ServiceAdapter {
+pub struct ServiceAdapter<T> {
     url: Url,
-    target: Arc<Target>,
+    target: Arc<T>,
 }
 
 /// The answer to `observe`, `find`, `create` and `update`.
@@ -58,13 +58,9 @@ struct ActionAnswer {
     body: Value,
 }
 
-impl ServiceAdapter {
-    pub fn new(url: Url, target: Arc<Target>) -> Self {
+impl<T: TargetRequests> ServiceAdapter<T> {
+    pub fn new(url: Url, target: Arc<T>) -> Self {
         Self { url, target }
-    }
-
-    pub fn target(&self) -> &Arc<Target> {
-        &self.target
     }
 
     fn payload(&self, request: &ObjectRequest<'_>) -> Value {
@@ -75,11 +71,11 @@ impl ServiceAdapter {
             "externalName": request.external_name,
             "properties": request.properties,
             "idempotencyKey": request.idempotency_key,
-            "target": { "baseUrl": self.target.base_url().as_str() },
+            "target": { "baseUrl": self.target.base_url() },
         })
     }
 
-    async fn post<T: for<'de> Deserialize<'de>>(&self, operation: &str, payload: Value) -> Result<T> {
+    async fn post<A: for<'de> Deserialize<'de>>(&self, operation: &str, payload: Value) -> Result<A> {
         let answer = self
             .target
             .send(HttpCall {
@@ -93,7 +89,7 @@ impl ServiceAdapter {
             })
             .await?;
         if !answer.is_success() {
-            let message = self.target.redactor().redact(&error_message(&answer.body));
+            let message = self.target.redact(&error_message(&answer.body));
             if answer.body.pointer("/error/retryable") == Some(&Value::Bool(true)) {
                 return Err(CallError::Unavailable { message, sent: true }.into());
             }
@@ -135,7 +131,7 @@ impl ServiceAdapter {
     }
 }
 
-impl ExternalSystem for ServiceAdapter {
+impl<T: TargetRequests> ExternalSystem for ServiceAdapter<T> {
     async fn observe(&self, request: &ObjectRequest<'_>) -> Result<Observation> {
         self.object_call("observe", request).await
     }
@@ -182,7 +178,7 @@ impl ExternalSystem for ServiceAdapter {
             "action": action,
             "input": input,
             "idempotencyKey": idempotency_key,
-            "target": { "baseUrl": self.target.base_url().as_str() },
+            "target": { "baseUrl": self.target.base_url() },
         });
         let answer: ActionAnswer = self.post("action", payload).await?;
         Ok(ActionOutcome {

@@ -19,6 +19,7 @@ use super::common::{Duration, conditions_schema};
 /// `service` is set.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
+    doc = "An Adapter (cluster-scoped) says how Tether talks to one kind of external API: a declarative REST mapping (each operation an HTTP request built from templates, each answer read with jq expressions) or an adapter service that speaks Tether's adapter protocol. TargetSystems name it in spec.adapterRef.",
     group = "tether.dev",
     version = "v1alpha1",
     kind = "Adapter",

@@ -14,6 +14,7 @@ use super::common::conditions_schema;
 /// A decision on one approval gate.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
+    doc = "An Approval decides one approval gate (an approval step) of one WorkflowRun: Approve or Reject, with a reason. Only subjects bound to the tether-approver ClusterRole may create one; Tether records who decided and which run took it.",
     group = "tether.dev",
     version = "v1alpha1",
     kind = "Approval",
@@ -80,9 +81,11 @@ pub enum Decision {
     Reject,
 }
 
+/// Which run took the decision, and when (Applied).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApprovalStatus {
+    /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// When the run took the decision into account.

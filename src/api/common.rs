@@ -48,7 +48,7 @@ pub struct SecretRef {
 
 /// Regular expression for a duration: one or more `<number><unit>` with unit
 /// `ms`, `s`, `m` or `h`, as in `500ms`, `30s`, `1h30m`.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+pub const DURATION_PATTERN: &str = r"^([0-9]{1,9}(ms|s|m|h))+$";
 
 /// A length of time written the way Kubernetes users write them: `30s`, `5m`,
 /// `1h30m`, `250ms`.
@@ -178,6 +178,9 @@ pub mod condition {
     pub const CONFLICT: &str = "Conflict";
     /// The spec cannot be acted on until it is changed.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// An Approval was taken by a run (`True`), or does not count for the
+    /// run it names (`False`).
+    pub const APPLIED: &str = "Applied";
 
     /// Condition types that are present only while `True` (kstatus'
     /// "abnormal-true" polarity): a status write that does not set them
@@ -219,6 +222,69 @@ pub mod reason {
     pub const COMPENSATION_FAILED: &str = "CompensationFailed";
     /// A run was cancelled.
     pub const CANCELLED: &str = "Cancelled";
+    /// The Adapter a TargetSystem names does not exist.
+    pub const ADAPTER_NOT_FOUND: &str = "AdapterNotFound";
+    /// The Adapter's mapping or service URL is invalid.
+    pub const ADAPTER_INVALID: &str = "AdapterInvalid";
+    /// A run took an Approval's decision.
+    pub const APPLIED: &str = "Applied";
+    /// An Approval names a run of that name but was made for another.
+    pub const APPROVAL_NOT_FOR_THIS_RUN: &str = "NotForThisRun";
+    /// A callback annotation that Tether's endpoint did not write (Event).
+    pub const CALLBACK_FORGED: &str = "CallbackForged";
+    /// A reconcile panicked: a bug in Tether, reported on the object.
+    pub const INTERNAL_ERROR: &str = "InternalError";
+}
+
+/// Reasons of the Events Tether publishes (`kubectl get events
+/// --field-selector reason=...`). A run's own phase changes are published
+/// as `Run<Phase>` (`RunSucceeded`, `RunCompensated`...).
+pub mod event {
+    pub use super::reason::{CALLBACK_FORGED, INTERNAL_ERROR};
+    /// An existing external object was adopted.
+    pub const ADOPTED: &str = "Adopted";
+    /// Drift was written back to the target.
+    pub const DRIFT_CORRECTED: &str = "DriftCorrected";
+    /// The external object differs and the policy only reports it.
+    pub const DRIFT_DETECTED: &str = "DriftDetected";
+    /// The external object was created.
+    pub const CREATED: &str = "Created";
+    /// Another ExternalResource manages the external object.
+    pub const CONFLICT: &str = "Conflict";
+    /// The external object was deleted.
+    pub const DELETED: &str = "Deleted";
+    /// The ExternalResource went; its external object stays (deletionPolicy Orphan).
+    pub const ORPHANED: &str = "Orphaned";
+    /// Deletion waits for the resources that reference this one.
+    pub const WAITING_FOR_DEPENDENTS: &str = "WaitingForDependents";
+    /// A Workflow does not compile.
+    pub const INVALID_DEFINITION: &str = "InvalidDefinition";
+    /// A schedule or a webhook started a run.
+    pub const RUN_CREATED: &str = "RunCreated";
+    /// A schedule replaced a running run (concurrencyPolicy Replace).
+    pub const RUN_REPLACED: &str = "RunReplaced";
+    /// A schedule skipped a time (concurrencyPolicy Forbid).
+    pub const SCHEDULE_SKIPPED: &str = "ScheduleSkipped";
+    /// A run's status cannot be written for its size.
+    pub const STATUS_TOO_LARGE: &str = "StatusTooLarge";
+    /// A step started an attempt.
+    pub const STEP_STARTED: &str = "StepStarted";
+    /// A step waits (poll, callback, resource, delay).
+    pub const STEP_WAITING: &str = "StepWaiting";
+    /// An approval step waits for a decision.
+    pub const APPROVAL_REQUESTED: &str = "ApprovalRequested";
+    /// A step succeeded.
+    pub const STEP_SUCCEEDED: &str = "StepSucceeded";
+    /// A step's `when` did not hold.
+    pub const STEP_SKIPPED: &str = "StepSkipped";
+    /// A step failed for good.
+    pub const STEP_FAILED: &str = "StepFailed";
+    /// A step is being undone.
+    pub const COMPENSATING: &str = "Compensating";
+    /// A step was undone.
+    pub const COMPENSATED: &str = "Compensated";
+    /// Undoing a step failed.
+    pub const COMPENSATION_FAILED: &str = "CompensationFailed";
 }
 
 #[cfg(test)]
@@ -232,6 +298,47 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Some(Std::from_secs(5400)));
         assert_eq!(parse_duration("250ms"), Some(Std::from_millis(250)));
         assert_eq!(parse_duration("2m10s"), Some(Std::from_secs(130)));
+    }
+
+    /// The schema's pattern is the parser's contract: text the API server
+    /// accepts always parses (an overflowing `99999999999h` is refused at
+    /// apply instead of being read silently as a default).
+    #[test]
+    fn every_duration_the_schema_accepts_parses() {
+        let pattern = regex_lite_match;
+        for text in ["999999999h999999999m999999999s", "1h", "0ms", "999999999ms"] {
+            assert!(pattern(text), "{text}");
+            assert!(
+                parse_duration(text).is_some(),
+                "{text} matches the pattern but does not parse"
+            );
+        }
+        for overflowing in ["99999999999h", "4294967296s"] {
+            assert!(!pattern(overflowing), "{overflowing} must not match {DURATION_PATTERN}");
+        }
+    }
+
+    /// [`DURATION_PATTERN`] by hand: one or more `<1 to 9 digits><unit>`.
+    fn regex_lite_match(text: &str) -> bool {
+        let mut rest = text;
+        if rest.is_empty() {
+            return false;
+        }
+        while !rest.is_empty() {
+            let digits = rest.chars().take_while(char::is_ascii_digit).count();
+            if !(1..=9).contains(&digits) {
+                return false;
+            }
+            rest = rest.get(digits..).unwrap_or_default();
+            rest = if let Some(r) = rest.strip_prefix("ms") {
+                r
+            } else if let Some(r) = rest.strip_prefix(['s', 'm', 'h']) {
+                r
+            } else {
+                return false;
+            };
+        }
+        true
     }
 
     #[test]

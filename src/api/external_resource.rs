@@ -18,6 +18,7 @@ use super::common::{Duration, ObjectRef, SecretKeyRef, SecretRef, any_value, con
 /// One object in a target system.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
+    doc = "An ExternalResource declares one object in an external system (a contact in a CRM, a bucket, a ticket): Tether creates it through the TargetSystem's Adapter, adopts an existing one, corrects or reports drift, and deletes it (or leaves it) when the ExternalResource is deleted. Its status holds the external id and the observed state.",
     group = "tether.dev",
     version = "v1alpha1",
     kind = "ExternalResource",
@@ -142,6 +143,7 @@ pub struct ResourceReference {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReferenceSelector {
+    /// Labels the referenced ExternalResource must carry, all of them.
     #[schemars(extend("minProperties" = 1, "maxProperties" = 16))]
     pub match_labels: BTreeMap<String, String>,
 }
@@ -198,6 +200,8 @@ pub struct PendingCreate {
     pub started_at: DateTime<Utc>,
 }
 
+/// The external object as Tether last saw it: its id, the observed
+/// properties, drift, a create in flight, and the conditions (Ready, Synced).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalResourceStatus {

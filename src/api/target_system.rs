@@ -14,6 +14,7 @@ use super::common::{Duration, ObjectRef, SecretKeyRef, SecretRef, conditions_sch
 /// One instance of an external API.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
+    doc = "A TargetSystem (namespaced) is one instance of an external API: its base URL, its credentials (Secrets of the namespace), the Adapter that maps it, and the limits Tether keeps when calling it — rate, concurrency, timeouts, circuit breaker, largest answer.",
     group = "tether.dev",
     version = "v1alpha1",
     kind = "TargetSystem",
@@ -313,6 +314,8 @@ pub enum CircuitState {
     HalfOpen,
 }
 
+/// What Tether last saw of the target: its health probe, its circuit
+/// breaker and whether its credentials work (Ready, Degraded).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetSystemStatus {

@@ -17,6 +17,7 @@ use super::common::{Duration, ObjectRef, SecretKeyRef, any_value, conditions_sch
 /// A workflow definition.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
+    doc = "A Workflow defines a DAG of steps across external systems — calls, owned ExternalResources, approvals, waits — with retries, compensation (a saga's undo), fan-out and the triggers (schedules, a signed webhook) that start WorkflowRuns of it.",
     group = "tether.dev",
     version = "v1alpha1",
     kind = "Workflow",
@@ -39,7 +40,9 @@ pub struct WorkflowSpec {
     /// The steps, run in dependency order (`dependsOn`); steps without a
     /// dependency between them run in parallel.
     #[schemars(length(min = 1, max = 100), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
-    #[x_kube(validation = Rule::new("self.all(s, !has(s.dependsOn) || s.dependsOn.all(d, self.exists(t, t.name == d)))").message("every dependsOn entry must name a step of this workflow"))]
+    // An unknown `dependsOn` entry is not refused here: a CEL rule cannot
+    // name the step and the value within the API server's cost budget. The
+    // Workflow's Ready condition does (`step "b" depends on "ghost"`).
     pub steps: Vec<Step>,
 
     /// What a failed run does: `Compensate` runs the `compensate` action of
@@ -65,8 +68,10 @@ pub struct WorkflowSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Parameter {
+    /// The parameter's name: `$params.<name>` in expressions.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"))]
     pub name: String,
+    /// What the parameter is for, for the people who start runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub description: Option<String>,
@@ -140,7 +145,9 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<StepRetry>,
 
-    /// Longest one attempt may take.
+    /// Longest the step may take, from its first attempt: retries, polls
+    /// and waiting for a callback included. Past it the step fails for good
+    /// (a timeout is never retried).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
 
@@ -220,8 +227,9 @@ pub struct CallStep {
     /// A raw HTTP request relative to the target's base URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<HttpRequestTemplate>,
-    /// Condition over `{status, body, headers}` that means success; by
-    /// default any 2xx status.
+    /// Condition over the answer `{status, body}` (an adapter action's
+    /// answer, or the raw request's) that means success; by default the
+    /// adapter's verdict, or any 2xx status for a raw request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub success_when: Option<String>,
@@ -340,6 +348,7 @@ pub struct Triggers {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleTrigger {
+    /// The schedule's name: the label `tether.dev/schedule` of its runs.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z][a-z0-9-]*$"))]
     pub name: String,
     /// Cron expression: five fields (`*/5 * * * *`), or six with seconds
@@ -380,11 +389,13 @@ fn default_failed_history() -> i32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScheduleStatus {
+    /// The schedule's name (`spec.triggers.schedules[].name`).
     pub name: String,
     /// The last time the schedule was due (whether it created a run or its
     /// concurrency policy skipped it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<DateTime<Utc>>,
+    /// The next time the schedule is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_schedule_time: Option<DateTime<Utc>>,
     /// The run it last created.
@@ -423,6 +434,7 @@ fn default_webhook_parameters() -> String {
     ".".into()
 }
 
+/// Whether the definition compiles (Ready) and the state of each schedule.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowStatus {

@@ -17,6 +17,7 @@ use super::common::{ObjectRef, any_value, conditions_schema, free_form_object};
 /// One execution of a Workflow.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
+    doc = "A WorkflowRun is one execution of a Workflow with its parameters. Its status pins the definition it started with and records every step's state, attempt and outputs, so a restarted controller resumes where the last one stopped; deleting a run cancels it.",
     group = "tether.dev",
     version = "v1alpha1",
     kind = "WorkflowRun",
@@ -97,17 +98,22 @@ pub struct PinnedDefinition {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ItemCounts {
+    /// Items the `forEach` expression yielded.
     pub total: i32,
     /// Items started so far, in index order.
     #[serde(default)]
     pub started: i32,
+    /// Items under way now.
     pub running: i32,
+    /// Items that succeeded.
     pub succeeded: i32,
+    /// Items that failed for good.
     pub failed: i32,
     /// Items whose compensation started, in index order (failed items are
     /// skipped: they have nothing to undo).
     #[serde(default)]
     pub compensation_started: i32,
+    /// Items undone.
     pub compensated: i32,
 }
 
@@ -115,32 +121,47 @@ pub struct ItemCounts {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ItemStatus {
+    /// The item's position in the `forEach` array, from 0.
     pub index: i32,
     pub phase: StepPhase,
+    /// Attempt number of the current or last attempt, from 1.
     #[serde(default)]
     pub attempt: i32,
     /// When the next retry of this item is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_at: Option<DateTime<Utc>>,
+    /// Why the last attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Attempts to undo this step that failed transiently (the engine
+    /// retries them with the step's backoff, up to three times).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub undo_attempts: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepStatus {
+    /// The step's name in the Workflow.
     pub name: String,
     pub phase: StepPhase,
     /// Attempt number of the current or last attempt, from 1.
     #[serde(default)]
     pub attempt: i32,
+    /// When the step started (its first attempt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    /// When the step ended (succeeded, failed, skipped or undone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
     /// When the next retry or poll is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_at: Option<DateTime<Utc>>,
+    /// What happened last: why an attempt failed, what the step waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Outputs extracted from the step's response.
@@ -154,6 +175,10 @@ pub struct StepStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1000))]
     pub item_details: Vec<ItemStatus>,
+    /// Attempts to undo this step that failed transiently (the engine
+    /// retries them with the step's backoff, up to three times).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub undo_attempts: i32,
 }
 
 impl StepStatus {
@@ -170,10 +195,13 @@ impl StepStatus {
             outputs: None,
             items: None,
             item_details: vec![],
+            undo_attempts: 0,
         }
     }
 }
 
+/// The pinned definition, the phase, every step's state and the run's
+/// outputs: the state store a restarted controller resumes from.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowRunStatus {
@@ -191,10 +219,13 @@ pub struct WorkflowRunStatus {
     /// `succeeded/total` steps (printer column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
+    /// When the run started (pinned its definition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    /// When the run ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// Every step of the pinned definition, in its order, with its state.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub steps: Vec<StepStatus>,

@@ -2,6 +2,8 @@
 //! check its service URL) and report `Ready` with the errors, each naming
 //! its field, so a broken mapping is visible before any resource uses it.
 
+use crate::controller::Error;
+use crate::controller::status::StatusWriter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,16 +19,6 @@ use crate::api::common::condition::READY;
 use crate::conditions::{self, Desired};
 
 pub const KIND: &str = "Adapter";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("writing the status of Adapter {name}")]
-    WriteStatus {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-}
 
 /// `Ready=True`: the mapping compiles (or the service URL is valid). An
 /// invalid Adapter is also `Stalled`: only an edit of its spec helps.
@@ -52,7 +44,7 @@ pub async fn reconcile(adapter: Arc<Adapter>, ctx: Arc<Context>) -> Result<Actio
             ("Rest", Some(names.join(",")), ready)
         }
         (None, Some(service)) => {
-            let ready = match crate::target::url::parse_base(&service.url) {
+            let ready = match crate::http::url::parse_base(&service.url) {
                 Ok(_) => Desired::new(READY, true, "Configured", format!("calls {}", service.url)),
                 Err(e) => Desired::new(READY, false, "InvalidURL", e.to_string()),
             };
@@ -76,15 +68,11 @@ pub async fn reconcile(adapter: Arc<Adapter>, ctx: Arc<Context>) -> Result<Actio
             Utc::now(),
         ),
     };
-    if adapter.status.as_ref() != Some(&next) {
-        let api: Api<Adapter> = Api::all(ctx.client.clone());
-        ctx.apply_status(&api, &adapter.name_any(), KIND, &next)
-            .await
-            .map_err(|source| Error::WriteStatus {
-                name: adapter.name_any(),
-                source,
-            })?;
-    }
+    let api: Api<Adapter> = Api::all(ctx.client.clone());
+    StatusWriter::new(&ctx, api, adapter.as_ref(), KIND, adapter.status.clone())
+        .unconditional()
+        .write(next)
+        .await?;
     ctx.metrics.observe_reconcile(KIND, started.elapsed());
     Ok(Action::await_change())
 }

@@ -24,7 +24,7 @@ use serde_json::json;
 use super::Context;
 
 /// Reason of the condition and Event of an object whose reconcile panicked.
-pub const INTERNAL_ERROR: &str = "InternalError";
+pub use crate::api::common::reason::INTERNAL_ERROR;
 /// Field manager of the `InternalError` condition.
 const GUARD_FIELD_MANAGER: &str = "tether-guard";
 

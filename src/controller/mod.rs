@@ -4,12 +4,16 @@
 //! functions and writes it only when it changed.
 
 pub mod adapter;
+pub mod error;
 pub mod external_resource;
 pub mod guard;
+pub mod status;
 pub mod target_system;
 pub mod workflow;
 pub mod workflow_run;
 
+use crate::lock;
+pub use error::Error;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,13 +23,13 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::adapter::AnyAdapter;
-use crate::adapter::rest::{CompiledMapping, RestAdapter};
-use crate::adapter::service::ServiceAdapter;
+use crate::adapter::rest::CompiledMapping;
+use crate::api::common::reason;
 use crate::api::{Adapter, Approval, ExternalResource, TargetSystem, Workflow, WorkflowRun};
+use crate::http::backoff;
+use crate::http::registry::Registry;
 use crate::metrics::Metrics;
-use crate::target::backoff;
-use crate::target::registry::Registry;
-use workflow::compile::Compiled as CompiledWorkflow;
+use crate::workflow::compile::Compiled as CompiledWorkflow;
 
 /// Field manager of every status Tether writes (server-side apply).
 pub const FIELD_MANAGER: &str = "tether";
@@ -45,6 +49,21 @@ pub struct Failure {
     /// A create failed in a way that proves nothing was created: the
     /// intent can be dropped, so the next pass creates without a lookup.
     pub create_not_applied: bool,
+    /// What a transient failure waits for, which sets how it is retried.
+    pub awaits: Awaits,
+}
+
+/// What a transient failure waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaits {
+    /// Time: exponential backoff up to five minutes.
+    Time,
+    /// A Secret to be created or fixed (credentials refused or missing),
+    /// which Tether does not watch: backoff capped at 15 s.
+    Secret,
+    /// A referenced ExternalResource to become Ready: its watch event wakes
+    /// the resource; the poll interval is only a safety net.
+    Reference,
 }
 
 impl Failure {
@@ -59,6 +78,7 @@ impl Failure {
             permanent: false,
             retry_after: None,
             create_not_applied: false,
+            awaits: Awaits::Time,
         }
     }
 
@@ -69,6 +89,7 @@ impl Failure {
             permanent: true,
             retry_after: None,
             create_not_applied: false,
+            awaits: Awaits::Time,
         }
     }
 }
@@ -79,12 +100,19 @@ impl From<crate::adapter::AdapterError> for Failure {
             crate::adapter::AdapterError::Call(call) => call.retry_after(),
             _ => None,
         };
+        let awaits = match &e {
+            crate::adapter::AdapterError::Call(
+                crate::request::CallError::Unauthorized { .. } | crate::request::CallError::BadCredentials(_),
+            ) => Awaits::Secret,
+            _ => Awaits::Time,
+        };
         Self {
             reason: e.reason(),
             message: e.to_string(),
             permanent: e.is_permanent(),
             retry_after,
             create_not_applied: false,
+            awaits,
         }
     }
 }
@@ -219,8 +247,8 @@ pub struct Context {
     pub written: Mutex<HashMap<String, String>>,
     /// Base URL of step callbacks (the webhook endpoint as targets reach it).
     pub callback_base: String,
-    /// Webhook and callback keys, accepted deliveries, the tolerance.
-    pub triggers: crate::webhook::Triggers,
+    /// Webhook and callback keys, read from Secrets and cached.
+    pub keys: crate::keys::KeyCache,
 }
 
 impl Context {
@@ -233,19 +261,10 @@ impl Context {
         self.adapters.get(&ObjectRef::new(name))
     }
 
-    /// The adapter port for a TargetSystem.
-    pub async fn adapter_for(&self, ts: &TargetSystem) -> Result<AnyAdapter, Failure> {
-        let adapter_name = &ts.spec.adapter_ref.name;
-        let adapter = self.adapter(adapter_name).ok_or_else(|| {
-            Failure::missing(
-                "AdapterNotFound",
-                format!(
-                    "Adapter {adapter_name:?} (named by TargetSystem {}) does not exist",
-                    ts.name_any()
-                ),
-            )
-        })?;
-        let target = self.registry.get(ts).await.map_err(|e| Failure {
+    /// The shared runtime of a TargetSystem (the request port's
+    /// implementation): its client, limits, circuit and credentials.
+    pub async fn target_for(&self, ts: &TargetSystem) -> Result<Arc<crate::http::Target>, Failure> {
+        self.registry.get(ts).await.map_err(|e| Failure {
             reason: e.reason(),
             message: e.to_string(),
             // A missing Secret is fixed by creating it, which Tether does not
@@ -253,17 +272,29 @@ impl Context {
             permanent: false,
             retry_after: None,
             create_not_applied: false,
+            awaits: if e.awaits_secret() {
+                Awaits::Secret
+            } else {
+                Awaits::Time
+            },
+        })
+    }
+
+    /// The adapter port for a TargetSystem.
+    pub async fn adapter_for(&self, ts: &TargetSystem) -> Result<AnyAdapter, Failure> {
+        let adapter_name = &ts.spec.adapter_ref.name;
+        let adapter = self.adapter(adapter_name).ok_or_else(|| {
+            Failure::missing(
+                reason::ADAPTER_NOT_FOUND,
+                format!(
+                    "Adapter {adapter_name:?} (named by TargetSystem {}) does not exist",
+                    ts.name_any()
+                ),
+            )
         })?;
-        if let Some(service) = &adapter.spec.service {
-            let url = crate::target::url::parse_base(&service.url)
-                .map_err(|e| Failure::permanent("AdapterInvalid", format!("Adapter {adapter_name:?}: {e}")))?;
-            return Ok(AnyAdapter::Service(ServiceAdapter::new(url, target)));
-        }
-        let mapping = self
-            .mappings
-            .get(&adapter)
-            .map_err(|message| Failure::permanent("AdapterInvalid", format!("Adapter {adapter_name:?}: {message}")))?;
-        Ok(AnyAdapter::Rest(RestAdapter::new(mapping, target)))
+        let target = self.target_for(ts).await?;
+        AnyAdapter::build(&adapter, target, |a| self.mappings.get(a))
+            .map_err(|e| Failure::permanent(reason::ADAPTER_INVALID, e.to_string()))
     }
 
     /// The compiled definition of a pinned spec (compiled once per hash).
@@ -287,9 +318,10 @@ impl Context {
         *count = count.saturating_add(1);
         // Credentials are fixed by editing a Secret, which Tether does not
         // watch: keep retrying often enough to notice soon.
-        let cap = match failure.reason {
-            "CredentialsRejected" | "CredentialsInvalid" | "SecretNotFound" => Duration::from_secs(15),
-            _ => Duration::from_secs(300),
+        let cap = if failure.awaits == Awaits::Secret {
+            Duration::from_secs(15)
+        } else {
+            Duration::from_secs(300)
         };
         let delay = backoff::jittered(Duration::from_millis(500), cap, *count - 1);
         failure
@@ -421,10 +453,6 @@ pub fn status_body<K: kube::Resource<DynamicType = ()>>(
     })
 }
 
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,7 +486,7 @@ mod tests {
             compiled: Mutex::default(),
             written: Mutex::default(),
             callback_base: String::new(),
-            triggers: crate::webhook::Triggers::default(),
+            keys: crate::keys::KeyCache::default(),
         }
     }
 

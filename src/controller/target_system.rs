@@ -2,6 +2,8 @@
 //! its health (target), and report `Ready`, `Degraded`, `Reconciling` or
 //! `Stalled` and the circuit state ([`desired`], pure).
 
+use crate::controller::Error;
+use crate::controller::status::StatusWriter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,7 @@ use crate::api::common::condition::READY;
 use crate::api::common::reason;
 use crate::api::target_system::{CircuitState, TargetSystemStatus};
 use crate::conditions::{self, Desired};
-use crate::target::HttpCall;
+use crate::request::{HttpCall, TargetRequests};
 
 pub const KIND: &str = "TargetSystem";
 pub use crate::api::common::condition::DEGRADED;
@@ -104,14 +106,28 @@ pub fn desired(found: &Found) -> Vec<Desired> {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("writing the status of TargetSystem {name}")]
-    WriteStatus {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
+/// Calls the health check through the request port, if one is configured.
+async fn probe(target: &impl TargetRequests, check: Option<&crate::api::target_system::HealthCheck>) -> Probe {
+    let Some(check) = check else {
+        return Probe::NotConfigured;
+    };
+    let call = HttpCall {
+        operation: "health".into(),
+        method: HttpMethod::Get,
+        path: check.path.clone(),
+        query: vec![],
+        headers: vec![],
+        body: None,
+        base: None,
+    };
+    match target.send(call).await {
+        Ok(answer) if answer.is_success() => Probe::Healthy,
+        Ok(answer) => Probe::Answered(answer.status),
+        Err(e) => Probe::Failed {
+            reason: e.reason(),
+            message: e.to_string(),
+        },
+    }
 }
 
 pub async fn reconcile(ts: Arc<TargetSystem>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -123,32 +139,14 @@ pub async fn reconcile(ts: Arc<TargetSystem>, ctx: Arc<Context>) -> Result<Actio
         .and_then(|h| h.interval.to_std())
         .unwrap_or(Duration::from_secs(30))
         .max(Duration::from_secs(1));
-    let (found, circuit) = match ctx.adapter_for(&ts).await {
+    let endpoint = match ctx.adapter_for(&ts).await {
+        Ok(_) => ctx.target_for(&ts).await,
+        Err(failure) => Err(failure),
+    };
+    let (found, circuit) = match endpoint {
         Err(failure) => (Found::AdapterFailed(failure), None),
-        Ok(adapter) => {
-            let target = adapter.target();
-            let probe = match &ts.spec.health_check {
-                Some(check) => match target
-                    .send(HttpCall {
-                        operation: "health".into(),
-                        method: HttpMethod::Get,
-                        path: check.path.clone(),
-                        query: vec![],
-                        headers: vec![],
-                        body: None,
-                        base: None,
-                    })
-                    .await
-                {
-                    Ok(answer) if answer.is_success() => Probe::Healthy,
-                    Ok(answer) => Probe::Answered(answer.status),
-                    Err(e) => Probe::Failed {
-                        reason: e.reason(),
-                        message: e.to_string(),
-                    },
-                },
-                None => Probe::NotConfigured,
-            };
+        Ok(target) => {
+            let probe = probe(target.as_ref(), ts.spec.health_check.as_ref()).await;
             let circuit = target.circuit_state();
             (Found::Probed { probe, circuit }, Some(circuit))
         }
@@ -166,13 +164,12 @@ pub async fn reconcile(ts: Arc<TargetSystem>, ctx: Arc<Context>) -> Result<Actio
             last_probe_time: Some(Utc::now()),
             ..next
         };
+        // The probe time moves only with the rest: an unchanged probe writes nothing.
         let api: Api<TargetSystem> = Api::namespaced(ctx.client.clone(), &ts.namespace().unwrap_or_default());
-        ctx.apply_status(&api, &ts.name_any(), KIND, &next)
-            .await
-            .map_err(|source| Error::WriteStatus {
-                name: ts.name_any(),
-                source,
-            })?;
+        StatusWriter::new(&ctx, api, ts.as_ref(), KIND, ts.status.clone())
+            .unconditional()
+            .write(next)
+            .await?;
     }
     ctx.metrics.observe_reconcile(KIND, started.elapsed());
     Ok(Action::requeue(interval))

@@ -40,7 +40,7 @@ impl Deliveries {
     /// Whether `(namespace, workflow, delivery)` was accepted before;
     /// drops what expired by `now` (unix seconds).
     pub fn admit(&self, namespace: &str, workflow: &str, delivery: &str, now: i64) -> Admit {
-        let mut seen = crate::controller::lock(&self.seen);
+        let mut seen = crate::lock(&self.seen);
         let id = (namespace.to_owned(), workflow.to_owned(), delivery.to_owned());
         if let Some(found) = seen.get(&id)
             && found.expires >= now
@@ -59,7 +59,7 @@ impl Deliveries {
     /// Remembers that `delivery` started `run`, until `expires` (unix
     /// seconds: its timestamp plus the tolerance).
     pub fn record(&self, namespace: &str, workflow: &str, delivery: &str, run: &str, expires: i64) {
-        let mut seen = crate::controller::lock(&self.seen);
+        let mut seen = crate::lock(&self.seen);
         let id = (namespace.to_owned(), workflow.to_owned(), delivery.to_owned());
         seen.insert(
             id,

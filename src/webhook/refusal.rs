@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 
-use super::keys::Purpose;
+use crate::keys::Purpose;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
@@ -39,7 +39,7 @@ pub enum Refusal {
     #[error("recording the callback: {0}")]
     RecordCallback(#[source] kube::Error),
     #[error("{0}")]
-    CreateRun(#[source] crate::controller::workflow::Error),
+    CreateRun(#[source] crate::controller::Error),
 }
 
 impl Refusal {

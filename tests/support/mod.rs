@@ -1,12 +1,13 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod fixtures;
 pub mod gone_proxy;
 pub mod tether;
 
-pub use ::tether::sandbox::ControlPlane;
 #[allow(unused_imports)]
 pub use tether::KubectlExt;
+pub use tether_harness::ControlPlane;
 
 /// Asserts that a command succeeded, showing its output when it did not.
 #[track_caller]

@@ -1,12 +1,12 @@
 //! Running the real `tether run` binary against the test control plane, as
-//! the controller's ServiceAccount identity, and the fixtures that point it
-//! at an in-process simulator.
+//! the controller's ServiceAccount identity, and `kubectl` helpers that fail
+//! the test with diagnostics.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::ControlPlane;
 
@@ -151,47 +151,6 @@ impl Drop for Controller {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// An Adapter for the simulator's `contacts` collection.
-pub fn contacts_adapter(name: &str) -> Value {
-    json!({
-        "apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": name},
-        "spec": {"rest": {"resourceTypes": [{
-            "name": "contact",
-            "read": {"method": "GET", "path": "/v1/contacts/\\(.id)"},
-            "create": {"method": "POST", "path": "/v1/contacts", "body": ".properties + {externalName: .name}"},
-            "update": {"method": "PATCH", "path": "/v1/contacts/\\(.id)", "body": ".properties"},
-            "delete": {"method": "DELETE", "path": "/v1/contacts/\\(.id)"},
-            "find": {"method": "GET", "path": "/v1/contacts", "query": {"externalName": "\\(.name)"}, "select": ".items[0]"}
-        }]}}
-    })
-}
-
-/// A bearer-token Secret and a TargetSystem named `target` on `base_url`.
-pub fn target(adapter: &str, base_url: &str, token: &str, extra_spec: Value) -> Value {
-    let mut spec = json!({
-        "adapterRef": {"name": adapter},
-        "baseUrl": base_url,
-        "auth": {"bearer": {"tokenSecretRef": {"name": "target-token", "key": "token"}}},
-        "timeouts": {"connect": "2s", "request": "10s"}
-    });
-    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra_spec) {
-        spec.extend(extra);
-    }
-    json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "target-token"}, "stringData": {"token": token}},
-        {"apiVersion": "tether.dev/v1alpha1", "kind": "TargetSystem", "metadata": {"name": "target"}, "spec": spec}
-    ]})
-}
-
-/// An ExternalResource of type `contact` on `target`.
-pub fn contact(name: &str, properties: Value, extra_spec: Value) -> Value {
-    let mut spec = json!({"targetRef": {"name": "target"}, "type": "contact", "properties": properties});
-    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra_spec) {
-        spec.extend(extra);
-    }
-    json!({"apiVersion": "tether.dev/v1alpha1", "kind": "ExternalResource", "metadata": {"name": name}, "spec": spec})
 }
 
 /// `kubectl` helpers that fail the test with diagnostics.

@@ -13,7 +13,10 @@ pub mod plan;
 pub mod references;
 pub mod secrets;
 pub mod status;
+pub mod sync;
 
+use crate::api::common::event;
+use crate::controller::Error;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,65 +27,17 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::{Context, EXTERNAL_RESOURCE_FINALIZER, Failure, Freshness, RESYNC_ANNOTATION, lock};
-use crate::adapter::{AnyAdapter, Deletion, ExternalObject, ExternalSystem, ObjectRequest, Observation};
+use super::{Awaits, Context, EXTERNAL_RESOURCE_FINALIZER, Failure, Freshness, RESYNC_ANNOTATION, lock};
+use crate::adapter::{Deletion, ExternalSystem, ObjectRequest, Observation};
 use crate::api::ExternalResource;
 use crate::api::external_resource::{DeletionPolicy, ExternalResourceSpec, ExternalResourceStatus, ManagementPolicy};
-use plan::{Decision, Facts, Lookup};
 use references::Unresolved;
 use status::Outcome;
+use sync::{Claim, Effects, Note, Synced};
 
 pub const KIND: &str = "ExternalResource";
 /// Reason of a resource that waits for a reference to be Ready.
 pub const WAITING_FOR_REFERENCE: &str = "WaitingForReference";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("writing the status of {name}")]
-    WriteStatus {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("cannot delete the external object yet: {0}")]
-    DeletionBlocked(String),
-    /// Other ExternalResources still reference this one: it is deleted at
-    /// its target after them.
-    #[error("still referenced by {0}")]
-    InUse(String),
-    #[error("deleting the owned Secret: {0}")]
-    SecretCleanup(String),
-    #[error(transparent)]
-    Finalizer(#[from] Box<finalizer::Error<Error>>),
-}
-
-impl Error {
-    /// The write lost a race with a newer version of the object (409 on a
-    /// conditional write, 422 on the finalizer's test-and-add patch): the
-    /// cache was behind. Not a failure: retry soon with fresh data.
-    pub fn is_stale_read(&self) -> bool {
-        let code = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 422);
-        match self {
-            Error::WriteStatus { source, .. } => code(source),
-            Error::Finalizer(boxed) => match boxed.as_ref() {
-                finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => code(e),
-                finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner.is_stale_read(),
-                _ => false,
-            },
-            Error::DeletionBlocked(_) | Error::InUse(_) | Error::SecretCleanup(_) => false,
-        }
-    }
-
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::WriteStatus { .. } => "WriteStatusFailed",
-            Error::DeletionBlocked(_) => "DeletionBlocked",
-            Error::InUse(_) => "InUse",
-            Error::SecretCleanup(_) => "SecretCleanupFailed",
-            Error::Finalizer(_) => "FinalizerFailed",
-        }
-    }
-}
 
 /// Entry point for the controller: apply or clean up, through the
 /// finalizer helper.
@@ -106,30 +61,21 @@ pub async fn reconcile(er: Arc<ExternalResource>, ctx: Arc<Context>) -> Result<A
 pub fn error_policy(er: Arc<ExternalResource>, error: &Error, ctx: Arc<Context>) -> Action {
     if error.is_stale_read() {
         tracing::debug!(name = %er.name_any(), error = %error, "stale read; retrying with fresh data");
-        return Action::requeue(crate::target::backoff::jittered(
+        return Action::requeue(crate::http::backoff::jittered(
             Duration::from_millis(200),
             Duration::from_secs(1),
             1,
         ));
     }
-    ctx.metrics.reconcile_error(KIND, error.reason());
-    if let Error::Finalizer(boxed) = error
-        && let finalizer::Error::CleanupFailed(Error::InUse(_)) = boxed.as_ref()
-    {
+    ctx.metrics.reconcile_error(KIND, error.label());
+    if error.waits_for_dependents() {
         // Waiting for dependents is the expected order, not a failure: the
         // watch event of the last dependent's deletion wakes this one.
         tracing::debug!(name = %er.name_any(), error = %error, "deletion waits for dependents");
         return Action::requeue(Duration::from_secs(30));
     }
     tracing::warn!(name = %er.name_any(), namespace = ?er.namespace(), error = %error, "reconcile failed");
-    let failure = Failure {
-        reason: error.reason(),
-        message: String::new(),
-        permanent: false,
-        retry_after: None,
-        create_not_applied: false,
-    };
-    Action::requeue(ctx.backoff(&key(&er), &failure))
+    Action::requeue(ctx.backoff(&key(&er), &Failure::missing(error.label(), String::new())))
 }
 
 /// The key of what is kept per resource (its UID).
@@ -153,49 +99,12 @@ fn poll_interval(er: &ExternalResource) -> Duration {
         .max(Duration::from_secs(1))
 }
 
-/// Writes status with server-side apply, conditional on the resourceVersion
-/// last seen, and only when it changed.
-struct StatusWriter<'a> {
-    api: Api<ExternalResource>,
-    er: &'a ExternalResource,
-    resource_version: Option<String>,
-    current: Option<ExternalResourceStatus>,
-    ctx: &'a Context,
-}
+/// The ExternalResource's status writer (conditional on the resourceVersion).
+type StatusWriter<'a> = super::status::StatusWriter<'a, ExternalResource, ExternalResourceStatus>;
 
-impl<'a> StatusWriter<'a> {
-    fn new(er: &'a ExternalResource, ctx: &'a Context) -> Self {
-        Self {
-            api: Api::namespaced(ctx.client.clone(), &er.namespace().unwrap_or_default()),
-            er,
-            resource_version: er.resource_version(),
-            current: er.full_status(),
-            ctx,
-        }
-    }
-
-    async fn write(&mut self, next: ExternalResourceStatus) -> Result<(), Error> {
-        if !status::differs(self.current.as_ref(), &next) {
-            return Ok(());
-        }
-        let written = self
-            .ctx
-            .apply_status_at(
-                &self.api,
-                &self.er.name_any(),
-                KIND,
-                self.resource_version.as_deref(),
-                &next,
-            )
-            .await
-            .map_err(|source| Error::WriteStatus {
-                name: self.er.name_any(),
-                source,
-            })?;
-        self.resource_version = written;
-        self.current = Some(next);
-        Ok(())
-    }
+fn status_writer<'a>(er: &ExternalResource, ctx: &'a Context) -> StatusWriter<'a> {
+    let api = Api::namespaced(ctx.client.clone(), &er.namespace().unwrap_or_default());
+    StatusWriter::new(ctx, api, er, KIND, er.full_status())
 }
 
 async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
@@ -223,7 +132,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
         None => {}
     }
 
-    let mut writer = StatusWriter::new(er, ctx);
+    let mut writer = status_writer(er, ctx);
     // Nothing is sent to the target before every reference is Ready.
     let prepared = match resolution {
         Ok(refs) => prepare(er, ctx, &refs).await,
@@ -240,22 +149,39 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
             ),
         )),
         (Ok(prepared), Some(ts)) => match ctx.adapter_for(&ts).await {
-            Ok(adapter) => match sync(er, ctx, &adapter, &prepared, &mut writer).await? {
-                Ok(synced) => keep_secrets(ctx, er, synced.redacted(&prepared.hide)).await,
-                Err(failure) => Err(Failure {
-                    message: prepared.hide.redact(&failure.message),
-                    ..failure
-                }),
-            },
+            Ok(adapter) => {
+                let current = writer.current.clone();
+                match sync::sync(
+                    &adapter,
+                    sync::Input {
+                        spec: &prepared.spec,
+                        sent: &prepared.sent,
+                        external_name: &external_name(er),
+                        status: current.as_ref(),
+                        generation: er.metadata.generation,
+                        fresh_key: format!("{}-{}", key(er), uuid::Uuid::new_v4().simple()),
+                    },
+                    &mut Live {
+                        er,
+                        ctx,
+                        writer: &mut writer,
+                    },
+                )
+                .await?
+                {
+                    Ok(synced) => keep_secrets(ctx, er, synced.redacted(&prepared.hide)).await,
+                    Err(failure) => Err(Failure {
+                        message: prepared.hide.redact(&failure.message),
+                        ..failure
+                    }),
+                }
+            }
             Err(failure) => Err(failure),
         },
     };
     let outcome_label = match &result {
-        Ok(Synced::Object { how, .. }) => (*how).to_owned(),
-        Ok(Synced::Drift { .. }) => "DriftReported".to_owned(),
-        Ok(Synced::NotFound) => "NotFound".to_owned(),
-        Ok(Synced::Conflict { .. }) => "Conflict".to_owned(),
-        Err(failure) => failure.reason.to_owned(),
+        Ok(synced) => synced.label(),
+        Err(failure) => failure.reason,
     };
     let now = Utc::now();
     let (next, action) = match result {
@@ -278,7 +204,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
             // its backoff. Waiting for a reference is neither: the watch
             // event of the referenced object wakes it (its hash is part of
             // the freshness), the poll interval is only a safety net.
-            let delay = if failure.reason == WAITING_FOR_REFERENCE {
+            let delay = if failure.awaits == Awaits::Reference {
                 Some(poll_interval(er))
             } else {
                 (!failure.permanent).then(|| ctx.backoff(&key(er), &failure))
@@ -371,7 +297,14 @@ fn unresolved_failure(unresolved: &Unresolved) -> Failure {
     } else {
         Failure::missing
     };
-    failure(unresolved.reason(), unresolved.message())
+    let failure = failure(unresolved.reason(), unresolved.message());
+    match unresolved {
+        Unresolved::Waiting(_) => Failure {
+            awaits: Awaits::Reference,
+            ..failure
+        },
+        _ => failure,
+    }
 }
 
 /// The spec as this pass sees it (properties with `propertiesFrom`
@@ -382,7 +315,7 @@ struct Prepared {
     sent: serde_json::Value,
     /// Redacts the secret properties' values from what the target answers
     /// (an error that echoes the request, an observed field).
-    hide: crate::target::auth::Redactor,
+    hide: crate::http::auth::Redactor,
 }
 
 async fn prepare(er: &ExternalResource, ctx: &Context, refs: &serde_json::Value) -> Result<Prepared, Failure> {
@@ -401,7 +334,7 @@ async fn prepare(er: &ExternalResource, ctx: &Context, refs: &serde_json::Value)
         }
         map.extend(secret_values.clone());
     }
-    let hide = crate::target::auth::Redactor::new(
+    let hide = crate::http::auth::Redactor::new(
         secret_values
             .values()
             .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
@@ -428,42 +361,6 @@ fn still_fresh(ctx: &Context, er: &ExternalResource, now: &Freshness) -> Option<
     lock(&ctx.fresh).get(&key(er))?.wait(now, Instant::now())
 }
 
-/// What a successful sync ended with (owned, for status and events).
-enum Synced {
-    Object {
-        object: ExternalObject,
-        how: &'static str,
-    },
-    Drift {
-        object: ExternalObject,
-        drifted: Vec<String>,
-    },
-    NotFound,
-    Conflict {
-        id: String,
-        owner: String,
-    },
-}
-
-impl Synced {
-    /// With the secret properties' values redacted from what was observed.
-    fn redacted(mut self, hide: &crate::target::auth::Redactor) -> Self {
-        if let Synced::Object { object, .. } | Synced::Drift { object, .. } = &mut self {
-            hide.redact_json(&mut object.state, &[]);
-        }
-        self
-    }
-
-    fn outcome(&self) -> Outcome<'_> {
-        match self {
-            Synced::Object { object, how } => Outcome::Synced { object, how },
-            Synced::Drift { object, drifted } => Outcome::DriftReported { object, drifted },
-            Synced::NotFound => Outcome::NotFound,
-            Synced::Conflict { id, owner } => Outcome::Conflict { id, owner },
-        }
-    }
-}
-
 /// Records in status why a deletion waits (a transient failure: it is
 /// retried, and the finalizer holds meanwhile).
 async fn record_deletion_wait(
@@ -472,161 +369,21 @@ async fn record_deletion_wait(
     reason: &'static str,
     message: String,
 ) -> Result<(), Error> {
-    let mut writer = StatusWriter::new(er, ctx);
+    let mut writer = status_writer(er, ctx);
     let outcome = Outcome::Failed {
         reason,
         message,
         permanent: false,
         create_not_applied: false,
     };
-    writer
-        .write(status::compute(
-            writer.current.as_ref(),
-            &er.spec,
-            er.metadata.generation,
-            &outcome,
-            Utc::now(),
-        ))
-        .await
-}
-
-async fn sync(
-    er: &ExternalResource,
-    ctx: &Context,
-    adapter: &AnyAdapter,
-    prepared: &Prepared,
-    writer: &mut StatusWriter<'_>,
-) -> Result<Result<Synced, Failure>, Error> {
-    let spec = &prepared.spec;
-    let status = writer.current.clone();
-    let name = external_name(er);
-    let request = |id, key| ObjectRequest {
-        properties: &prepared.sent,
-        ..object_request(er, &name, id, key)
-    };
-    let lookup = plan::lookup(spec, status.as_ref(), adapter.can_find(&spec.type_));
-    let observation = match &lookup {
-        Lookup::ById(id) => adapter.observe(&request(Some(id), None)).await,
-        Lookup::Find => adapter.find(&request(None, None)).await,
-        Lookup::ResendCreate(_) | Lookup::Nothing => Ok(Observation::Absent),
-    };
-    let observation = match observation {
-        Ok(observation) => observation,
-        Err(e) => return Ok(Err(e.into())),
-    };
-    let owned_id = status.as_ref().and_then(|s| s.external_id.clone());
-    let claimed_by = match &observation {
-        Observation::Present(object) => claim_on_id(ctx, er, &object.id),
-        Observation::Absent => claim_on_name(ctx, er, &name),
-    };
-    let decision = plan::decide(
-        spec,
-        observation,
-        Facts {
-            status: status.as_ref(),
-            claimed_by,
-            can_update: adapter.can_update(&spec.type_),
-            fresh_key: format!("{}-{}", key(er), uuid::Uuid::new_v4().simple()),
-        },
+    let next = status::compute(
+        writer.current.as_ref(),
+        &er.spec,
+        er.metadata.generation,
+        &outcome,
+        Utc::now(),
     );
-    let adopted = |object: &ExternalObject| owned_id.as_deref() != Some(object.id.as_str());
-    Ok(Ok(match decision {
-        Decision::InSync { object } => {
-            let how = if adopted(&object) { "Adopted" } else { "InSync" };
-            if how == "Adopted" {
-                ctx.publish(
-                    er,
-                    EventType::Normal,
-                    "Adopted",
-                    "Adopt",
-                    format!("adopted existing object {}", object.id),
-                )
-                .await;
-            }
-            Synced::Object { object, how }
-        }
-        Decision::Correct { mut object, drifted } => {
-            match adapter.update(&request(Some(&object.id), None)).await {
-                Ok(state) => object.state = state.unwrap_or_else(|| spec.properties.clone()),
-                Err(e) => return Ok(Err(e.into())),
-            }
-            let note = format!("corrected {} on {}", drifted.join(", "), object.id);
-            let reason = if adopted(&object) { "Adopted" } else { "DriftCorrected" };
-            ctx.publish(er, EventType::Normal, reason, "Update", note).await;
-            Synced::Object { object, how: "Updated" }
-        }
-        Decision::Report { object, drifted } => {
-            let known = status.as_ref().map(|s| s.drifted_fields.clone()).unwrap_or_default();
-            if known != drifted {
-                let note = format!("{} differs at {}", object.id, drifted.join(", "));
-                ctx.publish(er, EventType::Warning, "DriftDetected", "Observe", note)
-                    .await;
-            }
-            Synced::Drift { object, drifted }
-        }
-        Decision::Create { idempotency_key } => {
-            if spec.management_policy == ManagementPolicy::ObserveOnly {
-                return Ok(Ok(Synced::NotFound));
-            }
-            // The intent goes to status before the request leaves.
-            let intent = status::compute(
-                status.as_ref(),
-                spec,
-                er.metadata.generation,
-                &Outcome::Creating {
-                    idempotency_key: &idempotency_key,
-                },
-                Utc::now(),
-            );
-            writer.write(intent).await?;
-            match adapter.create(&request(None, Some(&idempotency_key))).await {
-                Ok(object) => {
-                    ctx.publish(
-                        er,
-                        EventType::Normal,
-                        "Created",
-                        "Create",
-                        format!("created {}", object.id),
-                    )
-                    .await;
-                    Synced::Object { object, how: "Created" }
-                }
-                Err(e) => {
-                    let create_not_applied = e.certainly_not_applied();
-                    return Ok(Err(Failure {
-                        create_not_applied,
-                        ..e.into()
-                    }));
-                }
-            }
-        }
-        Decision::NotFound => Synced::NotFound,
-        Decision::Conflict { id, owner } => {
-            let previously = status
-                .as_ref()
-                .is_some_and(|s| crate::conditions::is_true(&s.conditions, status::CONFLICT));
-            if !previously {
-                let note = format!("the external object {id} is managed by ExternalResource {owner}");
-                ctx.publish(er, EventType::Warning, "Conflict", "Adopt", note).await;
-            }
-            Synced::Conflict { id, owner }
-        }
-    }))
-}
-
-fn object_request<'a>(
-    er: &'a ExternalResource,
-    name: &'a str,
-    id: Option<&'a str>,
-    key: Option<&'a str>,
-) -> ObjectRequest<'a> {
-    ObjectRequest {
-        resource_type: &er.spec.type_,
-        external_id: id,
-        external_name: name,
-        properties: &er.spec.properties,
-        idempotency_key: key,
-    }
+    writer.write(next).await.map(drop)
 }
 
 /// Another live ExternalResource of the same namespace, target and type.
@@ -713,7 +470,7 @@ async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, 
         ctx.publish(
             er,
             EventType::Normal,
-            "Orphaned",
+            event::ORPHANED,
             "Delete",
             format!("left {id} in place (deletionPolicy/managementPolicy)"),
         )
@@ -745,8 +502,14 @@ async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, 
             .and_then(|s| crate::conditions::find(&s.conditions, crate::api::common::condition::SYNCED))
             .map(|c| c.message.clone());
         if previous.as_deref() != Some(message.as_str()) {
-            ctx.publish(er, EventType::Normal, "WaitingForDependents", "Delete", message.clone())
-                .await;
+            ctx.publish(
+                er,
+                EventType::Normal,
+                event::WAITING_FOR_DEPENDENTS,
+                "Delete",
+                message.clone(),
+            )
+            .await;
         }
         record_deletion_wait(er, ctx, "InUse", message).await?;
         return Err(Error::InUse(names));
@@ -763,7 +526,13 @@ async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, 
         Err(failure) => return blocked(failure).await,
     };
     let name = external_name(er);
-    let mut request = object_request(er, &name, None, None);
+    let mut request = ObjectRequest {
+        resource_type: &er.spec.type_,
+        external_id: None,
+        external_name: &name,
+        properties: &er.spec.properties,
+        idempotency_key: None,
+    };
     let found_id;
     match status.external_id.as_deref() {
         Some(id) => request.external_id = Some(id),
@@ -785,7 +554,7 @@ async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, 
                 Deletion::Deleted => format!("deleted {id}"),
                 Deletion::AlreadyGone => format!("{id} was already gone"),
             };
-            ctx.publish(er, EventType::Normal, "Deleted", "Delete", note).await;
+            ctx.publish(er, EventType::Normal, event::DELETED, "Delete", note).await;
             ctx.succeeded(&key(er));
             Ok(Action::await_change())
         }
@@ -805,4 +574,36 @@ pub fn referencing(
         .filter(|er| er.namespace().as_deref() == Some(namespace) && er.spec.target_ref.name == target)
         .map(|er| kube::runtime::reflector::ObjectRef::from_obj(er.as_ref()))
         .collect()
+}
+
+/// The effects of a sync on the cluster: the intent through the status
+/// writer, Events through the recorder, claims from the store.
+struct Live<'a, 'w> {
+    er: &'a ExternalResource,
+    ctx: &'a Context,
+    writer: &'w mut StatusWriter<'a>,
+}
+
+impl Effects for Live<'_, '_> {
+    fn claimed_by(&self, claim: Claim<'_>) -> Option<String> {
+        match claim {
+            Claim::Id(id) => claim_on_id(self.ctx, self.er, id),
+            Claim::Name(name) => claim_on_name(self.ctx, self.er, name),
+        }
+    }
+
+    async fn write_intent(&mut self, status: ExternalResourceStatus) -> Result<(), Error> {
+        self.writer.write(status).await.map(drop)
+    }
+
+    async fn event(&self, note: Note) {
+        let type_ = if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        self.ctx
+            .publish(self.er, type_, note.reason, note.action, note.text)
+            .await;
+    }
 }

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::adapter::SecretValues;
 use crate::api::ExternalResource;
-use crate::controller::{Context, FIELD_MANAGER, Failure};
+use crate::controller::{Awaits, Context, FIELD_MANAGER, Failure};
 
 /// The Secret that receives the answer's secret fields.
 pub fn secret_name(er: &ExternalResource) -> String {
@@ -153,8 +153,9 @@ pub async fn read_properties(ctx: &Context, er: &ExternalResource) -> Result<ser
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &er.namespace().unwrap_or_default());
     for (property, source) in &er.spec.secret_properties {
         let r = &source.secret_key_ref;
-        let missing = || {
-            Failure::missing(
+        let missing = || Failure {
+            awaits: Awaits::Secret,
+            ..Failure::missing(
                 "SecretNotFound",
                 format!(
                     "spec.secretProperties.{property}: Secret {} has no key {:?} (yet)",

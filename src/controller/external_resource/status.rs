@@ -33,15 +33,32 @@ pub use crate::api::common::condition::CONFLICT;
 /// Largest `status.observed`, in bytes of JSON; larger states are left out.
 pub const MAX_OBSERVED_BYTES: usize = 16 * 1024;
 
+/// What got an object in sync: the `Ready` reason of a pass that did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    Created,
+    Adopted,
+    Updated,
+    InSync,
+}
+
+impl How {
+    /// The condition reason (and outcome label of logs).
+    pub fn reason(self) -> &'static str {
+        match self {
+            How::Created => "Created",
+            How::Adopted => "Adopted",
+            How::Updated => "Updated",
+            How::InSync => "InSync",
+        }
+    }
+}
+
 /// What this reconcile found or did.
 #[derive(Debug)]
 pub enum Outcome<'a> {
-    /// The object exists and matches. `how` says what got it there:
-    /// `Created`, `Adopted`, `Updated` or `InSync`.
-    Synced {
-        object: &'a ExternalObject,
-        how: &'static str,
-    },
+    /// The object exists and matches; `how` says what got it there.
+    Synced { object: &'a ExternalObject, how: How },
     /// The object differs and is only reported.
     DriftReported {
         object: &'a ExternalObject,
@@ -90,15 +107,15 @@ pub fn compute(
                 next.last_sync_time = Some(now);
             }
             next.applied_hash = Some(hash);
-            let message = match *how {
-                "Created" => format!("created {} at the target", object.id),
-                "Adopted" => format!("adopted existing object {}", object.id),
-                "Updated" => format!("corrected drift of {}", object.id),
-                _ => format!("{} matches the declared properties", object.id),
+            let message = match how {
+                How::Created => format!("created {} at the target", object.id),
+                How::Adopted => format!("adopted existing object {}", object.id),
+                How::Updated => format!("corrected drift of {}", object.id),
+                How::InSync => format!("{} matches the declared properties", object.id),
             };
             // A resync that finds nothing to do keeps the conditions that
             // say how the object got here: no new status, no write.
-            let unchanged = *how == "InSync"
+            let unchanged = *how == How::InSync
                 && prev.external_id.as_deref() == Some(object.id.as_str())
                 && conditions::is_true(&prev.conditions, READY)
                 && conditions::is_true(&prev.conditions, SYNCED);
@@ -106,12 +123,12 @@ pub fn compute(
                 let keep = |type_: &'static str| {
                     conditions::find(&prev.conditions, type_)
                         .map(|c| Desired::new(type_, true, c.reason.clone(), c.message.clone()))
-                        .unwrap_or_else(|| Desired::new(type_, true, "InSync", message.clone()))
+                        .unwrap_or_else(|| Desired::new(type_, true, How::InSync.reason(), message.clone()))
                 };
                 vec![keep(READY), keep(SYNCED)]
             } else {
                 vec![
-                    Desired::new(READY, true, *how, message.clone()),
+                    Desired::new(READY, true, how.reason(), message.clone()),
                     Desired::new(SYNCED, true, "Synced", message),
                 ]
             }
@@ -269,7 +286,7 @@ mod tests {
     fn synced(
         previous: Option<&ExternalResourceStatus>,
         object: &ExternalObject,
-        how: &'static str,
+        how: How,
         now: DateTime<Utc>,
     ) -> ExternalResourceStatus {
         step(previous, &Outcome::Synced { object, how }, now)
@@ -286,8 +303,8 @@ mod tests {
             state: json!({"email": "a@b", "version": 1}),
             secrets: Default::default(),
         };
-        let first = synced(None, &object, "Created", at(10));
-        let again = synced(Some(&first), &object, "Created", at(99));
+        let first = synced(None, &object, How::Created, at(10));
+        let again = synced(Some(&first), &object, How::Created, at(99));
         assert!(!differs(Some(&first), &again), "{first:?}\n{again:?}");
         assert_eq!(again.observed, Some(json!({"email": "a@b"})));
     }
@@ -295,8 +312,8 @@ mod tests {
     #[test]
     fn the_first_resync_after_a_create_writes_nothing() {
         let object = contact_object("c-1");
-        let created = synced(None, &object, "Created", at(10));
-        let resync = synced(Some(&created), &object, "InSync", at(70));
+        let created = synced(None, &object, How::Created, at(10));
+        let resync = synced(Some(&created), &object, How::InSync, at(70));
         assert!(!differs(Some(&created), &resync));
     }
 
@@ -339,7 +356,7 @@ mod tests {
     #[test]
     fn a_transient_failure_keeps_ready_but_marks_not_synced() {
         let object = contact_object("c-1");
-        let ready = synced(None, &object, "InSync", at(10));
+        let ready = synced(None, &object, How::InSync, at(10));
         let failed = failed("TargetUnavailable", false);
         let after = step(Some(&ready), &failed, at(20));
         assert!(conditions::is_true(&after.conditions, READY));
@@ -358,7 +375,7 @@ mod tests {
         );
         assert!(conditions::is_true(&conflict.conditions, CONFLICT));
         let object = contact_object("c-2");
-        let later = synced(Some(&conflict), &object, "Created", at(20));
+        let later = synced(Some(&conflict), &object, How::Created, at(20));
         assert!(conditions::find(&later.conditions, CONFLICT).is_none());
     }
 
@@ -378,7 +395,7 @@ mod tests {
     fn a_synced_object_clears_reconciling_and_stalled() {
         let creating = step(None, &Outcome::Creating { idempotency_key: "k1" }, at(10));
         let object = contact_object("c-1");
-        let created = synced(Some(&creating), &object, "Created", at(20));
+        let created = synced(Some(&creating), &object, How::Created, at(20));
         assert_eq!(reason_of(&created, READY).as_deref(), Some("True/Created"));
         assert_eq!(reason_of(&created, RECONCILING), None);
         assert_eq!(reason_of(&created, STALLED), None);
@@ -388,7 +405,7 @@ mod tests {
     #[test]
     fn reported_drift_is_stalled_and_not_ready() {
         let object = contact_object("c-1");
-        let ready = synced(None, &object, "InSync", at(10));
+        let ready = synced(None, &object, How::InSync, at(10));
         let drifted = ["/plan".to_owned()];
         let after = step(
             Some(&ready),
@@ -406,7 +423,7 @@ mod tests {
     #[test]
     fn an_open_circuit_makes_a_ready_object_not_ready_while_it_retries() {
         let object = contact_object("c-1");
-        let ready = synced(None, &object, "InSync", at(10));
+        let ready = synced(None, &object, How::InSync, at(10));
         let after = step(Some(&ready), &failed(reason::CIRCUIT_OPEN, false), at(20));
         assert_eq!(reason_of(&after, READY).as_deref(), Some("False/CircuitOpen"));
         assert_eq!(reason_of(&after, RECONCILING).as_deref(), Some("True/CircuitOpen"));

@@ -4,8 +4,10 @@
 //! created with deterministic names, so a schedule that fires twice (a
 //! restart, two leaders for a moment) creates one run.
 
-pub mod compile;
-
+use crate::api::common::condition::READY;
+use crate::api::common::event;
+use crate::controller::Error;
+use crate::controller::status::StatusWriter;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,30 +24,14 @@ use crate::api::workflow::{ConcurrencyPolicy, ScheduleStatus, ScheduleTrigger, W
 use crate::api::workflow_run::{RunPhase, WorkflowRunSpec};
 use crate::api::{Workflow, WorkflowRun};
 use crate::conditions::{self, Desired};
-use crate::engine::is_terminal;
-use compile::{Compiled, spec_hash};
+use crate::workflow::compile::{Compiled, spec_hash};
+use crate::workflow::engine::is_terminal;
 
 pub const KIND: &str = "Workflow";
 /// Labels of the runs a trigger creates.
 pub const WORKFLOW_LABEL: &str = "tether.dev/workflow";
 pub const TRIGGER_LABEL: &str = "tether.dev/trigger";
 pub const SCHEDULE_LABEL: &str = "tether.dev/schedule";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("writing the status of {name}: {source}")]
-    WriteStatus {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("starting a run of {name}: {source}")]
-    CreateRun {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-}
 
 pub fn error_policy(workflow: Arc<Workflow>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_error(KIND, "ApiError");
@@ -116,7 +102,7 @@ async fn reconcile_workflow(workflow: &Workflow, ctx: &Context) -> Result<Action
             .triggers
             .as_ref()
             .and_then(|t| t.webhook.as_ref())
-            .map(|_| crate::webhook::path(&namespace, &name)),
+            .map(|_| crate::workflow::callback::trigger_path(&namespace, &name)),
         conditions: current.conditions.clone(),
     };
     let mut problems: Vec<String> = Compiled::compile(&workflow.spec).err().unwrap_or_default();
@@ -129,16 +115,16 @@ async fn reconcile_workflow(workflow: &Workflow, ctx: &Context) -> Result<Action
         .collect();
     problems.extend(schedules.iter().filter_map(|(_, r)| r.as_ref().err().cloned()));
     let ready = if problems.is_empty() {
-        Desired::new("Ready", true, "Valid", "the definition is valid")
+        Desired::new(READY, true, "Valid", "the definition is valid")
     } else {
-        Desired::new("Ready", false, "InvalidDefinition", problems.join("; "))
+        Desired::new(READY, false, event::INVALID_DEFINITION, problems.join("; "))
     };
     if !problems.is_empty() && conditions::find(&current.conditions, "Ready").is_none_or(|c| c.message != ready.message)
     {
         ctx.publish(
             workflow,
             EventType::Warning,
-            "InvalidDefinition",
+            event::INVALID_DEFINITION,
             "Validate",
             ready.message.clone(),
         )
@@ -191,15 +177,11 @@ async fn reconcile_workflow(workflow: &Workflow, ctx: &Context) -> Result<Action
         next.schedules.push(state);
     }
 
-    if next != current {
-        let api: Api<Workflow> = Api::namespaced(ctx.client.clone(), &namespace);
-        ctx.apply_status(&api, &name, KIND, &next)
-            .await
-            .map_err(|source| Error::WriteStatus {
-                name: name.clone(),
-                source,
-            })?;
-    }
+    let api: Api<Workflow> = Api::namespaced(ctx.client.clone(), &namespace);
+    StatusWriter::new(ctx, api, workflow, KIND, Some(current))
+        .unconditional()
+        .write(next)
+        .await?;
     Ok(match wake {
         Some(at) => Action::requeue(
             (at - Utc::now())
@@ -236,7 +218,7 @@ async fn fire(
                 trigger.name,
                 active[0].name_any()
             );
-            ctx.publish(workflow, EventType::Normal, "ScheduleSkipped", "Schedule", note)
+            ctx.publish(workflow, EventType::Normal, event::SCHEDULE_SKIPPED, "Schedule", note)
                 .await;
             return Ok(());
         }
@@ -254,7 +236,7 @@ async fn fire(
                     trigger.name,
                     run.name_any()
                 );
-                ctx.publish(workflow, EventType::Normal, "RunReplaced", "Schedule", note)
+                ctx.publish(workflow, EventType::Normal, event::RUN_REPLACED, "Schedule", note)
                     .await;
             }
         }
@@ -267,7 +249,7 @@ async fn fire(
     ctx.publish(
         workflow,
         EventType::Normal,
-        "RunCreated",
+        event::RUN_CREATED,
         "Schedule",
         format!("schedule {} started run {run_name}", trigger.name),
     )

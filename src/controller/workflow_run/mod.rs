@@ -10,20 +10,23 @@
 
 pub mod steps;
 
+use crate::api::common::event;
+use crate::controller::Error;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::StreamExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{self, Event as Finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use super::workflow::compile::{Compiled, StepKind, refs, resolve_parameters, run_vars, spec_hash};
+use super::status::StatusWriter;
 use super::{Context, lock};
 use crate::api::common::condition::{READY, SUCCEEDED};
 use crate::api::common::reason;
@@ -31,7 +34,9 @@ use crate::api::workflow::WorkflowSpec;
 use crate::api::workflow_run::{PinnedDefinition, RunPhase, StepPhase, WorkflowRunStatus};
 use crate::api::{Workflow, WorkflowRun};
 use crate::conditions::{self, Desired, Status};
-use crate::engine::{self, Observation};
+use crate::workflow::compile::{Compiled, CompiledApproval, StepKind, resolve_parameters, spec_hash};
+use crate::workflow::engine::{self, Observation};
+use crate::workflow::vars::Vars;
 use steps::Scope;
 
 pub const KIND: &str = "WorkflowRun";
@@ -45,31 +50,6 @@ const MAX_ROUNDS: usize = 64;
 /// items by its parallelism; this bounds a round).
 const ROUND_CONCURRENCY: usize = 64;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("writing the status of {name}: {source}")]
-    WriteStatus {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("updating the finalizer of {name}: {source}")]
-    Finalizer {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("reading {name}: {source}")]
-    Read {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    /// A status that the API server would refuse for its size.
-    #[error("the status of {name} would be {bytes} bytes, more than the {MAX_STATUS_BYTES} bytes Tether writes")]
-    StatusTooLarge { name: String, bytes: usize },
-}
-
 /// The largest status Tether writes: etcd refuses objects over 1.5 MiB, and
 /// the run's spec and metadata need room too. The engine's limits keep a
 /// run far below it; this is the last wall.
@@ -77,86 +57,91 @@ pub const MAX_STATUS_BYTES: usize = 1024 * 1024;
 /// The largest definition a run pins (a copy in its status).
 pub const MAX_PINNED_BYTES: usize = 256 * 1024;
 
-impl Error {
-    fn is_stale_read(&self) -> bool {
-        match self {
-            Error::WriteStatus { source, .. } | Error::Finalizer { source, .. } => {
-                matches!(source, kube::Error::Api(s) if s.code == 409 || s.code == 422)
-            }
-            Error::Read { .. } | Error::StatusTooLarge { .. } => false,
-        }
-    }
-
-    /// A write that no retry can make succeed: the status is too large.
-    fn is_too_large(&self) -> bool {
-        match self {
-            Error::StatusTooLarge { .. } => true,
-            Error::WriteStatus {
-                source: kube::Error::Api(s),
-                ..
-            } => s.code == 413 || s.message.contains("too large"),
-            _ => false,
-        }
-    }
-
-    fn reason(&self) -> &'static str {
-        match self {
-            Error::WriteStatus { .. } => "WriteStatusFailed",
-            Error::Finalizer { .. } => "FinalizerFailed",
-            Error::Read { .. } => "ReadFailed",
-            Error::StatusTooLarge { .. } => "StatusTooLarge",
-        }
-    }
-}
-
 pub fn error_policy(run: Arc<WorkflowRun>, error: &Error, ctx: Arc<Context>) -> Action {
     if error.is_stale_read() {
         tracing::debug!(name = %run.name_any(), %error, "stale read; retrying with fresh data");
         return Action::requeue(Duration::from_millis(200));
     }
-    ctx.metrics.reconcile_error(KIND, error.reason());
+    if let Some(wait) = error.still_undoing() {
+        // A deleted run that still compensates: the expected order.
+        tracing::debug!(name = %run.name_any(), %error, "deletion waits for compensation");
+        return Action::requeue(wait);
+    }
+    ctx.metrics.reconcile_error(KIND, error.label());
     tracing::warn!(name = %run.name_any(), namespace = ?run.namespace(), %error, "reconcile failed");
     Action::requeue(Duration::from_secs(2))
 }
 
+/// Entry point for the controller: advance the run, or — once it is being
+/// deleted — cancel it and let it go when it has ended (compensation
+/// done), through kube-runtime's finalizer helper.
 pub async fn reconcile(run: Arc<WorkflowRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_run(run.clone(), &ctx).await;
+    let api: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let result = finalizer::finalizer(&api, FINALIZER, run, |event| async {
+        match event {
+            Finalizer::Apply(run) => advance(run, &ctx, &api).await.map(|advanced| advanced.action),
+            Finalizer::Cleanup(run) => cleanup(run, &ctx, &api).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.observe_reconcile(KIND, started.elapsed());
-    match result {
-        Err(error) if error.is_too_large() && run.meta().deletion_timestamp.is_some() => {
-            // Deleting a run always completes: a status that cannot be
-            // written must not hold the finalizer forever.
-            release_undeletable(&run, &ctx, &error).await?;
+    result
+}
+
+/// A deleted run is cancelled (its completed steps undone, if its policy
+/// says so); `Ok` — the finalizer goes — once it has ended. A status too
+/// large to write cannot hold the deletion: the run goes with a Warning
+/// that says what may be left at the targets.
+async fn cleanup(run: Arc<WorkflowRun>, ctx: &Context, api: &Api<WorkflowRun>) -> Result<Action, Error> {
+    match advance(run.clone(), ctx, api).await {
+        Ok(Advanced { ended: true, .. }) => Ok(Action::await_change()),
+        Ok(Advanced { wait, .. }) => Err(Error::StillUndoing {
+            name: run.name_any(),
+            wait: wait.unwrap_or(Duration::from_secs(30)),
+        }),
+        Err(error) if error.is_too_large() => {
+            ctx.publish(
+                run.as_ref(),
+                EventType::Warning,
+                event::STATUS_TOO_LARGE,
+                "Delete",
+                format!(
+                    "{error}; the run is deleted without finishing its compensation: check its targets for what it created"
+                ),
+            )
+            .await;
             Ok(Action::await_change())
         }
-        other => other,
+        Err(error) => Err(error),
     }
 }
 
-/// Lets a run being deleted go although its status cannot be written, with
-/// a Warning that says what may be left at the targets.
-async fn release_undeletable(run: &WorkflowRun, ctx: &Context, error: &Error) -> Result<(), Error> {
-    let namespace = run.namespace().unwrap_or_default();
-    let api: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &namespace);
-    ctx.publish(
-        run,
-        EventType::Warning,
-        "StatusTooLarge",
-        "Delete",
-        format!(
-            "{error}; the run is deleted without finishing its compensation: check its targets for what it created"
-        ),
-    )
-    .await;
-    let mut writer = Writer {
-        api,
-        name: run.name_any(),
-        uid: run.uid().unwrap_or_default(),
-        resource_version: run.resource_version(),
-        ctx,
-    };
-    writer.set_finalizer(run, false).await
+/// What one pass did: when to come back, and whether the run has ended.
+struct Advanced {
+    action: Action,
+    /// `None`: only a change.
+    wait: Option<Duration>,
+    ended: bool,
+}
+
+impl Advanced {
+    fn ended() -> Self {
+        Self {
+            action: Action::await_change(),
+            wait: None,
+            ended: true,
+        }
+    }
+
+    fn again_in(wait: Duration) -> Self {
+        Self {
+            action: Action::requeue(wait),
+            wait: Some(wait),
+            ended: false,
+        }
+    }
 }
 
 /// The run as of the last write this controller made, or fresher: a watch
@@ -182,42 +167,28 @@ async fn fresh(
     }
 }
 
-async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, Error> {
+/// One pass: pin the definition, then rounds of advance -> write -> act.
+async fn advance(run: Arc<WorkflowRun>, ctx: &Context, api: &Api<WorkflowRun>) -> Result<Advanced, Error> {
     let namespace = run.namespace().unwrap_or_default();
-    let api: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &namespace);
-    let (run, cache_current) = fresh(run, ctx, &api).await?;
-    let mut writer = Writer {
-        api: api.clone(),
-        name: run.name_any(),
-        uid: run.uid().unwrap_or_default(),
-        resource_version: run.resource_version(),
-        ctx,
-    };
+    let (run, cache_current) = fresh(run, ctx, api).await?;
+    let mut writer = Writer::new(ctx, api.clone(), &run);
     let mut status = run.status.clone().unwrap_or_default();
     let deleting = run.meta().deletion_timestamp.is_some();
     let finished = engine::is_terminal(status.phase);
-    let has_finalizer = run.finalizers().iter().any(|f| f == FINALIZER);
 
     if finished || (deleting && status.pinned.is_none()) {
         // A finished run still acknowledges a later spec change (a `cancel`
         // set after the end): kstatus reads a status older than the spec as
         // in progress, forever.
         if finished && !deleting && status.observed_generation != run.meta().generation {
-            writer
-                .write(&status, &acknowledged(&status, run.meta().generation))
-                .await?;
+            writer.write(&acknowledged(&status, run.meta().generation)).await?;
         }
-        if has_finalizer {
-            writer.set_finalizer(&run, false).await?;
-        } else if cache_current {
+        if cache_current {
             // The cache has caught up with this process's last write: no
             // later pass can see an older version, so the memory can go.
             lock(&ctx.written).remove(&writer.uid);
         }
-        return Ok(Action::await_change());
-    }
-    if !has_finalizer && !deleting {
-        writer.set_finalizer(&run, true).await?;
+        return Ok(Advanced::ended());
     }
 
     // Pin the definition the run starts with.
@@ -257,8 +228,8 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
                     run.meta().generation,
                     Utc::now(),
                 );
-                writer.write(&status, &next).await?;
-                return Ok(Action::requeue(Duration::from_secs(5)));
+                writer.write(&next).await?;
+                return Ok(Advanced::again_in(Duration::from_secs(5)));
             };
             let spec_value = serde_json::to_value(&workflow.spec).unwrap_or(Value::Null);
             let bytes = serde_json::to_vec(&spec_value).map_or(usize::MAX, |b| b.len());
@@ -299,8 +270,8 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
     for round in 0..MAX_ROUNDS {
         rounds_left = round + 1 < MAX_ROUNDS;
         let now = Utc::now();
-        let vars = |s: &WorkflowRunStatus| run_vars(&params, s, &run);
-        let start = |i: usize, s: &WorkflowRunStatus| steps::start(&compiled, vars, i, s);
+        let vars = |s: &WorkflowRunStatus| Vars::of_run(&params, s, &run);
+        let start = |i: usize, s: &WorkflowRunStatus| crate::workflow::steps::start(&compiled, vars, i, s);
         let (mut next, actions) = engine::advance(&compiled.def, &writer.uid, &status, &observations, now, &start);
         if cancelled {
             observations = vec![Observation::Cancelled];
@@ -308,7 +279,7 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
             observations.clear();
         }
         finish(&run, &compiled, &params, &mut next, cancelled, now);
-        writer.write(&previous, &next).await?;
+        writer.write(&next).await?;
         announce(&run, ctx, &previous, &next, &compiled).await;
         previous = next.clone();
         status = next;
@@ -338,16 +309,20 @@ async fn reconcile_run(run: Arc<WorkflowRun>, ctx: &Context) -> Result<Action, E
     }
     if !rounds_left {
         // More to do than one reconcile may take: yield, and come back.
-        return Ok(Action::requeue(Duration::from_millis(10)));
+        return Ok(Advanced::again_in(Duration::from_millis(10)));
     }
-    Ok(requeue(&compiled, &status))
+    Ok(match requeue(&compiled, &status) {
+        None => Advanced::ended(),
+        Some(wait) => Advanced::again_in(wait),
+    })
 }
 
 /// When to come back on our own: the next retry, poll or delay, or an
-/// approval's deadline; at the latest after 30 s.
-fn requeue(compiled: &Compiled, status: &WorkflowRunStatus) -> Action {
+/// approval's deadline; at the latest after 30 s. `None` once the run has
+/// ended.
+fn requeue(compiled: &Compiled, status: &WorkflowRunStatus) -> Option<Duration> {
     if engine::is_terminal(status.phase) {
-        return Action::await_change();
+        return None;
     }
     let now = Utc::now();
     let mut at = engine::next_wakeup(status);
@@ -356,12 +331,12 @@ fn requeue(compiled: &Compiled, status: &WorkflowRunStatus) -> Action {
             continue;
         }
         let timeout = match compiled.steps.get(i).map(|c| &c.kind) {
-            Some(StepKind::Approval { timeout: Some(t), .. }) => Some(*t),
+            Some(StepKind::Approval(gate)) => gate.timeout,
             Some(StepKind::Call(call)) => call.callback.as_ref().map(|c| c.timeout),
             _ => None,
         };
         if let Some(t) = timeout {
-            let deadline = steps::after_std(s.started_at.unwrap_or(now), t);
+            let deadline = crate::workflow::steps::after_std(s.started_at.unwrap_or(now), t);
             at = Some(at.map_or(deadline, |a| a.min(deadline)));
         }
     }
@@ -371,7 +346,7 @@ fn requeue(compiled: &Compiled, status: &WorkflowRunStatus) -> Action {
     let wait = at.map_or(fallback, |at| {
         (at - now).to_std().unwrap_or(Duration::ZERO).min(fallback)
     });
-    Action::requeue(wait.max(Duration::from_millis(50)))
+    Some(wait.max(Duration::from_millis(50)))
 }
 
 /// Conditions, outputs and timestamps that follow from the phase.
@@ -387,10 +362,10 @@ fn finish(
     let desired = run_conditions(next, cancelled, &run.name_any());
     next.conditions = conditions::merge(&next.conditions, &desired, run.meta().generation, now);
     if next.phase == RunPhase::Succeeded && next.outputs.is_empty() && !compiled.outputs.is_empty() {
-        let vars = run_vars(params, next, run);
+        let vars = Vars::of_run(params, next, run);
         for (name, expr) in &compiled.outputs {
             let value = expr
-                .eval(&Value::Null, &refs(&vars))
+                .eval(&Value::Null, &vars.refs())
                 .unwrap_or_else(|e| json!({ "error": e.to_string() }));
             next.outputs.insert(name.clone(), value);
         }
@@ -513,7 +488,7 @@ async fn fail_before_start(
     status: WorkflowRunStatus,
     reason: &'static str,
     message: String,
-) -> Result<Action, Error> {
+) -> Result<Advanced, Error> {
     let now = Utc::now();
     let mut next = status.clone();
     next.phase = RunPhase::Failed;
@@ -529,12 +504,9 @@ async fn fail_before_start(
         run.meta().generation,
         now,
     );
-    writer.write(&run.status.clone().unwrap_or_default(), &next).await?;
+    writer.write(&next).await?;
     ctx.publish(run, EventType::Warning, reason, "Start", message).await;
-    if run.finalizers().iter().any(|f| f == FINALIZER) {
-        writer.set_finalizer(run, false).await?;
-    }
-    Ok(Action::await_change())
+    Ok(Advanced::ended())
 }
 
 /// Events and metrics for what changed between two statuses.
@@ -554,16 +526,16 @@ async fn announce(
         let (type_, reason, note) = match s.phase {
             StepPhase::Running if old != Some(StepPhase::Running) => (
                 EventType::Normal,
-                "StepStarted",
+                event::STEP_STARTED,
                 match &s.items {
                     Some(items) => format!("step {} started: {} items", s.name, items.total),
                     None => format!("step {} started", s.name),
                 },
             ),
             StepPhase::Waiting => match compiled.steps.get(i).map(|c| &c.kind) {
-                Some(StepKind::Approval { message, .. }) => (
+                Some(StepKind::Approval(CompiledApproval { message, .. })) => (
                     EventType::Normal,
-                    "ApprovalRequested",
+                    event::APPROVAL_REQUESTED,
                     format!(
                         "step {} waits for an Approval: {}",
                         s.name,
@@ -572,28 +544,36 @@ async fn announce(
                 ),
                 _ => (
                     EventType::Normal,
-                    "StepWaiting",
+                    event::STEP_WAITING,
                     format!("step {} is under way", s.name),
                 ),
             },
-            StepPhase::Succeeded => (EventType::Normal, "StepSucceeded", format!("step {} succeeded", s.name)),
+            StepPhase::Succeeded => (
+                EventType::Normal,
+                event::STEP_SUCCEEDED,
+                format!("step {} succeeded", s.name),
+            ),
             StepPhase::Skipped => (
                 EventType::Normal,
-                "StepSkipped",
+                event::STEP_SKIPPED,
                 format!("step {} skipped: {message}", s.name),
             ),
             StepPhase::Failed => (
                 EventType::Warning,
-                "StepFailed",
+                event::STEP_FAILED,
                 format!("step {} failed: {message}", s.name),
             ),
-            StepPhase::Compensating => (EventType::Normal, "Compensating", format!("undoing step {}", s.name)),
+            StepPhase::Compensating => (
+                EventType::Normal,
+                event::COMPENSATING,
+                format!("undoing step {}", s.name),
+            ),
             StepPhase::Compensated => {
                 ctx.metrics
                     .compensations
                     .get_or_create(&crate::metrics::OutcomeLabels { outcome: "compensated" })
                     .inc();
-                (EventType::Normal, "Compensated", format!("step {} undone", s.name))
+                (EventType::Normal, event::COMPENSATED, format!("step {} undone", s.name))
             }
             StepPhase::CompensationFailed => {
                 ctx.metrics
@@ -602,7 +582,7 @@ async fn announce(
                     .inc();
                 (
                     EventType::Warning,
-                    "CompensationFailed",
+                    event::COMPENSATION_FAILED,
                     format!("undoing step {} failed: {message}", s.name),
                 )
             }
@@ -636,7 +616,7 @@ async fn announce(
             RunPhase::Failed | RunPhase::CompensationFailed | RunPhase::Compensating => EventType::Warning,
             _ => EventType::Normal,
         };
-        let message = conditions::find(&after.conditions, "Succeeded")
+        let message = conditions::find(&after.conditions, SUCCEEDED)
             .map(|c| c.message.clone())
             .unwrap_or_default();
         let pinned = after
@@ -673,9 +653,14 @@ fn ended_too_large(next: &WorkflowRunStatus, bytes: usize) -> WorkflowRunStatus 
     ended.conditions = conditions::merge(
         &next.conditions,
         &[
-            Desired::new("Ready", false, "StatusTooLarge", message.clone()),
-            Desired::new("Succeeded", false, "StatusTooLarge", message.clone()),
-            Desired::new(crate::api::common::condition::STALLED, true, "StatusTooLarge", message),
+            Desired::new(READY, false, event::STATUS_TOO_LARGE, message.clone()),
+            Desired::new(SUCCEEDED, false, event::STATUS_TOO_LARGE, message.clone()),
+            Desired::new(
+                crate::api::common::condition::STALLED,
+                true,
+                event::STATUS_TOO_LARGE,
+                message,
+            ),
         ],
         next.observed_generation,
         Utc::now(),
@@ -683,19 +668,26 @@ fn ended_too_large(next: &WorkflowRunStatus, bytes: usize) -> WorkflowRunStatus 
     ended
 }
 
-/// Writes status with server-side apply, conditional on the resourceVersion
-/// last read or written, and only when it changed.
+/// The run's status writer (conditional on the resourceVersion last read
+/// or written, skipped when unchanged) with what runs add: the size wall,
+/// and the memory of this process's last write (see [`fresh`]).
 struct Writer<'a> {
-    api: Api<WorkflowRun>,
-    name: String,
+    status: StatusWriter<'a, WorkflowRun, WorkflowRunStatus>,
     uid: String,
-    resource_version: Option<String>,
     ctx: &'a Context,
 }
 
-impl Writer<'_> {
-    async fn write(&mut self, current: &WorkflowRunStatus, next: &WorkflowRunStatus) -> Result<(), Error> {
-        if current == next {
+impl<'a> Writer<'a> {
+    fn new(ctx: &'a Context, api: Api<WorkflowRun>, run: &WorkflowRun) -> Self {
+        Self {
+            status: StatusWriter::new(ctx, api, run, KIND, Some(run.status.clone().unwrap_or_default())),
+            uid: run.uid().unwrap_or_default(),
+            ctx,
+        }
+    }
+
+    async fn write(&mut self, next: &WorkflowRunStatus) -> Result<(), Error> {
+        if self.status.current.as_ref() == Some(next) {
             return Ok(());
         }
         let bytes = serde_json::to_vec(next).map_or(usize::MAX, |b| b.len());
@@ -705,63 +697,23 @@ impl Writer<'_> {
             // finalizer; the error stops this round's actions.
             let ended = ended_too_large(next, bytes);
             if serde_json::to_vec(&ended).map_or(usize::MAX, |b| b.len()) <= MAX_STATUS_BYTES {
-                let written = self
-                    .ctx
-                    .apply_status_at(&self.api, &self.name, KIND, self.resource_version.as_deref(), &ended)
-                    .await
-                    .map_err(|source| Error::WriteStatus {
-                        name: self.name.clone(),
-                        source,
-                    })?;
-                self.remember(written);
+                self.status.write(ended).await?;
+                self.remember();
             }
             return Err(Error::StatusTooLarge {
-                name: self.name.clone(),
+                name: self.status.name().to_owned(),
                 bytes,
+                limit: MAX_STATUS_BYTES,
             });
         }
-        let written = self
-            .ctx
-            .apply_status_at(&self.api, &self.name, KIND, self.resource_version.as_deref(), next)
-            .await
-            .map_err(|source| Error::WriteStatus {
-                name: self.name.clone(),
-                source,
-            })?;
-        self.remember(written);
+        self.status.write(next.clone()).await?;
+        self.remember();
         Ok(())
     }
 
-    fn remember(&mut self, resource_version: Option<String>) {
-        if let Some(rv) = &resource_version {
-            lock(&self.ctx.written).insert(self.uid.clone(), rv.clone());
-        }
-        self.resource_version = resource_version;
-    }
-
-    /// Adds or removes the finalizer, conditional on the resourceVersion.
-    async fn set_finalizer(&mut self, run: &WorkflowRun, present: bool) -> Result<(), Error> {
-        let mut finalizers: Vec<String> = run.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-        if present {
-            finalizers.push(FINALIZER.to_owned());
-        }
-        let patch = json!({
-            "metadata": { "resourceVersion": self.resource_version, "finalizers": finalizers }
-        });
-        let written = self
-            .api
-            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await;
-        match written {
-            Ok(written) => {
-                self.remember(written.resource_version());
-                Ok(())
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 && !present => Ok(()),
-            Err(source) => Err(Error::Finalizer {
-                name: self.name.clone(),
-                source,
-            }),
+    fn remember(&mut self) {
+        if let Some(rv) = self.status.resource_version() {
+            lock(&self.ctx.written).insert(self.uid.clone(), rv.to_owned());
         }
     }
 }

@@ -77,7 +77,7 @@ impl OAuth2 {
                     message: format!("token endpoint: {}", e.without_url()),
                     sent: true,
                 },
-                CallError::EgressDenied,
+                CallError::from,
             )
         })?;
         let status = response.status().as_u16();

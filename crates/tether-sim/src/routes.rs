@@ -139,7 +139,7 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/_sim/stats", get(get_stats).delete(delete_stats))
         .route("/_sim/credentials", axum::routing::put(put_credentials))
         .route("/_sim/objects/{collection}", get(all_objects))
-        .route("/_sim/objects/{collection}/{id}", axum::routing::patch(drift_object))
+        .route("/_sim/objects/{collection}/{id}", get(one_object).patch(drift_object))
         .route("/_sim/reset", post(reset))
         .route("/oauth/token", post(token))
         // Like httpbin's /anything: answers with the request's headers, the
@@ -574,6 +574,12 @@ async fn put_credentials(State(state): State<Arc<SimState>>, Json(credentials): 
 
 async fn all_objects(State(state): State<Arc<SimState>>, Path(collection): Path<String>) -> Json<Vec<Value>> {
     Json(state.objects(&collection))
+}
+
+/// One object as the target holds it (for tutorials and tests).
+async fn one_object(State(state): State<Arc<SimState>>, Path((collection, id)): Path<(String, String)>) -> Response {
+    let found = state.lock().store.get(&collection, &id);
+    found_or_404(found, &collection, &id)
 }
 
 async fn drift_object(

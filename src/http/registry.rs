@@ -5,6 +5,7 @@
 //! target costs no API read). Everything that calls a target gets the same
 //! instance, and so the same rate limit, concurrency limit and circuit.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -47,6 +48,14 @@ impl RegistryError {
             RegistryError::InvalidSpec(_) => "InvalidSpec",
             RegistryError::Kube { .. } => "KubernetesError",
         }
+    }
+
+    /// Fixed by creating or editing a Secret.
+    pub fn awaits_secret(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::SecretMissing { .. } | RegistryError::KeyMissing { .. }
+        )
     }
 
     /// Waiting on a Secret or a spec change, not on time.
@@ -310,8 +319,4 @@ async fn read_key(secrets: &Api<Secret>, name: &str, key: &str, field: &'static 
         })?;
     // `echo token > file` leaves a newline that no API expects.
     Ok(value.trim().to_owned())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -1,6 +1,7 @@
 //! A real, local control plane — etcd and kube-apiserver built from their
-//! upstream Go modules by `scripts/control-plane.sh` — for the tests and for
-//! `tether sandbox`. It starts on free loopback ports in a temporary
+//! upstream Go modules by `scripts/control-plane.sh` — for Tether's tests,
+//! benchmarks and `tether sandbox`. Development tooling: the controller
+//! crate depends on it only with its `dev` feature. It starts on free loopback ports in a temporary
 //! directory, with generated certificates and static tokens for four
 //! identities (admin, the controller's ServiceAccount user, and two
 //! ordinary users), installs Tether's CRDs and the rendered chart with the
@@ -45,14 +46,24 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("no free loopback port: {e}"))
 }
 
+/// The Tether checkout this crate is part of (`crates/tether-harness` is
+/// two levels below it): its scripts, CRDs and chart.
+pub fn checkout() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|dir| dir.join("scripts/control-plane.sh").is_file())
+        .unwrap_or(manifest)
+        .to_path_buf()
+}
+
 impl ControlPlane {
     /// One control plane per process, started on first use: what a test
     /// binary shares between its tests (each takes its own namespace).
     /// Panics when it cannot start, with the reason: tests cannot go on.
     pub fn shared() -> &'static ControlPlane {
         SHARED.get_or_init(|| {
-            let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            ControlPlane::start(&repo).unwrap_or_else(|e| panic!("control plane did not start: {e}"))
+            ControlPlane::start(&checkout()).unwrap_or_else(|e| panic!("control plane did not start: {e}"))
         })
     }
 
@@ -308,7 +319,7 @@ impl ControlPlane {
 
     /// A client for `who` (`admin`, `controller`, `alice`, `bob`).
     pub async fn try_client(&self, who: &str) -> Result<kube::Client, String> {
-        crate::install_crypto_provider();
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let kubeconfig = Kubeconfig::read_from(self.kubeconfig(who)).map_err(|e| e.to_string())?;
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
@@ -328,7 +339,12 @@ impl ControlPlane {
     pub fn namespace(&self, prefix: &str) -> String {
         let name = format!(
             "{prefix}-{}",
-            crate::text::prefix(&uuid::Uuid::new_v4().simple().to_string(), 8)
+            uuid::Uuid::new_v4()
+                .simple()
+                .to_string()
+                .chars()
+                .take(8)
+                .collect::<String>()
         );
         let out = self.kubectl(&["create", "namespace", &name]);
         assert!(

@@ -465,10 +465,55 @@ fn a_failed_compensation_ends_the_run_with_what_is_left_to_clean_up() {
         step: "a".into(),
         item: None,
         message: "HTTP 500".into(),
+        class: FailureClass::Final,
     };
     let (s, _) = step(&d, "r", &s, &[failed], now());
     assert_eq!(s.phase, RunPhase::CompensationFailed);
     assert_eq!(s.left_to_clean_up, ["a: HTTP 500"]);
+}
+
+#[test]
+fn a_compensation_that_fails_transiently_is_retried_by_the_engine_with_backoff_then_given_up() {
+    let d = def(
+        &[("a", &[], 0, true), ("b", &["a"], 0, true)],
+        FailurePolicy::Compensate,
+    );
+    let (s, _) = step(&d, "r", &WorkflowRunStatus::default(), &[], now());
+    let (s, _) = step(&d, "r", &s, &[ok("a")], now());
+    let (mut s, _) = step(&d, "r", &s, &[fail("b")], now());
+    let unavailable = || Observation::CompensationFailed {
+        step: "a".into(),
+        item: None,
+        message: "target unavailable".into(),
+        class: FailureClass::Transient,
+    };
+    let mut at = now();
+    for attempt in 1..=UNDO_RETRIES {
+        let (next, actions) = step(&d, "r", &s, &[unavailable()], at);
+        assert_eq!(next.phase, RunPhase::Compensating, "attempt {attempt}");
+        let a = &next.steps[0];
+        assert_eq!(a.undo_attempts, attempt);
+        // Not sent again before its backoff is due...
+        assert!(actions.is_empty(), "{actions:?}");
+        let due = a.next_at.expect("a retry is scheduled");
+        assert!(due > at);
+        assert_eq!(next_wakeup(&next), Some(due));
+        // ...and sent again, with the same idempotency key, once it is.
+        let (next, actions) = step(&d, "r", &next, &[], due);
+        assert_eq!(
+            actions,
+            vec![Action::Compensate {
+                step: "a".into(),
+                item: None,
+                idempotency_key: compensation_key("r", "a", None),
+            }]
+        );
+        s = next;
+        at = due;
+    }
+    let (s, _) = step(&d, "r", &s, &[unavailable()], at);
+    assert_eq!(s.phase, RunPhase::CompensationFailed);
+    assert_eq!(s.left_to_clean_up, ["a: target unavailable"]);
 }
 
 /// Found by the property test below: a retry scheduled in the same pass as

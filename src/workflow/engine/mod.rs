@@ -150,6 +150,10 @@ pub enum Start {
     Items(u32),
 }
 
+/// How many times a compensation that fails transiently is tried again
+/// (with the step's backoff) before the run reports what is left to undo.
+pub const UNDO_RETRIES: i32 = 3;
+
 /// Why an attempt failed, for the step's `retry.on`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureClass {
@@ -190,10 +194,13 @@ pub enum Observation {
         step: String,
         item: Option<i32>,
     },
+    /// Undoing failed; a transient failure is retried (see
+    /// [`UNDO_RETRIES`]).
     CompensationFailed {
         step: String,
         item: Option<i32>,
         message: String,
+        class: FailureClass,
     },
     Cancelled,
 }
@@ -481,10 +488,21 @@ fn observe(def: &Definition, run: &str, next: &mut WorkflowRunStatus, observatio
             s.phase = StepPhase::Compensated;
             s.finished_at = Some(now);
         }
-        Observation::CompensationFailed { message, .. } if s.phase == StepPhase::Compensating => {
-            s.phase = StepPhase::CompensationFailed;
-            s.message = Some(crate::text::shortened(message, limits::MESSAGE_BYTES));
-            s.finished_at = Some(now);
+        Observation::CompensationFailed { message, class, .. } if s.phase == StepPhase::Compensating => {
+            if *class == FailureClass::Transient && s.undo_attempts < UNDO_RETRIES {
+                s.undo_attempts += 1;
+                s.message = Some(crate::text::shortened(
+                    &format!("undo attempt {} failed: {message}", s.undo_attempts),
+                    limits::MESSAGE_BYTES,
+                ));
+                let key = compensation_key(run, &s.name, None);
+                s.next_at = Some(after(now, retry_delay(info, s.undo_attempts + 1, &key)));
+            } else {
+                s.phase = StepPhase::CompensationFailed;
+                s.message = Some(crate::text::shortened(message, limits::MESSAGE_BYTES));
+                s.finished_at = Some(now);
+                s.next_at = None;
+            }
         }
         _ => {}
     }
@@ -559,9 +577,20 @@ fn observe_item(
             counts.compensated += 1;
             s.item_details.remove(at);
         }
-        (Observation::CompensationFailed { message, .. }, StepPhase::Compensating) => {
-            detail.phase = StepPhase::CompensationFailed;
-            detail.message = Some(crate::text::shortened(message, limits::MESSAGE_BYTES));
+        (Observation::CompensationFailed { message, class, .. }, StepPhase::Compensating) => {
+            if *class == FailureClass::Transient && detail.undo_attempts < UNDO_RETRIES {
+                detail.undo_attempts += 1;
+                detail.message = Some(crate::text::shortened(
+                    &format!("undo attempt {} failed: {message}", detail.undo_attempts),
+                    limits::MESSAGE_BYTES,
+                ));
+                let key = compensation_key(run, &s.name, Some(index));
+                detail.next_at = Some(after(now, retry_delay(info, detail.undo_attempts + 1, &key)));
+            } else {
+                detail.phase = StepPhase::CompensationFailed;
+                detail.message = Some(crate::text::shortened(message, limits::MESSAGE_BYTES));
+                detail.next_at = None;
+            }
         }
         _ => {}
     }
@@ -624,6 +653,7 @@ fn fan(def: &Definition, next: &mut WorkflowRunStatus, now: DateTime<Utc>, dispa
                 attempt: 1,
                 next_at: None,
                 message: None,
+                undo_attempts: 0,
             });
             counts.started += 1;
             counts.running += 1;
@@ -779,6 +809,7 @@ fn compensate(def: &Definition, next: &mut WorkflowRunStatus, now: DateTime<Utc>
                 attempt: 1,
                 next_at: None,
                 message: None,
+                undo_attempts: 0,
             });
         }
         if busy == 0 {
@@ -851,7 +882,7 @@ fn actions(run: &str, next: &WorkflowRunStatus, now: DateTime<Utc>) -> Vec<Actio
             (StepPhase::Waiting, _) if due(s.next_at) => actions.push(Action::Check { step: s.name.clone() }),
             (StepPhase::Compensating, Some(_)) => {
                 for d in &s.item_details {
-                    if d.phase == StepPhase::Compensating {
+                    if d.phase == StepPhase::Compensating && due(d.next_at) {
                         actions.push(Action::Compensate {
                             step: s.name.clone(),
                             item: Some(d.index),
@@ -860,7 +891,7 @@ fn actions(run: &str, next: &WorkflowRunStatus, now: DateTime<Utc>) -> Vec<Actio
                     }
                 }
             }
-            (StepPhase::Compensating, None) => actions.push(Action::Compensate {
+            (StepPhase::Compensating, None) if due(s.next_at) => actions.push(Action::Compensate {
                 step: s.name.clone(),
                 item: None,
                 idempotency_key: compensation_key(run, &s.name, None),
@@ -879,7 +910,7 @@ pub fn next_wakeup(status: &WorkflowRunStatus) -> Option<DateTime<Utc>> {
         .iter()
         .flat_map(|s| {
             let own = match s.phase {
-                StepPhase::Running | StepPhase::Waiting => s.next_at,
+                StepPhase::Running | StepPhase::Waiting | StepPhase::Compensating => s.next_at,
                 _ => None,
             };
             own.into_iter().chain(s.item_details.iter().filter_map(|d| d.next_at))

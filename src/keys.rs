@@ -74,7 +74,7 @@ pub enum Freshness {
 
 impl KeyCache {
     fn cached(&self, id: &(String, String, String), want: Freshness) -> Option<Option<Vec<u8>>> {
-        let entries = crate::controller::lock(&self.entries);
+        let entries = crate::lock(&self.entries);
         let entry = entries.get(id)?;
         let age = entry.fetched.elapsed();
         let limit = match want {
@@ -117,7 +117,7 @@ impl KeyCache {
                 (None, true)
             }
         };
-        crate::controller::lock(&self.entries).insert(
+        crate::lock(&self.entries).insert(
             id,
             Entry {
                 key: key.clone(),

@@ -11,6 +11,7 @@ pub mod redirect;
 pub mod registry;
 pub mod url;
 
+use crate::lock;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,10 +29,7 @@ use auth::{Credentials, Redactor};
 use circuit::Circuit;
 use egress::EgressPolicy;
 
-/// Header carrying the fencing token: the leader identity and Lease
-/// generation of the controller that sent the call, so a target (or an
-/// adapter service) can refuse calls from a deposed leader.
-pub const FENCING_HEADER: &str = "x-tether-fencing-token";
+pub use crate::request::{CallError, FENCING_HEADER, HttpAnswer, HttpCall, error_message};
 
 /// Longest `Retry-After` honoured: a target cannot park its callers for
 /// longer (nor overflow the clock with `Retry-After: 18446744073709551615`).
@@ -39,110 +37,6 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// How much of a body that is not JSON is kept as a string.
 const TEXT_BODY_KEPT: usize = 512;
-
-/// Why a call did not produce an answer the adapter can interpret.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum CallError {
-    /// 5xx, timeout, refused or dropped connection. `sent` is false only
-    /// when the request certainly never reached the target.
-    #[error("target unavailable: {message}")]
-    Unavailable { message: String, sent: bool },
-    /// 429: the target asked us to slow down.
-    #[error("throttled by the target (HTTP 429){}", retry_after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]
-    Throttled { retry_after: Option<Duration> },
-    /// 401 or 403, with the target's message (secrets redacted).
-    #[error(
-        "the target refused the credentials (HTTP {status}: {message}); check the Secret named by the TargetSystem's auth"
-    )]
-    Unauthorized { status: u16, message: String },
-    /// Credentials that cannot be put on a request.
-    #[error("unusable credentials: {0}")]
-    BadCredentials(String),
-    /// The circuit breaker is open after repeated failures.
-    #[error("circuit open after repeated failures; next trial in {}s", retry_after.as_secs())]
-    CircuitOpen { retry_after: Duration },
-    /// The path would leave the base URL.
-    #[error(transparent)]
-    Url(#[from] url::UrlError),
-    /// The answer is not what HTTP or JSON promise.
-    #[error("invalid response: {0}")]
-    InvalidResponse(String),
-    /// The answer's body is longer than the TargetSystem allows; reading
-    /// stopped there.
-    #[error(
-        "the target's answer is larger than {limit} bytes (spec.maxResponseBytes of the TargetSystem); reading stopped there"
-    )]
-    ResponseTooLarge { limit: u64 },
-    /// A 3xx that Tether did not follow.
-    #[error("the target answered HTTP {status} redirecting to {location}; {why}")]
-    Redirected {
-        status: u16,
-        location: String,
-        why: &'static str,
-    },
-    /// The operator's egress deny list refused the address; nothing was sent.
-    #[error(transparent)]
-    EgressDenied(#[from] egress::Denied),
-}
-
-impl CallError {
-    /// Stable label for metrics and condition reasons.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            CallError::Unavailable { .. } => "TargetUnavailable",
-            CallError::Throttled { .. } => "Throttled",
-            CallError::Unauthorized { .. } => "CredentialsRejected",
-            CallError::BadCredentials(_) => "CredentialsInvalid",
-            CallError::CircuitOpen { .. } => "CircuitOpen",
-            CallError::Url(e) => e.reason(),
-            CallError::InvalidResponse(_) => "InvalidResponse",
-            CallError::ResponseTooLarge { .. } => "ResponseTooLarge",
-            CallError::Redirected { .. } => "RedirectNotFollowed",
-            CallError::EgressDenied(_) => "EgressDenied",
-        }
-    }
-
-    /// When the target itself said when to come back.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            CallError::Throttled { retry_after } => *retry_after,
-            CallError::CircuitOpen { retry_after } => Some(*retry_after),
-            _ => None,
-        }
-    }
-}
-
-/// One HTTP request to a target, relative to its base URL.
-#[derive(Debug, Clone)]
-pub struct HttpCall {
-    /// Label for metrics (`read`, `create`, `action:send-welcome`...).
-    pub operation: String,
-    pub method: HttpMethod,
-    pub path: String,
-    pub query: Vec<(String, String)>,
-    pub headers: Vec<(String, String)>,
-    pub body: Option<Value>,
-    /// Send to this base instead of the target's (an adapter service).
-    pub base: Option<Url>,
-}
-
-/// The answer to an [`HttpCall`] that was not a transport-level failure.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpAnswer {
-    pub status: u16,
-    pub body: Value,
-}
-
-impl HttpAnswer {
-    pub fn is_success(&self) -> bool {
-        (200..300).contains(&self.status)
-    }
-
-    /// `{status, body}`, the input of `successWhen` and `outputs`.
-    pub fn as_value(&self) -> Value {
-        serde_json::json!({ "status": self.status, "body": self.body })
-    }
-}
 
 /// Limits of a target, from its spec.
 #[derive(Debug, Clone)]
@@ -340,7 +234,7 @@ impl Target {
             Ok(response) => response,
             Err(err) => {
                 if let Some(denied) = egress::find_denied(&err) {
-                    return Err(CallError::EgressDenied(denied));
+                    return Err(denied.into());
                 }
                 lock(&self.circuit).failure(Instant::now());
                 self.set_circuit_gauge();
@@ -481,10 +375,6 @@ async fn read_capped(response: &mut reqwest::Response, limit: u64) -> Result<Vec
     Ok(body)
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// A reqwest error without its URL (which could carry query values) and
 /// with its root cause.
 fn describe(err: &reqwest::Error) -> String {
@@ -503,54 +393,38 @@ fn describe(err: &reqwest::Error) -> String {
     message
 }
 
-/// Why a request template may not set header `name`, if it may not:
-/// headers that pick another virtual host or path behind the target's
-/// gateway, carry credentials, frame the message, or are Tether's own
-/// (fencing, idempotency).
-pub fn reserved_header(name: &str) -> Option<&'static str> {
-    let lower = name.to_ascii_lowercase();
-    let reserved = matches!(
-        lower.as_str(),
-        "host"
-            | "authorization"
-            | "proxy-authorization"
-            | "cookie"
-            | "forwarded"
-            | "x-real-ip"
-            | "x-original-url"
-            | "x-rewrite-url"
-            | "x-http-method-override"
-            | "x-method-override"
-            | "content-length"
-            | "transfer-encoding"
-            | "connection"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "keep-alive"
-            | "idempotency-key"
-    ) || lower.starts_with("x-forwarded-")
-        || lower == FENCING_HEADER;
-    reserved.then_some(
-        "this header is reserved: Tether sets credentials, framing, idempotency and fencing headers itself, \
-         and a template may not choose another host or path behind the target",
-    )
-}
-
-/// A short, single-line message from an error body.
-pub fn error_message(body: &Value) -> String {
-    let text = body
-        .pointer("/error/message")
-        .or_else(|| body.get("message"))
-        .or_else(|| body.get("error"))
-        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-        .unwrap_or_else(|| body.to_string());
-    let mut line: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
-    if line.is_empty() {
-        line.push_str("no details");
-    }
-    line
-}
-
 #[cfg(test)]
 mod tests;
+
+impl From<url::UrlError> for CallError {
+    fn from(e: url::UrlError) -> Self {
+        CallError::Url {
+            reason: e.reason(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<egress::Denied> for CallError {
+    fn from(e: egress::Denied) -> Self {
+        CallError::EgressDenied(e.to_string())
+    }
+}
+
+impl crate::request::TargetRequests for Target {
+    async fn send(&self, call: HttpCall) -> Result<HttpAnswer, CallError> {
+        Target::send(self, call).await
+    }
+
+    fn redact(&self, text: &str) -> String {
+        self.redactor.redact(text)
+    }
+
+    fn base_url(&self) -> &str {
+        self.base.as_str()
+    }
+
+    fn circuit_state(&self) -> CircuitState {
+        Target::circuit_state(self)
+    }
+}

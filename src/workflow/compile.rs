@@ -7,26 +7,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::adapter::rest::CompiledRequest;
 use crate::api::approval::Decision;
 use crate::api::workflow::{CallStep, ParameterType, WorkflowSpec};
-use crate::api::workflow_run::WorkflowRunStatus;
-use crate::engine::Definition;
 use crate::expr::Expr;
-
-/// The variables of every workflow expression.
-pub const VARS: &[&str] = &["$params", "$steps", "$item", "$index", "$run", "$callback"];
-
-/// Values of [`VARS`], in that order.
-pub type Vars = [Value; 6];
-
-/// [`Vars`] as the expression evaluator takes them.
-pub fn refs(vars: &Vars) -> [&Value; 6] {
-    [&vars[0], &vars[1], &vars[2], &vars[3], &vars[4], &vars[5]]
-}
+use crate::request::CompiledRequest;
+use crate::workflow::engine::Definition;
+use crate::workflow::vars::NAMES as VAR_NAMES;
 
 pub struct CompiledCall {
     pub target: String,
@@ -53,20 +42,29 @@ pub struct CompiledPoll {
     pub timeout: Duration,
 }
 
+/// A `resource` step: an ExternalResource the run owns.
+pub struct CompiledResource {
+    pub target: String,
+    pub resource_type: String,
+    pub properties: Expr,
+    pub ready_timeout: Duration,
+    /// Keep the ExternalResource when the run compensates.
+    pub keep: bool,
+}
+
+/// An `approval` step: a gate decided by an Approval.
+pub struct CompiledApproval {
+    pub message: Option<String>,
+    pub timeout: Option<Duration>,
+    pub default_decision: Decision,
+}
+
+/// What a step does; each kind is performed by its own file under
+/// `controller::workflow_run::steps`.
 pub enum StepKind {
     Call(Box<CompiledCall>),
-    Resource {
-        target: String,
-        resource_type: String,
-        properties: Expr,
-        ready_timeout: Duration,
-        keep: bool,
-    },
-    Approval {
-        message: Option<String>,
-        timeout: Option<Duration>,
-        default_decision: Decision,
-    },
+    Resource(CompiledResource),
+    Approval(CompiledApproval),
     Wait(Duration),
 }
 
@@ -132,20 +130,20 @@ impl Compiled {
                 compile_call(&format!("{field}.call"), call, &mut errors).map(|c| StepKind::Call(Box::new(c)))
             } else if let Some(r) = &s.resource {
                 expr(&mut errors, format!("{field}.resource.properties"), &r.properties).map(|properties| {
-                    StepKind::Resource {
+                    StepKind::Resource(CompiledResource {
                         target: r.target_ref.name.clone(),
                         resource_type: r.type_.clone(),
                         properties,
                         ready_timeout: duration(&r.ready_timeout, Duration::from_secs(3600)),
                         keep: r.keep,
-                    }
+                    })
                 })
             } else if let Some(a) = &s.approval {
-                Some(StepKind::Approval {
+                Some(StepKind::Approval(CompiledApproval {
                     message: a.message.clone(),
                     timeout: a.timeout.as_ref().and_then(|t| t.to_std()),
                     default_decision: a.default_decision.unwrap_or(Decision::Reject),
-                })
+                }))
             } else if let Some(w) = &s.wait {
                 Some(StepKind::Wait(duration(&w.duration, Duration::ZERO)))
             } else {
@@ -180,7 +178,7 @@ impl Compiled {
 }
 
 fn expr(errors: &mut Vec<String>, field: String, source: &str) -> Option<Expr> {
-    Expr::compile(&field, source, VARS)
+    Expr::compile(&field, source, VAR_NAMES)
         .map_err(|e| errors.push(e.to_string()))
         .ok()
 }
@@ -212,7 +210,7 @@ fn compile_call(field: &str, call: &CallStep, errors: &mut Vec<String>) -> Optio
             })
         });
         let request = match template {
-            Some(t) => CompiledRequest::compile(&format!("{field}.pollUntil.request"), &t, VARS)
+            Some(t) => CompiledRequest::compile(&format!("{field}.pollUntil.request"), &t, VAR_NAMES)
                 .map_err(|e| errors.extend(e.iter().map(ToString::to_string)))
                 .ok(),
             None => {
@@ -245,7 +243,7 @@ fn compile_call(field: &str, call: &CallStep, errors: &mut Vec<String>) -> Optio
         })
     });
     let request = call.request.as_ref().map(|r| {
-        CompiledRequest::compile(&format!("{field}.request"), r, VARS)
+        CompiledRequest::compile(&format!("{field}.request"), r, VAR_NAMES)
             .map_err(|e| errors.extend(e.iter().map(ToString::to_string)))
             .ok()
     });
@@ -310,48 +308,11 @@ pub fn resolve_parameters(spec: &WorkflowSpec, given: &Value) -> Result<Value, S
     }
 }
 
-/// `$run`: the run's name, namespace and uid.
-pub fn run_value(run: &crate::api::WorkflowRun) -> Value {
-    use kube::ResourceExt;
-    json!({ "name": run.name_any(), "namespace": run.namespace(), "uid": run.uid() })
-}
-
-/// The variables of a run-level expression (`when`, `forEach`, outputs):
-/// no item, no callback.
-pub fn run_vars(params: &Value, status: &WorkflowRunStatus, run: &crate::api::WorkflowRun) -> Vars {
-    [
-        params.clone(),
-        steps_value(status),
-        Value::Null,
-        Value::Null,
-        run_value(run),
-        Value::Null,
-    ]
-}
-
-/// `$steps`: each step's phase and outputs (and item counts of a fan-out).
-pub fn steps_value(status: &WorkflowRunStatus) -> Value {
-    let steps: Map<String, Value> = status
-        .steps
-        .iter()
-        .map(|s| {
-            (
-                s.name.clone(),
-                json!({
-                    "phase": s.phase,
-                    "outputs": s.outputs.clone().unwrap_or_else(|| json!({})),
-                    "items": s.items,
-                }),
-            )
-        })
-        .collect();
-    Value::Object(steps)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::workflow::WorkflowSpec;
+    use serde_json::json;
 
     fn spec(yaml: &str) -> WorkflowSpec {
         serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("{e}"))
