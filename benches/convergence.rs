@@ -5,6 +5,10 @@
 //!
 //!     cargo bench --bench convergence            # 1,000 then 10,000 resources
 //!     BENCH_SMALL=1 cargo bench --bench convergence   # 200 then 1,000 (quick check)
+//!     BENCH_SCALE=100000 cargo bench --bench convergence   # memory at 1k, 10k, 100k and a relist
+//!
+//! `BENCH_CONTROLLER_WRAPPER="heaptrack -o /tmp/tether"` runs the controller
+//! under a profiler (any command that takes the controller's command line).
 
 mod common;
 
@@ -25,6 +29,9 @@ async fn main() -> Result<()> {
     let small = std::env::var_os("BENCH_SMALL").is_some();
     let (first, second) = if small { (200, 1_000) } else { (1_000, 10_000) };
     let cp = ControlPlane::start(std::path::Path::new(env!("CARGO_MANIFEST_DIR")))?;
+    if let Some(largest) = std::env::var("BENCH_SCALE").ok().and_then(|n| n.parse::<usize>().ok()) {
+        return scale::run(&cp, largest).await;
+    }
     let controller_client = cp.try_client("controller").await?;
     let admin = cp.try_client("admin").await?;
     ok(&cp.kubectl(&["create", "namespace", NS]))?;
@@ -37,37 +44,9 @@ async fn main() -> Result<()> {
 
     // The target and the controller under test (release build, its own process).
     let simulator = support::fixtures::Simulator::accepting(TOKEN).start();
-    let adapter = json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": "bench"},
-        "spec": {"rest": {"resourceTypes": [{"name": "contact",
-            "read": {"method": "GET", "path": "/v1/contacts/\\(.id)"},
-            "create": {"method": "POST", "path": "/v1/contacts", "body": ".properties + {externalName: .name}"},
-            "update": {"method": "PATCH", "path": "/v1/contacts/\\(.id)", "body": ".properties"},
-            "delete": {"method": "DELETE", "path": "/v1/contacts/\\(.id)"}}]}}});
-    ok(&cp.apply_as("admin", NS, &adapter.to_string()))?;
-    let target = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token"}, "stringData": {"token": TOKEN}},
-        {"apiVersion": "tether.dev/v1alpha1", "kind": "TargetSystem", "metadata": {"name": "target"},
-         "spec": {"adapterRef": {"name": "bench"}, "baseUrl": simulator.base_url(), "maxConcurrency": 64,
-                  "auth": {"bearer": {"tokenSecretRef": {"name": "token", "key": "token"}}}}}]});
-    ok(&cp.apply_as("admin", NS, &target.to_string()))?;
+    install_target(&cp, &simulator)?;
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args([
-            "run",
-            "--namespace",
-            NS,
-            "--concurrency",
-            "64",
-            "--metrics-addr",
-            &format!("127.0.0.1:{metrics_port}"),
-            // The simulator is on loopback: the default list without it.
-            "--egress-deny",
-            support::tether::TEST_EGRESS_DENY,
-        ])
-        .env("KUBECONFIG", cp.kubeconfig("controller"))
-        .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let mut child = spawn_controller(&cp.kubeconfig("controller"), metrics_port)?;
     let pid = child.id();
     let controller_metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
     wait_http(&controller_metrics).await;
@@ -169,6 +148,59 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// The Adapter of the simulator's contacts and a TargetSystem with no rate
+/// limit and `maxConcurrency: 64`.
+fn install_target(cp: &ControlPlane, simulator: &tether_sim::SimHandle) -> Result<()> {
+    let adapter = json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": "bench"},
+        "spec": {"rest": {"resourceTypes": [{"name": "contact",
+            "read": {"method": "GET", "path": "/v1/contacts/\\(.id)"},
+            "create": {"method": "POST", "path": "/v1/contacts", "body": ".properties + {externalName: .name}"},
+            "update": {"method": "PATCH", "path": "/v1/contacts/\\(.id)", "body": ".properties"},
+            "delete": {"method": "DELETE", "path": "/v1/contacts/\\(.id)"}}]}}});
+    ok(&cp.apply_as("admin", NS, &adapter.to_string()))?;
+    let target = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token"}, "stringData": {"token": TOKEN}},
+        {"apiVersion": "tether.dev/v1alpha1", "kind": "TargetSystem", "metadata": {"name": "target"},
+         "spec": {"adapterRef": {"name": "bench"}, "baseUrl": simulator.base_url(), "maxConcurrency": 64,
+                  "auth": {"bearer": {"tokenSecretRef": {"name": "token", "key": "token"}}}}}]});
+    ok(&cp.apply_as("admin", NS, &target.to_string()))
+}
+
+/// `tether run` (release build, its own process) on namespace `bench`,
+/// under `$BENCH_CONTROLLER_WRAPPER` when set (a profiler).
+fn spawn_controller(kubeconfig: &std::path::Path, metrics_port: u16) -> Result<std::process::Child> {
+    let wrapper = std::env::var("BENCH_CONTROLLER_WRAPPER").unwrap_or_default();
+    let mut words: Vec<String> = wrapper.split_whitespace().map(str::to_owned).collect();
+    words.push(env!("CARGO_BIN_EXE_tether").to_owned());
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    words.extend(
+        [
+            "run",
+            "--namespace",
+            NS,
+            "--concurrency",
+            "64",
+            "--metrics-addr",
+            &metrics_addr,
+            "--webhook-addr",
+            "127.0.0.1:0",
+            // The simulator is on loopback: the default list without it.
+            "--egress-deny",
+            support::tether::TEST_EGRESS_DENY,
+        ]
+        .map(str::to_owned),
+    );
+    let (program, args) = words.split_first().ok_or("no controller command")?;
+    Ok(std::process::Command::new(program)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "warn")
+        // As the image runs it (Dockerfile).
+        .env("MALLOC_ARENA_MAX", "2")
+        .stderr(std::process::Stdio::null())
+        .spawn()?)
+}
+
 fn resource(name: &str, poll: &str) -> ExternalResource {
     serde_json::from_value(
         json!({"apiVersion": "tether.dev/v1alpha1", "kind": "ExternalResource", "metadata": {"name": name},
@@ -187,4 +219,215 @@ async fn converge(api: &Api<ExternalResource>, from: usize, to: usize, poll: &st
             .is_some_and(|s| tether::conditions::is_true(&s.conditions, "Ready"))
     })
     .await
+}
+
+/// `BENCH_SCALE=N`: the controller's memory at 1,000, 10,000, … up to N
+/// Ready resources, and during a forced relist of all of them. Resources
+/// come from a bulk loader (64 creates at a time, the finalizer already
+/// set, a one-hour poll), so a 2-core machine gets to 100,000 in minutes.
+mod scale {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use futures::StreamExt;
+    use kube::api::{Api, PostParams};
+    use kube::runtime::watcher;
+    use serde_json::json;
+    use tether::api::ExternalResource;
+    use tether_harness::ControlPlane;
+
+    use super::common::support::gone_proxy::GoneProxy;
+    use super::common::{Result, machine, peak_rss_mib};
+    use super::{NS, TOKEN, install_target, spawn_controller};
+
+    pub async fn run(cp: &ControlPlane, largest: usize) -> Result<()> {
+        println!("# Tether memory at scale\n\nmachine: {}\n", machine());
+        super::ok(&cp.kubectl(&["create", "namespace", NS]))?;
+        let admin = cp.try_client("admin").await?;
+        let api: Api<ExternalResource> = Api::namespaced(admin.clone(), NS);
+        let simulator = super::common::support::fixtures::Simulator::accepting(TOKEN).start();
+        install_target(cp, &simulator)?;
+        // The controller reaches the API server through a proxy that can
+        // expire its ExternalResource watches (a forced 410 Gone).
+        let proxy = GoneProxy::start(&cp.server, &cp.dir.join("ca.crt"), "externalresources").await;
+        let kubeconfig = cp.dir.join("controller-proxy.kubeconfig");
+        proxy.write_kubeconfig(&kubeconfig, tether_harness::CONTROLLER_TOKEN);
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut child = spawn_controller(&kubeconfig, metrics_port)?;
+        let pid = child.id();
+        super::common::wait_http(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
+        let ready = ready_counter(api.clone());
+
+        let started = Instant::now();
+        let mut rows = Vec::new();
+        let mut loaded = 0;
+        let mut size = 1_000.min(largest);
+        loop {
+            let load = Instant::now();
+            bulk_load(&api, loaded, size).await?;
+            loaded = size;
+            wait_until(|| ready.load(Ordering::Relaxed) >= size, Duration::from_secs(1800)).await?;
+            let converged = load.elapsed();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let row = (size, converged, peak_rss_mib(pid), rss_mib(pid));
+            println!(
+                "{:>7} Ready: {:.0}s to load and converge, peak RSS {:.0} MiB, RSS now {:.0} MiB",
+                row.0,
+                row.1.as_secs_f64(),
+                row.2,
+                row.3
+            );
+            rows.push(row);
+            if size >= largest {
+                break;
+            }
+            size = (size * 10).min(largest);
+        }
+
+        // A forced relist of every ExternalResource: the peak is measured
+        // from here (VmHWM reset), until the watch that follows the list.
+        let steady = rss_mib(pid);
+        reset_peak(pid)?;
+        let (watches, lists, open) = (proxy.watches(), proxy.lists(), proxy.open_watches());
+        let relist = Instant::now();
+        proxy.expire();
+        // Each expired watch lists again, then watches again.
+        wait_until(
+            || proxy.watches() >= watches + open.max(1) && proxy.lists() > lists,
+            Duration::from_secs(600),
+        )
+        .await?;
+        let relisted = relist.elapsed();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let relist_peak = peak_rss_mib(pid);
+        let ready_after = ready.load(Ordering::Relaxed);
+        println!(
+            "relist of {loaded} by {open} watches: {:.1}s, {} list pages; RSS {steady:.0} MiB before, peak {relist_peak:.0} MiB during ({:.2}x), {:.0} MiB after; {ready_after} Ready",
+            relisted.as_secs_f64(),
+            proxy.lists() - lists,
+            relist_peak / steady.max(1.0),
+            rss_mib(pid),
+        );
+        println!(
+            "simulator: {} objects, {} create calls; whole run {:.0}s",
+            simulator.objects("contacts").len(),
+            simulator.stats().count("create", "contacts"),
+            started.elapsed().as_secs_f64()
+        );
+        println!("\n| resources | load + converge | peak RSS | RSS when Ready |\n| --- | --- | --- | --- |");
+        for (size, took, peak, now) in rows {
+            println!(
+                "| {size} | {:.0} s | {peak:.0} MiB | {now:.0} MiB |",
+                took.as_secs_f64()
+            );
+        }
+        println!(
+            "| relist of {loaded} | {:.1} s | {relist_peak:.0} MiB | {steady:.0} MiB before |",
+            relisted.as_secs_f64()
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok(())
+    }
+
+    /// Creates resources `from..to`, 64 at a time, each with the finalizer
+    /// already set and a one-hour poll.
+    async fn bulk_load(api: &Api<ExternalResource>, from: usize, to: usize) -> Result<()> {
+        let failures = futures::stream::iter(from..to)
+            .map(|i| {
+                let api = api.clone();
+                async move {
+                    let name = format!("r-{i:06}");
+                    let object: ExternalResource = serde_json::from_value(json!({
+                        "apiVersion": "tether.dev/v1alpha1", "kind": "ExternalResource",
+                        "metadata": {"name": name, "finalizers": [tether::controller::EXTERNAL_RESOURCE_FINALIZER]},
+                        "spec": {"targetRef": {"name": "target"}, "type": "contact", "pollInterval": "1h",
+                                 "properties": {"email": format!("{name}@example.com"), "plan": "pro"}}}))
+                    .map_err(|e| e.to_string())?;
+                    api.create(&PostParams::default(), &object)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .buffer_unordered(64)
+            .filter_map(|r| async move { r.err() })
+            .collect::<Vec<String>>()
+            .await;
+        match failures.first() {
+            None => Ok(()),
+            Some(first) => Err(format!("{} creates failed, the first: {first}", failures.len()).into()),
+        }
+    }
+
+    /// The number of Ready ExternalResources, kept by a watch.
+    fn ready_counter(api: Api<ExternalResource>) -> Arc<AtomicUsize> {
+        let count = Arc::new(AtomicUsize::new(0));
+        let shared = count.clone();
+        tokio::spawn(async move {
+            let mut ready = HashSet::new();
+            let mut listing = HashSet::new();
+            let is_ready = |r: &ExternalResource| {
+                r.status
+                    .as_ref()
+                    .is_some_and(|s| tether::conditions::is_true(&s.conditions, "Ready"))
+            };
+            let mut events = watcher(api, watcher::Config::default()).boxed();
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(r)) => {
+                        let name = r.metadata.name.clone().unwrap_or_default();
+                        if is_ready(&r) {
+                            ready.insert(name);
+                        } else {
+                            ready.remove(&name);
+                        }
+                    }
+                    Ok(watcher::Event::Delete(r)) => {
+                        ready.remove(&r.metadata.name.clone().unwrap_or_default());
+                    }
+                    Ok(watcher::Event::Init) => listing.clear(),
+                    Ok(watcher::Event::InitApply(r)) => {
+                        if is_ready(&r) {
+                            listing.insert(r.metadata.name.clone().unwrap_or_default());
+                        }
+                    }
+                    Ok(watcher::Event::InitDone) => ready = std::mem::take(&mut listing),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+                shared.store(ready.len(), Ordering::Relaxed);
+            }
+        });
+        count
+    }
+
+    async fn wait_until(done: impl Fn() -> bool, limit: Duration) -> Result<()> {
+        let started = Instant::now();
+        while !done() {
+            if started.elapsed() > limit {
+                return Err(format!("not done after {}s", limit.as_secs()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    /// Current RSS (`VmRSS`) in MiB.
+    fn rss_mib(pid: u32) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+
+    /// Resets the process's peak RSS (`VmHWM`) to its current RSS.
+    fn reset_peak(pid: u32) -> Result<()> {
+        Ok(std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?)
+    }
 }

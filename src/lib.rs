@@ -21,11 +21,13 @@
 
 pub mod adapter;
 pub mod api;
+pub mod cache;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod describe;
 pub mod diff;
+pub mod events;
 pub mod expr;
 #[cfg(test)]
 pub(crate) mod fakes;

@@ -67,6 +67,12 @@ pub struct Metrics {
     /// Reads of webhook and callback keys from their Secrets (the cache
     /// keeps refused requests from costing one each).
     pub key_reads: Family<PurposeLabels, Counter>,
+    /// Objects in each kind's cache (src/cache.rs).
+    pub cached_objects: Family<KindLabels, Gauge>,
+    /// Objects the controllers keep something for (freshness, failure
+    /// counts, last writes, references, generations), by kind: they follow
+    /// the live objects.
+    pub remembered_objects: Family<KindLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -91,6 +97,18 @@ impl Default for Metrics {
         let compensations = Family::<OutcomeLabels, Counter>::default();
         let webhook_requests = Family::<OutcomeLabels, Counter>::default();
         let key_reads = Family::<PurposeLabels, Counter>::default();
+        let cached_objects = Family::<KindLabels, Gauge>::default();
+        let remembered_objects = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "cached_objects",
+            "Objects in each kind's cache, by kind",
+            cached_objects.clone(),
+        );
+        registry.register(
+            "remembered_objects",
+            "Entries the controllers keep per object (freshness, failure counts, last writes, references), by kind",
+            remembered_objects.clone(),
+        );
         registry.register("workflow_runs", "Workflow runs entering each phase", runs.clone());
         registry.register(
             "workflow_step_duration_seconds",
@@ -159,6 +177,8 @@ impl Default for Metrics {
             compensations,
             webhook_requests,
             key_reads,
+            cached_objects,
+            remembered_objects,
         }
         .with_known_series()
     }

@@ -17,17 +17,19 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
 use crate::api::{Adapter, Approval, ExternalResource, TargetSystem, Workflow, WorkflowRun};
+use crate::cache::Cache;
 use crate::controller::{self as ctrl, Context};
 use crate::http::registry::Registry;
 use crate::leader::{self, LeaderElector};
@@ -232,61 +234,67 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
         .clone()
         .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let scope = Scope::new(&options.namespace, options.selector.as_deref());
-    let (secrets, secrets_writer) = reflector::store();
+    // One cache per kind (src/cache.rs): every lookup and controller of a
+    // kind reads the same lean store, fed by one watch. Secrets are known
+    // by their metadata only (versions, for the registry's fingerprints).
+    let everything = watcher::Config::default;
+    let secrets_cache = Cache::<PartialObjectMeta<Secret>>::watch(&scope, &client, everything());
+    let secrets = secrets_cache.store();
     let secrets_ready = secrets.clone();
     let egress = crate::http::egress::policy_for(options.egress_deny.as_ref(), options.api_server_url.as_deref()).await;
     tracing::info!(deny = ?egress.deny_list(), "egress deny list");
     let registry =
         Arc::new(Registry::new(client.clone(), Some(secrets), metrics.clone()).with_egress(Arc::new(egress)));
 
-    // Reflectors for lookups: reconciles read TargetSystems, Adapters and
-    // Secret versions from memory.
-    let (targets, targets_writer) = reflector::store();
-    let (adapters, adapters_writer) = reflector::store();
-    let (workflows, workflows_writer) = reflector::store();
-    let (approvals, approvals_writer) = reflector::store();
+    // One flag opens every cache's subscriptions: a standby keeps its
+    // caches filled (its webhooks and callbacks read them) and its
+    // controllers hear nothing until it leads.
+    let (leading_tx, leading_rx) = watch::channel(false);
+    // Reconciled kinds are cached as the scope selects them; lookup kinds
+    // (a resource's TargetSystem, a run's Workflow) whole, as a labelled
+    // resource may use an unlabelled TargetSystem.
     let adapter_api: Api<Adapter> = Api::all(client.clone());
-    let everything = watcher::Config::default;
-    for stream in [
-        reflector::reflector(targets_writer, scope.watch::<TargetSystem>(&client, everything()))
-            .default_backoff()
-            .map(|_| ())
-            .boxed(),
-        reflector::reflector(
-            adapters_writer,
-            watcher(adapter_api.clone(), watcher::Config::default()),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
-        reflector::reflector(
-            secrets_writer,
-            scope.watch::<PartialObjectMeta<Secret>>(&client, everything()),
-        )
-        .default_backoff()
-        .map(|_| ())
-        .boxed(),
-        reflector::reflector(workflows_writer, scope.watch::<Workflow>(&client, everything()))
-            .default_backoff()
-            .map(|_| ())
-            .boxed(),
-        reflector::reflector(approvals_writer, scope.watch::<Approval>(&client, everything()))
-            .default_backoff()
-            .map(|_| ())
-            .boxed(),
-    ] {
-        tokio::spawn(stream.for_each(|()| async {}));
-    }
-    targets.wait_until_ready().await.context("TargetSystem reflector")?;
-    adapters.wait_until_ready().await.context("Adapter reflector")?;
-    workflows.wait_until_ready().await.context("Workflow reflector")?;
-    approvals.wait_until_ready().await.context("Approval reflector")?;
+    let mut resources_cache = Cache::<ExternalResource>::watch(&scope, &client, scope.reconciled())
+        .slimmed(ExternalResource::slim)
+        .quiet_until(leading_rx.clone());
+    let mut runs_cache =
+        Cache::<WorkflowRun>::watch(&scope, &client, scope.reconciled()).quiet_until(leading_rx.clone());
+    let mut targets_cache = Cache::<TargetSystem>::watch(&scope, &client, everything()).quiet_until(leading_rx.clone());
+    let mut adapters_cache = Cache::new(watcher(adapter_api, everything()).boxed()).quiet_until(leading_rx.clone());
+    let mut workflows_cache = Cache::<Workflow>::watch(&scope, &client, everything()).quiet_until(leading_rx.clone());
+    let mut approvals_cache = Cache::<Approval>::watch(&scope, &client, everything()).quiet_until(leading_rx.clone());
+    let (targets, adapters, workflows) = (targets_cache.store(), adapters_cache.store(), workflows_cache.store());
+    let approvals = approvals_cache.store();
+
+    // What each controller and watch hears, taken before the caches run.
+    let resources_for_controller = resources_cache.applied();
+    let resources_for_references = resources_cache.touched();
+    let resources_for_runs = resources_cache.touched();
+    let resources_gone = resources_cache.deleted();
+    let runs_for_controller = runs_cache.applied();
+    let runs_for_workflows = runs_cache.touched();
+    let runs_gone = runs_cache.deleted();
+    let targets_for_resources = targets_cache.touched();
+    let targets_gone = targets_cache.deleted();
+    let (targets_for_controller, target_store) = reconciled(&mut targets_cache, &scope, &client, &leading_rx);
+    let adapters_for_resources = adapters_cache.touched();
+    let adapters_for_controller = adapters_cache.applied();
+    let adapters_gone = adapters_cache.deleted();
+    let (workflows_for_controller, workflow_store) = reconciled(&mut workflows_cache, &scope, &client, &leading_rx);
+    let approvals_for_runs = approvals_cache.touched();
+    let (resources, runs) = (resources_cache.run(), runs_cache.run());
+    let (_, _, _) = (targets_cache.run(), adapters_cache.run(), workflows_cache.run());
+    let (_, _) = (approvals_cache.run(), secrets_cache.run());
+    targets.wait_until_ready().await.context("TargetSystem cache")?;
+    adapters.wait_until_ready().await.context("Adapter cache")?;
+    workflows.wait_until_ready().await.context("Workflow cache")?;
+    approvals.wait_until_ready().await.context("Approval cache")?;
     // Targets are fingerprinted by their Secrets' versions: know them before
     // the first target is built, or every target is built twice.
     secrets_ready
         .wait_until_ready()
         .await
-        .context("Secret metadata reflector")?;
+        .context("Secret metadata cache")?;
 
     let webhook_listener = tokio::net::TcpListener::bind(options.webhook_addr)
         .await
@@ -300,40 +308,20 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
         instance: Some(identity.clone()),
     };
     let config = controller::Config::default().concurrency(options.concurrency);
-    // The ExternalResources runs own: one watch feeds the store a run's
-    // `resource` step reads and the trigger that wakes the run, in that
-    // order, so a run woken by `Ready` sees `Ready`.
-    let (run_resources, run_resources_writer) = reflector::store();
-    let owned_by_runs = objects(
-        reflector::reflector(
-            run_resources_writer,
-            scope.watch::<ExternalResource>(
-                &client,
-                watcher::Config::default().labels(ctrl::workflow_run::steps::RUN_LABEL),
-            ),
-        )
-        .boxed(),
-    );
     // Signed resync pushes (webhook) wake resources through this stream.
     let (resync, resync_requests) = ctrl::Resync::channel();
-    let er_controller = scoped_controller::<ExternalResource>(&scope, &client)
-        .with_config(config.clone())
-        .reconcile_on(resync_requests);
-    let (leading_tx, leading_rx) = watch::channel(false);
-    let run_controller = runs_controller_fed_before_leading(&scope, &client, leading_rx).with_config(config.clone());
     let ctx = Arc::new(Context {
         client: client.clone(),
         registry: registry.clone(),
         mappings: ctrl::MappingCache::default(),
         targets: targets.clone(),
         adapters: adapters.clone(),
-        resources: er_controller.store(),
-        run_resources,
-        recorder: Recorder::new(client.clone(), reporter),
+        resources: resources.clone(),
+        recorder: crate::events::Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         resource_memory: Default::default(),
         workflows: workflows.clone(),
-        runs: run_controller.store(),
+        runs: runs.clone(),
         approvals,
         run_memory: Default::default(),
         callback_base,
@@ -345,6 +333,75 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
     tracing::info!(addr = %webhook_listener.local_addr()?, "serving workflow webhooks and callbacks");
     let webhook_router = crate::webhook::router(ctx.clone(), options.webhook_tolerance);
     tokio::spawn(async move { axum::serve(webhook_listener, webhook_router).await });
+
+    // What was kept per object goes with the object.
+    let reference_index = Arc::new(ctrl::external_resource::references::ReferenceIndex::default());
+    let target_generations = Arc::new(ctrl::GenerationFilter::default());
+    let adapter_generations = Arc::new(ctrl::GenerationFilter::default());
+    forget_on_delete(resources_gone, {
+        let (ctx, index) = (ctx.clone(), reference_index.clone());
+        move |er| {
+            ctx.forget_resource(&er);
+            index.forget(&er);
+        }
+    });
+    forget_on_delete(runs_gone, {
+        let ctx = ctx.clone();
+        move |run| ctx.forget_run(&run)
+    });
+    forget_on_delete(targets_gone, {
+        let (ctx, generations) = (ctx.clone(), target_generations.clone());
+        move |ts| {
+            ctx.forget_target(&ts);
+            generations.forget(ts.as_ref());
+        }
+    });
+    forget_on_delete(adapters_gone, {
+        let (ctx, generations) = (ctx.clone(), adapter_generations.clone());
+        move |adapter| {
+            ctx.forget_adapter(&adapter);
+            generations.forget(adapter.as_ref());
+        }
+    });
+
+    // Memory follows the objects: the gauges say so (every 5 s).
+    tokio::spawn({
+        let (ctx, index) = (ctx.clone(), reference_index.clone());
+        let (targets_ready, adapters_ready) = (target_generations.clone(), adapter_generations.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                let cached = [
+                    ("ExternalResource", ctx.resources.len()),
+                    ("WorkflowRun", ctx.runs.len()),
+                    ("TargetSystem", ctx.targets.len()),
+                    ("Adapter", ctx.adapters.len()),
+                    ("Workflow", ctx.workflows.len()),
+                    ("Approval", ctx.approvals.len()),
+                ];
+                for (kind, count) in cached {
+                    ctx.metrics
+                        .cached_objects
+                        .get_or_create(&crate::metrics::KindLabels { kind })
+                        .set(i64::try_from(count).unwrap_or(i64::MAX));
+                }
+                let (resources, runs) = ctx.remembered();
+                let remembered = [
+                    ("ExternalResource", resources + index.len()),
+                    ("WorkflowRun", runs),
+                    ("TargetSystem", targets_ready.len()),
+                    ("Adapter", adapters_ready.len()),
+                ];
+                for (kind, count) in remembered {
+                    ctx.metrics
+                        .remembered_objects
+                        .get_or_create(&crate::metrics::KindLabels { kind })
+                        .set(i64::try_from(count).unwrap_or(i64::MAX));
+                }
+            }
+        }
+    });
 
     // Ready means: caches synced and the webhook and callback endpoint
     // serving, which a standby does as well as the leader (leadership is
@@ -391,22 +448,26 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
         registry.set_fencing_token(identity.clone());
     }
 
-    // The runs controller forwards events from here on; what it missed as
-    // a standby it reconciles once when it starts.
+    // The controllers hear events from here on; what their caches hold
+    // already they reconcile once when they start.
     let _ = leading_tx.send(true);
+    // The reference index learns from the events the cache passes on: it
+    // learns what was cached while quiet from the store (the store is
+    // never older than an event passed on after this point).
+    for er in resources.state() {
+        let _ = reference_index.affected(&er);
+    }
 
-    let store = er_controller.store();
-    let target_generations = ctrl::GenerationFilter::default();
-    let by_target = move |ts: TargetSystem| {
-        if !target_generations.changed(&ts) {
+    let store = resources.clone();
+    let by_target = move |ts: Arc<TargetSystem>| {
+        if !target_generations.changed(ts.as_ref()) {
             return vec![];
         }
         ctrl::external_resource::referencing(&store.state(), &ts.namespace().unwrap_or_default(), &ts.name_any())
     };
-    let (store, targets_for_adapters) = (er_controller.store(), targets.clone());
-    let adapter_generations = ctrl::GenerationFilter::default();
-    let by_adapter = move |adapter: Adapter| -> Vec<ObjectRef<ExternalResource>> {
-        if !adapter_generations.changed(&adapter) {
+    let (store, targets_for_adapters) = (resources.clone(), targets.clone());
+    let by_adapter = move |adapter: Arc<Adapter>| -> Vec<ObjectRef<ExternalResource>> {
+        if !adapter_generations.changed(adapter.as_ref()) {
             return vec![];
         }
         let resources = store.state();
@@ -423,15 +484,14 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
     // readiness may be what they wait for), and, while it is deleted, those
     // it references (their deletion waits for it). The index learns the
     // references from the same events, so no event scans the store.
-    let reference_index = ctrl::external_resource::references::ReferenceIndex::default();
-    let by_reference = move |changed: ExternalResource| reference_index.affected(&changed);
-    let external_resources = er_controller
-        .watches_stream(
-            objects(scope.watch::<ExternalResource>(&client, everything())),
-            by_reference,
-        )
-        .watches_stream(objects(scope.watch::<TargetSystem>(&client, everything())), by_target)
-        .watches(adapter_api.clone(), watcher::Config::default(), by_adapter)
+    let by_reference = move |changed: Arc<ExternalResource>| reference_index.affected(&changed);
+    let external_resources = Controller::for_shared_stream(resources_for_controller, resources.clone())
+        .with_config(config.clone())
+        .reconcile_all_on(once_synced(&resources))
+        .reconcile_on(resync_requests)
+        .watches_shared_stream(resources_for_references, by_reference)
+        .watches_shared_stream(targets_for_resources, by_target)
+        .watches_shared_stream(adapters_for_resources, by_adapter)
         .graceful_shutdown_on(stopped())
         .run(
             |o, c| ctrl::guard::reconcile(o, c, "ExternalResource", ctrl::external_resource::reconcile),
@@ -439,8 +499,9 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
             ctx.clone(),
         )
         .for_each(|_| async {});
-    let target_systems = scoped_controller::<TargetSystem>(&scope, &client)
+    let target_systems = Controller::for_shared_stream(targets_for_controller, target_store.clone())
         .with_config(config.clone())
+        .reconcile_all_on(once_synced(&target_store))
         .graceful_shutdown_on(stopped())
         .run(
             |o, c| ctrl::guard::reconcile(o, c, "TargetSystem", ctrl::target_system::reconcile),
@@ -448,8 +509,9 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
             ctx.clone(),
         )
         .for_each(|_| async {});
-    let adapters_controller = Controller::new(adapter_api, watcher::Config::default())
+    let adapters_controller = Controller::for_shared_stream(adapters_for_controller, adapters.clone())
         .with_config(config.clone())
+        .reconcile_all_on(once_synced(&adapters))
         .graceful_shutdown_on(stopped())
         .run(
             |o, c| ctrl::guard::reconcile(o, c, "Adapter", ctrl::adapter::reconcile),
@@ -459,15 +521,17 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
         .for_each(|_| async {});
 
     // A decision wakes the run it names.
-    let by_approval = |approval: Approval| {
+    let by_approval = |approval: Arc<Approval>| {
         Some(
             ObjectRef::<WorkflowRun>::new(&approval.spec.run_ref.name)
                 .within(&approval.namespace().unwrap_or_default()),
         )
     };
-    let workflow_runs = run_controller
-        .owns_stream(owned_by_runs)
-        .watches_stream(objects(scope.watch::<Approval>(&client, everything())), by_approval)
+    let workflow_runs = Controller::for_shared_stream(runs_for_controller, runs.clone())
+        .with_config(config.clone())
+        .reconcile_all_on(once_synced(&runs))
+        .owns_shared_stream(resources_for_runs)
+        .watches_shared_stream(approvals_for_runs, by_approval)
         .graceful_shutdown_on(stopped())
         .run(
             |o, c| ctrl::guard::reconcile(o, c, "WorkflowRun", ctrl::workflow_run::reconcile),
@@ -477,7 +541,7 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
         .for_each(|_| async {});
     // A run that finishes wakes its workflow (retention, a schedule's
     // history limits and concurrency policy).
-    let by_run = |run: WorkflowRun| {
+    let by_run = |run: Arc<WorkflowRun>| {
         let finished = run
             .status
             .as_ref()
@@ -486,9 +550,10 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
             ObjectRef::<Workflow>::new(&run.spec.workflow_ref.name).within(&run.namespace().unwrap_or_default())
         })
     };
-    let workflows_controller = scoped_controller::<Workflow>(&scope, &client)
+    let workflows_controller = Controller::for_shared_stream(workflows_for_controller, workflow_store.clone())
         .with_config(config.clone())
-        .watches_stream(objects(scope.watch::<WorkflowRun>(&client, everything())), by_run)
+        .reconcile_all_on(once_synced(&workflow_store))
+        .watches_shared_stream(runs_for_workflows, by_run)
         .graceful_shutdown_on(stopped())
         .run(
             |o, c| ctrl::guard::reconcile(o, c, "Workflow", ctrl::workflow::reconcile),
@@ -543,9 +608,15 @@ pub async fn run_with_clients(client: Client, lease_client: Client, options: Run
     }
 }
 
-/// A controller of the objects of `K` this process reconciles (its scope's
-/// namespaces and selector), with its own store.
-fn scoped_controller<K>(scope: &Scope, client: &Client) -> Controller<K>
+/// The trigger and store of a lookup kind's own controller: the shared
+/// cache when the scope selects everything; else a cache of its own of the
+/// objects the selector selects (lookups still see the whole scope).
+fn reconciled<K>(
+    shared: &mut Cache<K>,
+    scope: &Scope,
+    client: &Client,
+    leading: &watch::Receiver<bool>,
+) -> (BoxStream<'static, Arc<K>>, reflector::Store<K>)
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -555,47 +626,37 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, scope.watch::<K>(client, scope.reconciled()))
-        .default_backoff()
-        .applied_objects();
-    Controller::for_stream(stream, reader)
+    if scope.selector.is_none() {
+        return (shared.applied().boxed(), shared.store());
+    }
+    let mut selected = Cache::<K>::watch(scope, client, scope.reconciled()).quiet_until(leading.clone());
+    let trigger = selected.applied().boxed();
+    (trigger, selected.run())
 }
 
-/// The WorkflowRun controller, whose store is filled from the start — on a
-/// standby too, where the callback endpoint reads it — while its
-/// reconciles wait for `leading`: events before then are dropped, and every
-/// cached run is reconciled once when the controller starts.
-fn runs_controller_fed_before_leading(
-    scope: &Scope,
-    client: &Client,
-    mut leading: watch::Receiver<bool>,
-) -> Controller<WorkflowRun> {
-    let (reader, writer) = reflector::store();
-    let (tx, rx) = futures::channel::mpsc::unbounded();
-    let events = reflector::reflector(writer, scope.watch::<WorkflowRun>(client, scope.reconciled()))
-        .default_backoff()
-        .applied_objects();
-    tokio::spawn(events.for_each(move |event| {
-        if *leading.borrow_and_update() {
-            let _ = tx.unbounded_send(event);
-        }
-        futures::future::ready(())
-    }));
-    let synced = reader.clone();
-    Controller::for_stream(rx, reader).reconcile_all_on(futures::stream::once(async move {
-        let _ = synced.wait_until_ready().await;
-    }))
-}
-
-/// The objects a watch touches (applied or deleted), retried with backoff.
-fn objects<K>(
-    events: futures::stream::BoxStream<'static, kube::runtime::watcher::Result<kube::runtime::watcher::Event<K>>>,
-) -> impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static
+/// Yields once, when `store` has its first listing: the trigger that
+/// reconciles every cached object when a controller starts (its cache was
+/// quiet until then; see [`Cache::quiet_until`]).
+fn once_synced<K>(store: &reflector::Store<K>) -> impl futures::Stream<Item = ()> + Send + 'static
 where
-    K: kube::Resource + Clone + Send + 'static,
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
-    events.default_backoff().touched_objects()
+    let store = store.clone();
+    futures::stream::once(async move {
+        let _ = store.wait_until_ready().await;
+    })
+}
+
+/// Calls `forget` with each object the cache reports deleted.
+fn forget_on_delete<K, S>(deleted: S, forget: impl Fn(Arc<K>) + Send + 'static)
+where
+    K: Send + Sync + 'static,
+    S: futures::Stream<Item = Arc<K>> + Send + 'static,
+{
+    tokio::spawn(deleted.for_each(move |object| {
+        forget(object);
+        async {}
+    }));
 }
 
 fn hostname() -> String {

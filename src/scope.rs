@@ -6,19 +6,21 @@
 //! (`Init` … `InitDone`) as "replace everything", which would let one
 //! namespace's relist drop every other namespace's objects; so after the
 //! first complete listing of all namespaces, a namespace's relist becomes
-//! `Apply`s of what it lists and `Delete`s of what it no longer lists.
+//! `Apply`s of what it lists and `Delete`s of what it no longer lists. The
+//! merge remembers only the keys it saw per namespace; the objects it
+//! reports deleted come from the store it feeds (no second copy).
 //!
 //! The selector filters what the controllers *reconcile* (ExternalResources,
 //! Workflows, WorkflowRuns, TargetSystems); lookups (a run's Workflow, a
 //! resource's TargetSystem, Adapters, Approvals, Secret versions) see the
 //! whole scope, so a labelled resource can use an unlabelled TargetSystem.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, BoxStream, StreamExt};
 use kube::api::Api;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch};
 use kube::{Client, Resource};
@@ -64,9 +66,15 @@ impl Scope {
         }
     }
 
-    /// Watch events of `K` in this scope, with `config`; one merged stream
-    /// for a list of namespaces (see the module's notes on relists).
-    pub fn watch<K>(&self, client: &Client, config: watcher::Config) -> BoxStream<'static, watcher::Result<Event<K>>>
+    /// Watch events of `K` in this scope, with `config`, for the store
+    /// `feeds` (the one the events are applied to); one merged stream for a
+    /// list of namespaces (see the module's notes on relists).
+    pub fn watch<K>(
+        &self,
+        client: &Client,
+        config: watcher::Config,
+        feeds: Store<K>,
+    ) -> BoxStream<'static, watcher::Result<Event<K>>>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -90,7 +98,7 @@ impl Scope {
                             .boxed()
                     })
                     .collect();
-                merge(many.len(), streams)
+                merge(many.len(), streams, feeds)
             }
         }
     }
@@ -99,11 +107,15 @@ impl Scope {
 /// One namespace's watch, tagged with its index.
 type Tagged<K> = BoxStream<'static, (usize, watcher::Result<Event<K>>)>;
 
-fn merge<K>(namespaces: usize, streams: Vec<Tagged<K>>) -> BoxStream<'static, watcher::Result<Event<K>>>
+fn merge<K>(
+    namespaces: usize,
+    streams: Vec<Tagged<K>>,
+    store: Store<K>,
+) -> BoxStream<'static, watcher::Result<Event<K>>>
 where
-    K: Resource<DynamicType = ()> + Clone + Send + 'static,
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
-    let state = Arc::new(Mutex::new(Merger::new(namespaces)));
+    let state = Arc::new(Mutex::new(Merger::new(namespaces, store)));
     let events = stream::select_all(streams).flat_map(move |(i, event)| {
         let out = match event {
             Ok(event) => state
@@ -122,9 +134,12 @@ where
 }
 
 /// The state that turns per-namespace relists into a correct merged store.
-struct Merger<K: Resource<DynamicType = ()>> {
-    /// Objects last seen, per namespace: a relist deletes what it misses.
-    known: Vec<HashMap<ObjectRef<K>, K>>,
+struct Merger<K: Resource<DynamicType = ()> + 'static> {
+    /// Keys of the objects last seen, per namespace: a relist deletes what
+    /// it misses (the object itself is read from `store`).
+    known: Vec<HashSet<ObjectRef<K>>>,
+    /// The store the merged events feed.
+    store: Store<K>,
     /// Namespaces whose first listing is complete.
     listed: Vec<bool>,
     /// Every namespace listed once: the store is ready.
@@ -134,9 +149,10 @@ struct Merger<K: Resource<DynamicType = ()>> {
 }
 
 impl<K: Resource<DynamicType = ()> + Clone> Merger<K> {
-    fn new(namespaces: usize) -> Self {
+    fn new(namespaces: usize, store: Store<K>) -> Self {
         Self {
-            known: (0..namespaces).map(|_| HashMap::new()).collect(),
+            known: (0..namespaces).map(|_| HashSet::new()).collect(),
+            store,
             listed: vec![false; namespaces],
             ready: false,
             relisting: (0..namespaces).map(|_| None).collect(),
@@ -155,8 +171,8 @@ impl<K: Resource<DynamicType = ()> + Clone> Merger<K> {
                 vec![]
             }
             Event::InitApply(object) => {
-                let key = ObjectRef::from_obj(&object);
-                self.known[i].insert(key.clone(), object.clone());
+                let key = key(&object);
+                self.known[i].insert(key.clone());
                 if let Some(seen) = self.relisting[i].as_mut() {
                     seen.insert(key);
                     vec![Event::Apply(object)]
@@ -169,11 +185,14 @@ impl<K: Resource<DynamicType = ()> + Clone> Merger<K> {
             Event::InitDone => {
                 if let Some(seen) = self.relisting[i].take() {
                     let gone: Vec<ObjectRef<K>> =
-                        self.known[i].keys().filter(|k| !seen.contains(*k)).cloned().collect();
+                        self.known[i].iter().filter(|k| !seen.contains(*k)).cloned().collect();
+                    for k in &gone {
+                        self.known[i].remove(k);
+                    }
                     return gone
                         .into_iter()
-                        .filter_map(|k| self.known[i].remove(&k))
-                        .map(Event::Delete)
+                        .filter_map(|k| self.store.get(&k))
+                        .map(|object| Event::Delete(object.as_ref().clone()))
                         .collect();
                 }
                 self.listed[i] = true;
@@ -184,14 +203,24 @@ impl<K: Resource<DynamicType = ()> + Clone> Merger<K> {
                 vec![]
             }
             Event::Apply(object) => {
-                self.known[i].insert(ObjectRef::from_obj(&object), object.clone());
+                self.known[i].insert(key(&object));
                 vec![Event::Apply(object)]
             }
             Event::Delete(object) => {
-                self.known[i].remove(&ObjectRef::from_obj(&object));
+                self.known[i].remove(&key(&object));
                 vec![Event::Delete(object)]
             }
         }
+    }
+}
+
+/// An object's key without the version and UID (two strings fewer).
+fn key<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
+    let meta = object.meta();
+    let key = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
+    match meta.namespace.as_deref() {
+        Some(namespace) => key.within(namespace),
+        None => key,
     }
 }
 
@@ -225,9 +254,33 @@ mod tests {
             .collect()
     }
 
+    /// A merger and the store its events feed.
+    struct Fed {
+        merger: Merger<ConfigMap>,
+        writer: kube::runtime::reflector::store::Writer<ConfigMap>,
+    }
+
+    impl Fed {
+        fn new(namespaces: usize) -> Self {
+            let writer = kube::runtime::reflector::store::Writer::default();
+            Self {
+                merger: Merger::new(namespaces, writer.as_reader()),
+                writer,
+            }
+        }
+
+        fn next(&mut self, i: usize, event: Event<ConfigMap>) -> Vec<Event<ConfigMap>> {
+            let out = self.merger.next(i, event);
+            for event in &out {
+                self.writer.apply_watcher_event(event);
+            }
+            out
+        }
+    }
+
     #[test]
     fn the_store_is_ready_once_every_namespace_listed() {
-        let mut m = Merger::new(2);
+        let mut m = Fed::new(2);
         assert!(names(&m.next(0, Event::Init)).is_empty());
         assert_eq!(names(&m.next(0, Event::InitApply(cm("a", "x")))), ["initapply x"]);
         assert!(names(&m.next(0, Event::InitDone)).is_empty(), "b has not listed yet");
@@ -238,7 +291,7 @@ mod tests {
 
     #[test]
     fn a_relist_of_one_namespace_deletes_only_what_it_no_longer_lists() {
-        let mut m = Merger::new(2);
+        let mut m = Fed::new(2);
         for (i, ns, name) in [(0, "a", "x"), (0, "a", "gone"), (1, "b", "y")] {
             m.next(i, Event::InitApply(cm(ns, name)));
         }

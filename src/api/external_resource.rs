@@ -243,4 +243,89 @@ pub struct ExternalResourceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+    /// In Tether's cache only, never serialized: `observed` equalled
+    /// `spec.properties` and was dropped so the cache keeps one copy
+    /// ([`ExternalResource::slim`]); read it with
+    /// [`ExternalResource::observed`].
+    #[serde(skip)]
+    pub observed_is_declared: bool,
+}
+
+impl ExternalResource {
+    /// Keeps one copy of what is usually there twice: a status whose
+    /// `observed` equals the declared properties (a resource in sync)
+    /// drops it and says so. For the cache (src/cache.rs), before the
+    /// object is stored.
+    pub fn slim(&mut self) {
+        if let Some(status) = self.status.as_mut()
+            && status.observed.as_ref() == Some(&self.spec.properties)
+        {
+            status.observed = None;
+            status.observed_is_declared = true;
+        }
+    }
+
+    /// The declared fields as last observed at the target (what
+    /// `status.observed` holds, also in a slimmed copy).
+    pub fn observed(&self) -> Option<&Value> {
+        let status = self.status.as_ref()?;
+        match &status.observed {
+            Some(observed) => Some(observed),
+            None if status.observed_is_declared => Some(&self.spec.properties),
+            None => None,
+        }
+    }
+
+    /// The status as the API server holds it (a slimmed copy restored).
+    pub fn full_status(&self) -> Option<ExternalResourceStatus> {
+        let mut status = self.status.clone()?;
+        if status.observed_is_declared {
+            status.observed = Some(self.spec.properties.clone());
+            status.observed_is_declared = false;
+        }
+        Some(status)
+    }
+}
+
+#[cfg(test)]
+mod slim_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn in_sync(observed: Value) -> ExternalResource {
+        let mut er = ExternalResource::new(
+            "ada",
+            serde_json::from_value(json!({"targetRef": {"name": "crm"}, "type": "contact",
+                "properties": {"email": "ada@example.com"}}))
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        er.status = Some(ExternalResourceStatus {
+            external_id: Some("c-1".into()),
+            observed: Some(observed),
+            ..ExternalResourceStatus::default()
+        });
+        er
+    }
+
+    #[test]
+    fn a_slimmed_resource_keeps_its_observed_state_once_and_reads_back_the_same() {
+        let original = in_sync(json!({"email": "ada@example.com"}));
+        let mut slim = original.clone();
+        slim.slim();
+        assert_eq!(slim.status.as_ref().and_then(|s| s.observed.as_ref()), None, "one copy");
+        assert_eq!(slim.observed(), original.observed());
+        assert_eq!(slim.full_status(), original.status);
+        assert_eq!(
+            serde_json::to_value(slim.full_status()).ok(),
+            serde_json::to_value(&original.status).ok()
+        );
+    }
+
+    #[test]
+    fn observed_state_that_differs_from_the_declared_one_is_kept() {
+        let drifted = in_sync(json!({"email": "changed@example.com"}));
+        let mut slim = drifted.clone();
+        slim.slim();
+        assert_eq!(slim.status, drifted.status);
+    }
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::ResourceExt;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::adapter::AnyAdapter;
@@ -145,6 +145,11 @@ impl MappingCache {
         compiled.insert(name, (generation, result.clone()));
         result
     }
+
+    /// Forgets the mapping of an Adapter that is gone.
+    pub fn forget(&self, adapter: &Adapter) {
+        lock(&self.compiled).remove(&adapter.name_any());
+    }
 }
 
 /// How retries after transient failures are spaced: a TargetSystem's
@@ -244,12 +249,30 @@ pub struct GenerationFilter {
 impl GenerationFilter {
     /// True when `object`'s generation differs from the last one seen.
     pub fn changed<K: kube::Resource>(&self, object: &K) -> bool {
-        let key = format!(
+        let key = Self::key(object);
+        lock(&self.seen).insert(key, object.meta().generation) != Some(object.meta().generation)
+    }
+
+    /// Forgets an object that is gone.
+    pub fn forget<K: kube::Resource>(&self, object: &K) {
+        lock(&self.seen).remove(&Self::key(object));
+    }
+
+    fn key<K: kube::Resource>(object: &K) -> String {
+        format!(
             "{}/{}",
             object.meta().namespace.as_deref().unwrap_or_default(),
             object.meta().name.as_deref().unwrap_or_default()
-        );
-        lock(&self.seen).insert(key, object.meta().generation) != Some(object.meta().generation)
+        )
+    }
+
+    /// Objects remembered.
+    pub fn len(&self) -> usize {
+        lock(&self.seen).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -260,12 +283,7 @@ pub struct Context {
     pub targets: Store<TargetSystem>,
     pub adapters: Store<Adapter>,
     pub resources: Store<ExternalResource>,
-    /// The ExternalResources runs own (`tether.dev/run` label), fed by the
-    /// same watch that wakes their run: a run woken by its resource's
-    /// change reads that change here (the controller's own store may not
-    /// have it yet).
-    pub run_resources: Store<ExternalResource>,
-    pub recorder: Recorder,
+    pub recorder: crate::events::Recorder,
     pub metrics: Arc<Metrics>,
     /// What the ExternalResource controller remembers between passes.
     pub resource_memory: ResourceMemory,
@@ -413,6 +431,45 @@ impl Context {
         lock(&self.resource_memory.failures).remove(key);
     }
 
+    /// Frees what was kept for an ExternalResource that is gone (its
+    /// freshness and failure count), so memory follows the live objects.
+    pub fn forget_resource(&self, er: &ExternalResource) {
+        let key = external_resource::key(er);
+        let memory = &self.resource_memory;
+        lock(&memory.fresh).remove(&key);
+        lock(&memory.failures).remove(&key);
+        lock(&memory.refused_creates).remove(&key);
+    }
+
+    /// Frees what was kept for a WorkflowRun that is gone (its last write).
+    pub fn forget_run(&self, run: &WorkflowRun) {
+        if let Some(uid) = run.metadata.uid.as_deref() {
+            lock(&self.run_memory.written).remove(uid);
+        }
+    }
+
+    /// Drops the shared target of a TargetSystem that is gone.
+    pub fn forget_target(&self, ts: &TargetSystem) {
+        self.registry.forget(ts);
+    }
+
+    /// Drops the compiled mapping of an Adapter that is gone.
+    pub fn forget_adapter(&self, adapter: &Adapter) {
+        self.mappings.forget(adapter);
+    }
+
+    /// Entries kept per ExternalResource (freshness, failure counts) and
+    /// per WorkflowRun (last writes): what [`Self::forget_resource`] and
+    /// [`Self::forget_run`] free.
+    pub fn remembered(&self) -> (usize, usize) {
+        (
+            lock(&self.resource_memory.fresh).len()
+                + lock(&self.resource_memory.failures).len()
+                + lock(&self.resource_memory.refused_creates).len(),
+            lock(&self.run_memory.written).len(),
+        )
+    }
+
     /// Server-side applies `status` to the `/status` of `name` with Tether's
     /// field manager, and counts the write.
     pub async fn apply_status<K>(
@@ -535,5 +592,85 @@ mod tests {
             max_delay: "5m".into(),
         });
         assert_eq!(unparsable.base, Backoff::default().base);
+    }
+
+    use kube::runtime::events::Reporter;
+    use kube::runtime::reflector;
+
+    fn context() -> Context {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("url"));
+        let client = kube::Client::try_from(config).expect("client");
+        let metrics = Metrics::shared();
+        Context {
+            client: client.clone(),
+            registry: Arc::new(Registry::new(client.clone(), None, metrics.clone())),
+            mappings: MappingCache::default(),
+            targets: reflector::store().0,
+            adapters: reflector::store().0,
+            resources: reflector::store().0,
+            recorder: crate::events::Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "tether".into(),
+                    instance: None,
+                },
+            ),
+            metrics,
+            resource_memory: ResourceMemory::default(),
+            workflows: reflector::store().0,
+            runs: reflector::store().0,
+            approvals: reflector::store().0,
+            run_memory: RunMemory::default(),
+            callback_base: String::new(),
+            keys: crate::keys::KeyCache::default(),
+            resync: Resync::channel().0,
+            leading: tokio::sync::watch::channel(true).1,
+        }
+    }
+
+    fn resource(name: &str) -> ExternalResource {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "tether.dev/v1alpha1", "kind": "ExternalResource",
+            "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}")},
+            "spec": {"targetRef": {"name": "crm"}, "type": "contact", "properties": {}}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn what_the_controllers_keep_per_object_is_freed_when_the_object_goes() {
+        let ctx = context();
+        let (gone, kept) = (resource("gone"), resource("kept"));
+        let fresh = Freshness {
+            generation: Some(1),
+            resync: None,
+            dependencies: (None, None),
+            references: None,
+            due: None,
+        };
+        for er in [&gone, &kept] {
+            lock(&ctx.resource_memory.fresh).insert(external_resource::key(er), fresh.clone());
+        }
+        ctx.backoff(
+            &external_resource::key(&gone),
+            &Failure::missing("TargetNotFound", "no target"),
+        );
+        let mut run = WorkflowRun::new(
+            "nightly",
+            crate::api::workflow_run::WorkflowRunSpec {
+                workflow_ref: crate::api::common::ObjectRef::new("backup"),
+                parameters: serde_json::json!({}),
+                cancel: false,
+                retry_of: None,
+            },
+        );
+        run.metadata.uid = Some("uid-run".into());
+        lock(&ctx.run_memory.written).insert("uid-run".into(), "42".into());
+        assert_eq!(ctx.remembered(), (3, 1));
+
+        ctx.forget_resource(&gone);
+        ctx.forget_run(&run);
+        assert_eq!(ctx.remembered(), (1, 0), "only the live resource is remembered");
+        assert!(lock(&ctx.resource_memory.fresh).contains_key(&external_resource::key(&kept)));
     }
 }

@@ -111,6 +111,13 @@ impl Registry {
         lock(&self.targets).clear();
     }
 
+    /// Drops the target of a TargetSystem that is gone (its connection
+    /// pool, limits and circuit go with it).
+    pub fn forget(&self, ts: &TargetSystem) {
+        let key = format!("{}/{}", ts.namespace().unwrap_or_default(), ts.name_any());
+        lock(&self.targets).remove(&key);
+    }
+
     /// The target of a TargetSystem, built or reused.
     pub async fn get(&self, ts: &TargetSystem) -> Result<Arc<Target>, RegistryError> {
         let namespace = ts.namespace().unwrap_or_default();

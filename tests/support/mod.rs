@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+pub mod gone_proxy;
 pub mod tether;
 
 #[allow(unused_imports)]

@@ -22,6 +22,8 @@ pub struct Controller {
     pub metrics_port: u16,
     pub webhook_port: u16,
     args: Vec<String>,
+    /// How it reaches the API server (default: the controller identity's).
+    kubeconfig: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -49,21 +51,38 @@ impl Controller {
         Self::start_exactly(cp, namespace, extra)
     }
 
+    /// [`Self::start`] reaching the API server through `kubeconfig` (a
+    /// proxy's).
+    pub fn start_with_kubeconfig(cp: &ControlPlane, namespace: &str, extra: &[&str], kubeconfig: PathBuf) -> Self {
+        let mut args: Vec<String> = vec!["run".into(), "--namespace".into(), namespace.into()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args.extend(["--egress-deny".to_owned(), TEST_EGRESS_DENY.to_owned()]);
+        let mut controller = Self::unstarted(cp, namespace, args);
+        controller.kubeconfig = Some(kubeconfig);
+        controller.restart(cp);
+        controller
+    }
+
     fn start_exactly(cp: &ControlPlane, namespace: &str, extra: &[&str]) -> Self {
         let mut args: Vec<String> = vec!["run".into(), "--namespace".into(), namespace.into()];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let mut controller = Self::unstarted(cp, namespace, args);
+        controller.restart(cp);
+        controller
+    }
+
+    fn unstarted(cp: &ControlPlane, namespace: &str, args: Vec<String>) -> Self {
         let log = cp
             .dir
             .join(format!("tether-{namespace}-{}.log", uuid::Uuid::new_v4().simple()));
-        let mut controller = Controller {
+        Controller {
             child: None,
             log,
             metrics_port: 0,
             webhook_port: 0,
             args,
-        };
-        controller.restart(cp);
-        controller
+            kubeconfig: None,
+        }
     }
 
     /// Starts the process again (after `kill`), appending to the same log.
@@ -84,7 +103,10 @@ impl Controller {
             .args(&self.args)
             .args(["--metrics-addr", &format!("127.0.0.1:{}", self.metrics_port)])
             .args(["--webhook-addr", &format!("127.0.0.1:{}", self.webhook_port)])
-            .env("KUBECONFIG", cp.kubeconfig("controller"))
+            .env(
+                "KUBECONFIG",
+                self.kubeconfig.clone().unwrap_or_else(|| cp.kubeconfig("controller")),
+            )
             .env("RUST_LOG", "info,tether=debug")
             .stdin(Stdio::null())
             .stdout(log)

@@ -82,7 +82,8 @@ pub fn error_policy(er: Arc<ExternalResource>, error: &Error, ctx: Arc<Context>)
     Action::requeue(ctx.backoff_by(&key(&er), &Failure::missing(error.label(), String::new()), &policy))
 }
 
-fn key(er: &ExternalResource) -> String {
+/// The key of what is kept per resource (its UID).
+pub(crate) fn key(er: &ExternalResource) -> String {
     er.uid()
         .unwrap_or_else(|| format!("{}/{}", er.namespace().unwrap_or_default(), er.name_any()))
 }
@@ -115,7 +116,7 @@ type StatusWriter<'a> = super::status::StatusWriter<'a, ExternalResource, Extern
 
 fn status_writer<'a>(er: &ExternalResource, ctx: &'a Context) -> StatusWriter<'a> {
     let api = Api::namespaced(ctx.client.clone(), &er.namespace().unwrap_or_default());
-    StatusWriter::new(ctx, api, er, KIND, er.status.clone())
+    StatusWriter::new(ctx, api, er, KIND, er.full_status())
 }
 
 async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {

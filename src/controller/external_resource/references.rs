@@ -66,7 +66,7 @@ fn exposed(er: &ExternalResource) -> Value {
     json!({
         "name": er.name_any(),
         "externalId": status.and_then(|s| s.external_id.clone()),
-        "observed": status.and_then(|s| s.observed.clone()).unwrap_or(Value::Null),
+        "observed": er.observed().cloned().unwrap_or(Value::Null),
     })
 }
 
@@ -263,7 +263,54 @@ struct Index {
     recorded: HashMap<(String, String), BTreeSet<String>>,
 }
 
+impl Index {
+    /// `dependent` no longer references `target`.
+    fn unlink(&mut self, namespace: &str, target: &str, dependent: &str) {
+        let key = (namespace.to_owned(), target.to_owned());
+        if let Some(set) = self.by_name.get_mut(&key) {
+            set.remove(dependent);
+            if set.is_empty() {
+                self.by_name.remove(&key);
+            }
+        }
+    }
+
+    /// Everything recorded of `name`.
+    fn forget(&mut self, namespace: &str, name: &str) {
+        let referenced = self
+            .recorded
+            .remove(&(namespace.to_owned(), name.to_owned()))
+            .unwrap_or_default();
+        for target in &referenced {
+            self.unlink(namespace, target, name);
+        }
+        if let Some(of_namespace) = self.selectors.get_mut(namespace) {
+            of_namespace.remove(name);
+            if of_namespace.is_empty() {
+                self.selectors.remove(namespace);
+            }
+        }
+    }
+}
+
 impl ReferenceIndex {
+    /// Forgets an ExternalResource that is gone (also one whose last event
+    /// was missed, which a relist reports).
+    pub fn forget(&self, gone: &ExternalResource) {
+        let mut index = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        index.forget(&gone.namespace().unwrap_or_default(), &gone.name_any());
+    }
+
+    /// Objects and namespaces recorded (what [`Self::forget`] frees).
+    pub fn len(&self) -> usize {
+        let index = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        index.recorded.len() + index.by_name.len() + index.selectors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Records `changed`'s references and returns the objects to reconcile:
     /// those that reference it (its id, readiness or fields may have
     /// changed), and — when it is being deleted — those it references (their
@@ -278,14 +325,17 @@ impl ReferenceIndex {
             .values()
             .filter_map(|r| r.name.clone())
             .collect();
-        let before = index
-            .recorded
-            .insert((namespace.clone(), name.clone()), now.clone())
-            .unwrap_or_default();
+        // Only objects that reference by name are recorded: memory follows
+        // the references, not the number of objects.
+        let key = (namespace.clone(), name.clone());
+        let before = if now.is_empty() {
+            index.recorded.remove(&key)
+        } else {
+            index.recorded.insert(key, now.clone())
+        }
+        .unwrap_or_default();
         for gone in before.difference(&now) {
-            if let Some(set) = index.by_name.get_mut(&(namespace.clone(), gone.clone())) {
-                set.remove(&name);
-            }
+            index.unlink(&namespace, gone, &name);
         }
         for target in &now {
             index
@@ -300,11 +350,19 @@ impl ReferenceIndex {
             .values()
             .filter_map(|r| r.selector.as_ref().map(|s| s.match_labels.clone()))
             .collect();
-        let of_namespace = index.selectors.entry(namespace.clone()).or_default();
         if selectors.is_empty() {
-            of_namespace.remove(&name);
+            if let Some(of_namespace) = index.selectors.get_mut(&namespace) {
+                of_namespace.remove(&name);
+                if of_namespace.is_empty() {
+                    index.selectors.remove(&namespace);
+                }
+            }
         } else {
-            of_namespace.insert(name.clone(), selectors);
+            index
+                .selectors
+                .entry(namespace.clone())
+                .or_default()
+                .insert(name.clone(), selectors);
         }
 
         let mut wake: BTreeSet<String> = index
@@ -328,18 +386,7 @@ impl ReferenceIndex {
             // Its finalizer is gone: this is the last event of the object,
             // so the index forgets it (names are not kept forever).
             if changed.finalizers().is_empty() {
-                index.recorded.remove(&(namespace.clone(), name.clone()));
-                for target in &now {
-                    if let Some(set) = index.by_name.get_mut(&(namespace.clone(), target.clone())) {
-                        set.remove(&name);
-                        if set.is_empty() {
-                            index.by_name.remove(&(namespace.clone(), target.clone()));
-                        }
-                    }
-                }
-                if let Some(of_namespace) = index.selectors.get_mut(&namespace) {
-                    of_namespace.remove(&name);
-                }
+                index.forget(&namespace, &name);
             }
         }
         wake.remove(&name);
@@ -518,5 +565,26 @@ mod tests {
         gone.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
         assert_eq!(index.affected(&gone), vec![ObjectRef::new("bob").within("shop")]);
         assert!(index.affected(&bob).is_empty(), "a deleted dependent is forgotten");
+    }
+
+    #[test]
+    fn the_index_keeps_nothing_for_objects_without_references_and_forgets_the_deleted() {
+        let index = ReferenceIndex::default();
+        for i in 0..100 {
+            index.affected(&er(&format!("plain-{i}"), json!({})));
+        }
+        assert!(index.is_empty(), "100 resources that reference nothing cost nothing");
+        let order = er("order", json!({"customer": {"name": "ada"}}));
+        let picky = er(
+            "picky",
+            json!({"customer": {"selector": {"matchLabels": {"tier": "gold"}}}}),
+        );
+        index.affected(&order);
+        index.affected(&picky);
+        assert!(!index.is_empty());
+        // Deleted while the watch was away: no last event, a relist reports it.
+        index.forget(&order);
+        index.forget(&picky);
+        assert!(index.is_empty(), "forgotten: {}", index.len());
     }
 }

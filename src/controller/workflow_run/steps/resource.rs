@@ -109,12 +109,14 @@ fn check(scope: &Scope<'_>, step: &Step<'_>, resource: &CompiledResource) -> Opt
     let name = resource_name(&owner_name(scope, step.name), step.name, None);
     let er = scope
         .ctx
-        .run_resources
+        .resources
         .get(&ObjectRef::new(&name).within(&scope.namespace()));
+    // The cache keeps an in-sync resource's observed state once: restore it.
+    let status = er.as_ref().and_then(|er| er.full_status());
     resource_outcome(
         step.name,
         &name,
-        er.as_ref().and_then(|er| er.status.as_ref()),
+        status.as_ref(),
         step.started(scope.now),
         resource.ready_timeout,
         scope.now,
