@@ -252,7 +252,11 @@ EOF
 ip netns add "$netns"
 in_ns() { ip netns exec "$netns" "$@"; }
 in_ns ip link set lo up
-in_ns ip link add cni0 type bridge
+# A fixed MAC: a bridge without one takes the lowest MAC of its ports and
+# changes it when that pod's veth goes, and every other pod keeps sending
+# to the old gateway MAC until its ARP entry expires (their API requests
+# hang for tens of seconds after any pod is deleted).
+in_ns ip link add cni0 address 0a:58:0a:58:00:01 type bridge
 in_ns ip addr add "$NODE_IP/24" dev cni0
 in_ns ip link set cni0 up
 # The kubernetes Service's address is the namespace's own (on its

@@ -144,7 +144,7 @@ impl LeaderElector {
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.config.name));
         let mut changes = watcher(self.api.clone(), config).default_backoff().boxed();
         loop {
-            match self.try_acquire().await {
+            match self.bounded_try_acquire().await {
                 Ok(Some(leadership)) => return Ok(leadership),
                 Ok(None) => {}
                 Err(err) => tracing::warn!(%err, "leader election attempt failed"),
@@ -209,12 +209,26 @@ impl LeaderElector {
         }
     }
 
+    /// [`try_acquire`](Self::try_acquire) given at most `renew_every`.
+    async fn bounded_try_acquire(&self) -> Result<Option<Leadership>, Error> {
+        tokio::time::timeout(self.config.renew_every, self.try_acquire())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    name: self.config.name.clone(),
+                })
+            })
+    }
+
     /// Renews the Lease until it cannot; returns why leadership ended.
     pub async fn hold(&self, leadership: &Leadership) -> Error {
         let mut last_renewal = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.config.renew_every).await;
-            match self.try_acquire().await {
+            // Each attempt is bounded (client-go's renew deadline): a request
+            // stuck on a dead connection must not outlive the Lease while
+            // this process still acts as its holder.
+            match self.bounded_try_acquire().await {
                 Ok(Some(renewed)) if renewed == *leadership => last_renewal = tokio::time::Instant::now(),
                 Ok(_) => {
                     let holder = match self.api.get_opt(&self.config.name).await {
