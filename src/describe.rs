@@ -96,6 +96,9 @@ pub fn describe(run: &WorkflowRun, now: DateTime<Utc>) -> String {
         "Pinned: workflow generation {} (spec hash {})",
         pinned.generation, pinned.hash
     );
+    if let Some(trace) = &status.trace_id {
+        let _ = writeln!(out, "Trace: {trace}");
+    }
     let spec: WorkflowSpec = match serde_json::from_value(pinned.spec.clone()) {
         Ok(spec) => spec,
         Err(e) => {
@@ -266,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn describe_shows_each_steps_outputs_and_where_a_kept_step_ran() {
+    fn describe_shows_each_steps_outputs_where_a_kept_step_ran_and_the_trace() {
         let spec = json!({"steps": [
             {"name": "contact", "resource": {"targetRef": {"name": "crm"}, "type": "contact", "properties": "{}"}},
             {"name": "big", "dependsOn": ["contact"], "wait": {"duration": "1s"}}
@@ -302,6 +305,14 @@ mod tests {
             ..WorkflowRunStatus::default()
         });
         let text = describe(&run, Utc::now());
+        assert!(!text.contains("Trace:"), "no trace without one: {text}");
+        if let Some(status) = run.status.as_mut() {
+            status.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+        }
+        assert!(
+            describe(&run, Utc::now()).contains("Trace: 4bf92f3577b34da6a3ce929d0e0e4736"),
+            "the run's trace id is printed"
+        );
         assert!(text.contains(r#"outputs: {"externalId":"c-42"}"#), "{text}");
         assert!(text.contains("kept from run r1"), "{text}");
         let long = text.lines().find(|l| l.contains("blob")).unwrap_or_default();

@@ -43,6 +43,7 @@ pub mod runs;
 pub mod sandbox;
 pub mod scope;
 pub mod signing;
+pub mod telemetry;
 pub mod text;
 pub mod webhook;
 pub mod workflow;

@@ -136,6 +136,42 @@ enum LogFormat {
     Json,
 }
 
+/// Logs on stderr (`RUST_LOG`, default `info`) and, for `tether run
+/// --otlp-endpoint`, the OTLP trace layer; without an endpoint no trace
+/// layer exists. Trace spans stay out of the logs.
+fn logs_and_traces(cli: &Cli) -> anyhow::Result<Option<tether::telemetry::Traces>> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::{FilterExt, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs redirected to a file stay plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let logs: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> = match cli.log_format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().boxed(),
+    };
+    let not_trace = filter_fn(|meta| meta.target() != tether::telemetry::TARGET);
+    let registry = tracing_subscriber::registry().with(logs.with_filter(filter.and(not_trace)));
+    let endpoint = match &cli.command {
+        Command::Run(options) => options.otlp_endpoint.as_deref(),
+        _ => None,
+    };
+    let Some(endpoint) = endpoint else {
+        registry.init();
+        return Ok(None);
+    };
+    let (layer, traces) = tether::telemetry::layer(endpoint, tokio::runtime::Handle::current())
+        .context("setting up the trace exporter (--otlp-endpoint)")?;
+    let only_traces = filter_fn(|meta| meta.is_span() && meta.target() == tether::telemetry::TARGET);
+    registry.with(layer.with_filter(only_traces)).init();
+    tracing::info!("exporting traces over OTLP (--otlp-endpoint)");
+    Ok(Some(traces))
+}
+
 /// `tether runs …`: each command with a client and a namespace.
 async fn runs(command: RunsCommand) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
@@ -190,18 +226,16 @@ fn main_result() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     tether::install_crypto_provider();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: logs redirected to a file stay plain.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    let traces = logs_and_traces(&cli)?;
     match cli.command {
-        Command::Run(options) => tether::run::run(*options).await?,
+        Command::Run(options) => {
+            let result = tether::run::run(*options).await;
+            if let Some(traces) = traces {
+                // The flush blocks on exports that run on this runtime.
+                let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+            }
+            result?
+        }
         Command::Plan(options) => match tether::plan::cluster::main(options).await? {
             tether::plan::Outcome::NoChanges => {}
             outcome => return Err(PlanExit(outcome).into()),

@@ -97,6 +97,12 @@ pub struct RunOptions {
     /// the API server's own ip:port is refused whatever this says.
     #[arg(long, env = "TETHER_EGRESS_DENY")]
     pub egress_deny: Option<crate::http::egress::DenyList>,
+    /// Export traces (a span per reconcile, workflow step and call to a
+    /// target) over OTLP/HTTP protobuf to this base URL (`/v1/traces` is
+    /// added), and send targets the W3C `traceparent` header. Off when
+    /// unset: no exporter, no spans.
+    #[arg(long, env = "TETHER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// URL of the API server, for the egress deny list (set by `run` from
     /// the kubeconfig or the in-cluster config).
     #[arg(skip)]

@@ -98,6 +98,7 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
                 .filter(|net| !net.contains(&std::net::IpAddr::from([127, 0, 0, 1])))
                 .collect(),
         )),
+        otlp_endpoint: None,
         api_server_url: Some(cp.server.clone()),
     };
     let controller = tokio::spawn(run_with_client(client, run_options));

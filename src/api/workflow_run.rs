@@ -244,6 +244,13 @@ pub struct WorkflowRunStatus {
     /// When the run ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// The W3C trace id (32 hex digits) of the run's trace — its
+    /// reconciles, steps and calls to targets — when the controller exports
+    /// traces (`tether run --otlp-endpoint`); `tether runs describe` prints
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub trace_id: Option<String>,
     /// Every step of the pinned definition, in its order, with its state.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]

@@ -8,6 +8,9 @@
 //! The object gets `Ready=False` with reason `InternalError` (written by a
 //! field manager of its own, so it merges with Tether's other conditions),
 //! a Warning Event and a metric, and waits for a change of its spec.
+//!
+//! Every reconcile passes here, so here is its span (`crate::telemetry`):
+//! a run's reconciles join the run's trace.
 
 use std::any::Any;
 use std::future::Future;
@@ -20,8 +23,10 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::Context;
+use crate::telemetry;
 
 /// Reason of the condition and Event of an object whose reconcile panicked.
 pub use crate::api::common::reason::INTERNAL_ERROR;
@@ -50,6 +55,12 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 /// How to reach the API of a kind, given one of its objects.
 pub trait Scoped: kube::Resource<DynamicType = ()> + Sized {
     fn api_of(&self, client: kube::Client) -> Api<Self>;
+
+    /// The uid of the run whose trace this object's reconciles join (a
+    /// WorkflowRun's own); `None`: each reconcile is a trace of its own.
+    fn run_trace(&self) -> Option<String> {
+        None
+    }
 }
 
 macro_rules! namespaced {
@@ -64,9 +75,18 @@ macro_rules! namespaced {
 namespaced!(
     crate::api::ExternalResource,
     crate::api::TargetSystem,
-    crate::api::Workflow,
-    crate::api::WorkflowRun
+    crate::api::Workflow
 );
+
+impl Scoped for crate::api::WorkflowRun {
+    fn api_of(&self, client: kube::Client) -> Api<Self> {
+        Api::namespaced(client, &self.namespace().unwrap_or_default())
+    }
+
+    fn run_trace(&self) -> Option<String> {
+        self.uid()
+    }
+}
 
 impl Scoped for crate::api::Adapter {
     fn api_of(&self, client: kube::Client) -> Api<Self> {
@@ -93,14 +113,27 @@ where
     Fut: Future<Output = Result<Action, E>> + Send + 'static,
     E: Send + 'static,
 {
-    let task = AbortOnDrop(tokio::spawn(catch(reconcile(object.clone(), ctx.clone()))));
+    let span = telemetry::reconcile_span(
+        kind,
+        object.namespace().as_deref(),
+        &object.name_any(),
+        object.run_trace().as_deref(),
+    );
+    let traced = catch(reconcile(object.clone(), ctx.clone())).instrument(span.clone());
+    let task = AbortOnDrop(tokio::spawn(traced));
     let outcome = match task.join().await {
         Ok(caught) => caught,
         Err(join) => Err(format!("the reconcile task ended: {join}")),
     };
     match outcome {
-        Ok(result) => result,
+        Ok(result) => {
+            if result.is_err() {
+                telemetry::failed(&span);
+            }
+            result
+        }
         Err(message) => {
+            telemetry::failed(&span);
             report(object.as_ref(), &ctx, kind, &message).await;
             Ok(Action::await_change())
         }

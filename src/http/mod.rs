@@ -18,13 +18,15 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota};
 use reqwest::Url;
-use reqwest::header::{LOCATION, RETRY_AFTER};
+use reqwest::header::{HeaderValue, LOCATION, RETRY_AFTER};
 use serde_json::Value;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::api::adapter::HttpMethod;
 use crate::api::target_system::CircuitState;
 use crate::metrics::{HttpLabels, Metrics, TargetLabels};
+use crate::telemetry;
 use auth::{Credentials, Redactor};
 use circuit::Circuit;
 use egress::EgressPolicy;
@@ -146,13 +148,25 @@ impl Target {
     /// Sends one call, waiting for the target's rate limit and concurrency
     /// limit. 401/403, 429 and 5xx come back as errors; every other status
     /// is an answer for the adapter to interpret.
+    ///
+    /// Traced as a span of its own (target, operation, method, status code,
+    /// attempt, idempotency key: nothing of the URL, headers or body), whose
+    /// `traceparent` the target receives.
     pub async fn send(&self, call: HttpCall) -> Result<HttpAnswer, CallError> {
-        let result = self.send_inner(&call).await;
+        let span = telemetry::http_span(&self.key, &call.operation, call.method.as_str(), idempotency_key(&call));
+        let result = self.send_inner(&call, &span).instrument(span.clone()).await;
         let outcome = match &result {
             Ok(answer) if answer.is_success() => "success",
             Ok(_) => "client_error",
             Err(e) => e.reason(),
         };
+        let status = match &result {
+            Ok(answer) => Some(answer.status),
+            Err(CallError::Unauthorized { status, .. } | CallError::Redirected { status, .. }) => Some(*status),
+            Err(CallError::Throttled { .. }) => Some(429),
+            Err(_) => None,
+        };
+        telemetry::http_outcome(&span, status, result.as_ref().err().map(CallError::reason));
         self.metrics
             .http_requests
             .get_or_create(&HttpLabels {
@@ -164,7 +178,7 @@ impl Target {
         result
     }
 
-    async fn send_inner(&self, call: &HttpCall) -> Result<HttpAnswer, CallError> {
+    async fn send_inner(&self, call: &HttpCall, span: &tracing::Span) -> Result<HttpAnswer, CallError> {
         let url = url::join(call.base.as_ref().unwrap_or(&self.base), &call.path, &call.query)?;
         // Host names are checked when resolved; IP literals never are.
         self.egress.check_url(&url)?;
@@ -226,9 +240,14 @@ impl Target {
             request = request.timeout(timeout.min(crate::api::target_system::MAX_REQUEST_TIMEOUT));
         }
         let request = self.credentials.apply(&self.http, &self.egress, request).await?;
-        let request = request
+        let mut request = request
             .build()
             .map_err(|err| CallError::InvalidResponse(format!("the request cannot be built: {}", describe(&err))))?;
+        // Tether's own, replacing any a template set: the target's logs
+        // join this call's span.
+        if let Some(value) = telemetry::traceparent(span).and_then(|v| HeaderValue::from_str(&v).ok()) {
+            request.headers_mut().insert(telemetry::TRACEPARENT, value);
+        }
         // What went out as credentials (an OAuth2 access token, the base64
         // of a basic pair): a target that echoes them gets them redacted.
         let credentials_sent = auth::credential_values(request.headers(), None);
@@ -343,6 +362,14 @@ impl Target {
             })
             .set(open);
     }
+}
+
+/// The idempotency key a call carries in the usual header, for its span.
+fn idempotency_key(call: &HttpCall) -> Option<&str> {
+    call.headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("idempotency-key"))
+        .map(|(_, value)| value.as_str())
 }
 
 /// `Retry-After` in seconds, at most [`MAX_RETRY_AFTER`]. The HTTP-date

@@ -68,6 +68,18 @@ pub enum StepKind {
     Wait(Duration),
 }
 
+impl StepKind {
+    /// The kind's field name in a Workflow (`call`, `resource`, ...).
+    pub fn label(&self) -> &'static str {
+        match self {
+            StepKind::Call(_) => "call",
+            StepKind::Resource(_) => "resource",
+            StepKind::Approval(_) => "approval",
+            StepKind::Wait(_) => "wait",
+        }
+    }
+}
+
 pub struct CompiledStep {
     pub name: String,
     pub when: Option<Expr>,

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, oneshot};
 use tower::ServiceExt;
 
 pub use faults::{Faults, Hostile, RateLimitFault, Stats};
-pub use routes::{ConnectionKill, Credentials, OAuthClient, SimState};
+pub use routes::{ConnectionKill, Credentials, OAuthClient, SimState, Traced};
 
 /// A running simulator. Dropping it stops the server.
 pub struct SimHandle {

@@ -44,6 +44,19 @@ pub struct OAuthClient {
     pub client_secret: String,
 }
 
+/// Header of the W3C Trace Context a caller's span travels in.
+pub const TRACEPARENT: &str = "traceparent";
+/// How many `traceparent` headers a simulator remembers (the latest).
+const TRACEPARENTS_KEPT: usize = 10_000;
+
+/// A data request that came with a `traceparent` header: what it asked
+/// (`create offers`, as in [`Stats::requests`]) and the header's value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Traced {
+    pub request: String,
+    pub traceparent: String,
+}
+
 /// Closes the connection a request came on, without a response.
 #[derive(Clone)]
 pub struct ConnectionKill(pub Arc<Notify>);
@@ -59,6 +72,7 @@ struct Inner {
     issued_tokens: std::collections::HashMap<String, Instant>,
     in_flight: u64,
     credentials: Credentials,
+    traceparents: std::collections::VecDeque<Traced>,
 }
 
 /// Shared state of one simulator.
@@ -109,6 +123,12 @@ impl SimState {
         inner.stats = Stats::default();
         inner.admitted.clear();
         inner.retry_not_before = None;
+    }
+
+    /// The data requests that carried a `traceparent`, oldest first (the
+    /// latest 10,000): how a target's logs would join the caller's trace.
+    pub fn traceparents(&self) -> Vec<Traced> {
+        self.lock().traceparents.iter().cloned().collect()
     }
 
     pub fn objects(&self, collection: &str) -> Vec<Value> {
@@ -178,11 +198,17 @@ async fn admit(
 ) -> Result<InFlight, Response> {
     let latency = {
         let mut inner = state.lock();
-        *inner
-            .stats
-            .requests
-            .entry(format!("{operation} {collection}"))
-            .or_default() += 1;
+        let request = format!("{operation} {collection}");
+        if let Some(traceparent) = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()) {
+            if inner.traceparents.len() >= TRACEPARENTS_KEPT {
+                inner.traceparents.pop_front();
+            }
+            inner.traceparents.push_back(Traced {
+                request: request.clone(),
+                traceparent: traceparent.to_owned(),
+            });
+        }
+        *inner.stats.requests.entry(request).or_default() += 1;
         let now = Instant::now();
         if inner.retry_not_before.is_some_and(|deadline| now < deadline) {
             inner.stats.retry_after_violations += 1;

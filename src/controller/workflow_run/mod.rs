@@ -257,6 +257,10 @@ async fn advance(run: Arc<WorkflowRun>, ctx: &Context, api: &Api<WorkflowRun>) -
             workflow.spec.clone()
         }
     };
+    if status.trace_id.is_none() {
+        // Written with the first round; every later reconcile joins it.
+        status.trace_id = crate::telemetry::run_trace_id(&writer.uid);
+    }
     let hash = status.pinned.as_ref().map(|p| p.hash.clone()).unwrap_or_default();
     let compiled = match ctx.compiled(&hash, &spec) {
         Ok(compiled) => compiled,

@@ -23,6 +23,7 @@ use crate::api::WorkflowRun;
 use crate::api::workflow_run::{StepStatus, WorkflowRunStatus};
 use crate::controller::Context;
 use crate::http::Target;
+use crate::telemetry::{self, StepCall};
 use crate::workflow::compile::{Compiled, CompiledStep, StepKind};
 use crate::workflow::engine::{Action, FailureClass, Observation};
 use crate::workflow::steps::{Failure, eval_items};
@@ -101,8 +102,44 @@ impl<'a> Scope<'a> {
         scope
     }
 
-    /// Performs one action: the step kind decides.
+    /// Performs one action: the step kind decides. Traced as the step's
+    /// span, which the calls it makes go under.
     pub async fn perform(&self, action: &Action) -> Option<Observation> {
+        let (step, verb, item, call) = match action {
+            Action::Run {
+                step,
+                item,
+                attempt,
+                idempotency_key,
+            } => (
+                step,
+                "start",
+                *item,
+                StepCall {
+                    attempt: Some(*attempt),
+                    idempotency_key: Some(idempotency_key.clone()),
+                },
+            ),
+            Action::Check { step } => (step, "check", None, StepCall::default()),
+            Action::Compensate {
+                step,
+                item,
+                idempotency_key,
+            } => (
+                step,
+                "compensate",
+                *item,
+                StepCall {
+                    attempt: None,
+                    idempotency_key: Some(idempotency_key.clone()),
+                },
+            ),
+        };
+        let kind = self.step(step).map_or("unknown", |(c, _)| c.kind.label());
+        telemetry::in_step(step, kind, verb, item, call, self.perform_untraced(action)).await
+    }
+
+    async fn perform_untraced(&self, action: &Action) -> Option<Observation> {
         let (name, what) = match action {
             Action::Run {
                 step,
