@@ -407,8 +407,8 @@ struct HeldShard {
 /// change of the held set stops the controllers gracefully (reconciles in
 /// flight finish, [`GRACEFUL_STOP`] at most), releases what it gives up,
 /// and starts caches and controllers selecting the new set. A shard Lease
-/// that cannot be renewed stops the process (its replacement starts
-/// clean), like an unsharded leader's.
+/// that cannot be renewed stops that shard's reconciles at once (the
+/// controllers are dropped without grace) and the others go on.
 async fn sharded(
     process: &Process,
     leases: Leases,
@@ -417,7 +417,7 @@ async fn sharded(
 ) -> anyhow::Result<()> {
     let count = process.options.shards;
     let renew_every = process.options.lease_duration / 3;
-    let (lost_tx, mut lost_rx) = tokio::sync::mpsc::unbounded_channel::<(String, leader::Error)>();
+    let (lost_tx, mut lost_rx) = tokio::sync::mpsc::unbounded_channel::<(u32, leader::Error)>();
     let member = leases.member();
     let membership = loop {
         match member.try_acquire().await {
@@ -432,11 +432,24 @@ async fn sharded(
             }
         }
     };
+    // Membership is renewed, and taken again if it lapsed (a replica the
+    // others counted out meanwhile only gets a smaller share).
     let member_renewal = tokio::spawn({
-        let (member, membership, lost) = (member.clone(), membership.clone(), lost_tx.clone());
+        let member = member.clone();
         async move {
-            let err = member.hold(&membership).await;
-            let _ = lost.send(("member".into(), err));
+            let mut membership = membership;
+            loop {
+                let err = member.hold(&membership).await;
+                tracing::warn!(%err, "the member Lease lapsed; joining again");
+                membership = loop {
+                    match member.try_acquire().await {
+                        Ok(Some(membership)) => break membership,
+                        Ok(None) => {}
+                        Err(err) => tracing::warn!(%err, "joining the shard members failed; retrying"),
+                    }
+                    tokio::time::sleep(renew_every).await;
+                };
+            }
         }
     });
     let (store, mut changes) = leases.watch();
@@ -457,69 +470,85 @@ async fn sharded(
     let mut tick = tokio::time::interval(renew_every);
     let mut stop = process.stop.clone();
     let outcome = loop {
-        tokio::select! {
+        let lost = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => break Ok(()),
-            Some((lease, err)) = lost_rx.recv() => {
-                break Err(anyhow::anyhow!("stopping: the {lease} Lease could not be renewed ({err})"));
-            }
-            _ = tick.tick() => {}
-            Some(()) = changes.next() => {}
+            Some((i, err)) = lost_rx.recv() => Some((i, err)),
+            _ = tick.tick() => None,
+            Some(()) = changes.next() => None,
+        };
+        if let Some((i, _)) = &lost
+            && !held.contains_key(i)
+        {
+            continue; // given up meanwhile
         }
-        let survey = leases.survey(&store);
-        if held.contains_key(&0) {
-            for stale in &survey.stale_members {
-                leases.delete(stale).await;
+        if let Some((i, err)) = lost {
+            // Another replica may hold it now: stop reconciling at once (no
+            // grace: what is still in flight is fenced by its conditional
+            // writes), and go on with the other shards.
+            tracing::warn!(%err, shard = i, "a shard Lease could not be renewed; no longer reconciling it");
+            if let Some(shard) = held.remove(&i) {
+                shard.renewal.abort();
             }
-        }
-        let mine: BTreeSet<u32> = held.keys().copied().collect();
-        let share = crate::shard::fair_share(count, &survey.members, &process.identity);
-        match crate::shard::next_step(count, &mine, share, &survey.holders) {
-            Step::Stay => continue,
-            Step::Release(give) => {
-                tracing::info!(?give, share, "giving up shards");
-                generation.stop(controllers.take()).await;
-                for i in give {
-                    if let Some(shard) = held.remove(&i) {
-                        shard.renewal.abort();
-                        if let Err(err) = shard.elector.release(&shard.leadership).await {
-                            tracing::warn!(%err, shard = i, "releasing a shard Lease failed; it expires instead");
+            if let Some(controllers) = controllers.take() {
+                controllers.abort();
+            }
+        } else {
+            let survey = leases.survey(&store);
+            if held.contains_key(&0) {
+                for stale in &survey.stale_members {
+                    leases.delete(stale).await;
+                }
+            }
+            let mine: BTreeSet<u32> = held.keys().copied().collect();
+            let share = crate::shard::fair_share(count, &survey.members, &process.identity);
+            match crate::shard::next_step(count, &mine, share, &survey.holders) {
+                Step::Stay => continue,
+                Step::Release(give) => {
+                    tracing::info!(?give, share, "giving up shards");
+                    generation.stop(controllers.take()).await;
+                    for i in give {
+                        if let Some(shard) = held.remove(&i) {
+                            shard.renewal.abort();
+                            if let Err(err) = shard.elector.release(&shard.leadership).await {
+                                tracing::warn!(%err, shard = i, "releasing a shard Lease failed; it expires instead");
+                            }
                         }
                     }
                 }
-            }
-            Step::Acquire(want) => {
-                let mut taken = Vec::new();
-                for i in want {
-                    let elector = leases.shard(i);
-                    match elector.try_acquire().await {
-                        Ok(Some(leadership)) => {
-                            let renewal = tokio::spawn({
-                                let (elector, leadership, lost) =
-                                    (elector.clone(), leadership.clone(), lost_tx.clone());
-                                async move {
-                                    let err = elector.hold(&leadership).await;
-                                    let _ = lost.send((format!("shard {i}"), err));
-                                }
-                            });
-                            taken.push(i);
-                            held.insert(
-                                i,
-                                HeldShard {
-                                    elector,
-                                    leadership,
-                                    renewal,
-                                },
-                            );
+                Step::Acquire(want) => {
+                    let mut taken = Vec::new();
+                    for i in want {
+                        let elector = leases.shard(i);
+                        match elector.try_acquire().await {
+                            Ok(Some(leadership)) => {
+                                let renewal = tokio::spawn({
+                                    let (elector, leadership, lost) =
+                                        (elector.clone(), leadership.clone(), lost_tx.clone());
+                                    async move {
+                                        let err = elector.hold(&leadership).await;
+                                        let _ = lost.send((i, err));
+                                    }
+                                });
+                                taken.push(i);
+                                held.insert(
+                                    i,
+                                    HeldShard {
+                                        elector,
+                                        leadership,
+                                        renewal,
+                                    },
+                                );
+                            }
+                            Ok(None) => {}
+                            Err(err) => tracing::warn!(%err, shard = i, "taking a shard Lease failed"),
                         }
-                        Ok(None) => {}
-                        Err(err) => tracing::warn!(%err, shard = i, "taking a shard Lease failed"),
                     }
+                    if taken.is_empty() {
+                        continue;
+                    }
+                    tracing::info!(?taken, share, "took shards");
+                    generation.stop(controllers.take()).await;
                 }
-                if taken.is_empty() {
-                    continue;
-                }
-                tracing::info!(?taken, share, "took shards");
-                generation.stop(controllers.take()).await;
             }
         }
         let tokens: BTreeMap<u32, String> = held
@@ -540,9 +569,9 @@ async fn sharded(
         *current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = generation.ctx.clone();
         controllers = generation.spawn_controllers();
     };
-    // Stopping (or a Lease lost): no reconcile outlives the Leases it ran
-    // under for longer than the grace; then every Lease is handed over now
-    // rather than when it expires.
+    // Stopping: no reconcile outlives the Leases it ran under for longer
+    // than the grace; then every Lease is handed over now rather than when
+    // it expires.
     if outcome.is_ok() {
         generation.stop(controllers.take()).await;
     } else if let Some(controllers) = controllers.take() {
