@@ -159,9 +159,16 @@ where
     /// Runs the watch (retried with backoff) until the process ends, and
     /// returns the store.
     pub fn run(self) -> Store<K> {
+        self.spawn().0
+    }
+
+    /// Runs the watch until the returned handle aborts it (a sharded
+    /// replica's caches live as long as its set of shards); returns the
+    /// store. The subscribers' streams end with it.
+    pub fn spawn(self) -> (Store<K>, tokio::task::AbortHandle) {
         let store = self.store();
-        tokio::spawn(self.drive());
-        store
+        let task = tokio::spawn(self.drive());
+        (store, task.abort_handle())
     }
 
     /// The watch loop: store each event, then tell the subscribers. They

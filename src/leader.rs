@@ -57,6 +57,14 @@ fn now() -> MicroTime {
     MicroTime(Timestamp::now())
 }
 
+/// The holder of a Lease while it is held (renewed within its duration),
+/// as this process's clock sees it.
+pub fn live_holder(lease: &Lease) -> Option<&str> {
+    let spec = lease.spec.as_ref()?;
+    let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
+    (!expired(spec)).then_some(holder)
+}
+
 fn expired(lease: &LeaseSpec) -> bool {
     let Some(renewed) = lease.renew_time.as_ref() else {
         return true;

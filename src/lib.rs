@@ -42,6 +42,7 @@ pub mod runs;
 #[cfg(feature = "dev")]
 pub mod sandbox;
 pub mod scope;
+pub mod shard;
 pub mod signing;
 pub mod telemetry;
 pub mod text;

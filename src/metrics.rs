@@ -60,6 +60,8 @@ pub struct Metrics {
     pub circuit_open: Family<TargetLabels, Gauge>,
     pub status_writes: Family<KindLabels, Counter>,
     pub leader: Gauge,
+    /// Shards this process holds (`--shards` above 1).
+    pub shards_held: Gauge,
     pub runs: Family<PhaseLabels, Counter>,
     pub step_duration: Family<OutcomeLabels, Histogram>,
     pub compensations: Family<OutcomeLabels, Counter>,
@@ -90,6 +92,7 @@ impl Default for Metrics {
         let circuit_open = Family::<TargetLabels, Gauge>::default();
         let status_writes = Family::<KindLabels, Counter>::default();
         let leader = Gauge::default();
+        let shards_held = Gauge::default();
         let runs = Family::<PhaseLabels, Counter>::default();
         let step_duration = Family::<OutcomeLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.01, 2.0, 20))
@@ -161,7 +164,12 @@ impl Default for Metrics {
             "Status writes to the API server, by kind",
             status_writes.clone(),
         );
-        registry.register("leader", "1 while this process holds the leader Lease", leader.clone());
+        registry.register(
+            "leader",
+            "1 while this process holds the leader Lease (sharded: at least one shard Lease)",
+            leader.clone(),
+        );
+        registry.register("shards_held", "Shard Leases this process holds", shards_held.clone());
         Self {
             registry,
             reconciles,
@@ -172,6 +180,7 @@ impl Default for Metrics {
             circuit_open,
             status_writes,
             leader,
+            shards_held,
             runs,
             step_duration,
             compensations,

@@ -86,6 +86,7 @@ pub async fn run(options: SandboxOptions) -> anyhow::Result<()> {
         lease_name: "tether-controller".into(),
         lease_namespace: None,
         lease_duration: Duration::from_secs(15),
+        shards: 1,
         identity: Some("sandbox".into()),
         expr_timeout: Duration::from_secs(1),
         expr_memory_mib: 256,

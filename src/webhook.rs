@@ -78,13 +78,28 @@ pub const MAX_DELIVERY_ID: usize = 128;
 /// The endpoints' state: the controllers' context (stores, client, key
 /// cache), the deliveries accepted, and the tolerance of timestamps.
 pub struct Webhooks {
-    pub ctx: Arc<Context>,
+    /// The context of the controllers now running (sharded, it changes
+    /// with the held shards).
+    pub current: Current,
     pub deliveries: Deliveries,
     /// How far a webhook's timestamp may be from now, either way.
     pub tolerance: Duration,
 }
 
 pub use crate::workflow::callback::trigger_path as path;
+
+/// The controllers' context as it is now, read at each request.
+pub type Current = Arc<std::sync::RwLock<Arc<Context>>>;
+
+impl Webhooks {
+    /// The context to serve this request with.
+    pub fn ctx(&self) -> Arc<Context> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
 
 /// Whether a delivery id may be signed: 1 to 128 characters of
 /// `[A-Za-z0-9_:-]` (no `.`, which separates the signed fields).
@@ -124,9 +139,9 @@ pub fn fresh(timestamp: i64, now: i64, tolerance: Duration) -> bool {
     now.checked_sub(timestamp).is_some_and(|age| age.abs() <= tolerance)
 }
 
-pub fn router(ctx: Arc<Context>, tolerance: Duration) -> Router {
+pub fn router(current: Current, tolerance: Duration) -> Router {
     let hooks = Webhooks {
-        ctx,
+        current,
         deliveries: Deliveries::default(),
         tolerance,
     };
@@ -221,7 +236,8 @@ async fn callback(
         step,
         attempt,
     };
-    let ctx = &hooks.ctx;
+    let ctx = hooks.ctx();
+    let ctx = ctx.as_ref();
     match record(ctx, &attempt, &query.token, &headers, body).await {
         Ok(()) => {
             count(ctx, "callback");
@@ -255,10 +271,21 @@ async fn record(ctx: &Context, at: &Attempt, token: &str, headers: &HeaderMap, b
     let attempt = *attempt;
     // Everything up to the token's check comes from memory: a flood of
     // wrong tokens costs no API call.
-    let cached = ctx
-        .runs
-        .get(&ObjectRef::<WorkflowRun>::new(run_name).within(namespace))
-        .ok_or_else(|| Refusal::NotFound(format!("no WorkflowRun {namespace}/{run_name}")))?;
+    let missing = || Refusal::NotFound(format!("no WorkflowRun {namespace}/{run_name}"));
+    let cached = match ctx.runs.get(&ObjectRef::<WorkflowRun>::new(run_name).within(namespace)) {
+        Some(run) => run,
+        // Sharded, a replica caches only the runs of its shards: another
+        // shard's run is read from the API server (one read per callback
+        // this replica receives for it; the record below is a conditional
+        // write, which that shard's replica sees on its watch).
+        None if !ctx.shards.holds(namespace) => Api::<WorkflowRun>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(run_name)
+            .await
+            .map_err(Refusal::ReadRun)?
+            .map(Arc::new)
+            .ok_or_else(missing)?,
+        None => return Err(missing()),
+    };
     let secret = cached
         .status
         .as_ref()
@@ -338,7 +365,8 @@ async fn trigger(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let ctx = &hooks.ctx;
+    let ctx = hooks.ctx();
+    let ctx = ctx.as_ref();
     match start(&hooks, &namespace, &name, &headers, body).await {
         Ok(Started::New(run)) => {
             count(ctx, "accepted");
@@ -397,7 +425,15 @@ pub(crate) async fn signed(
     }
     let body = bounded(headers, body, MAX_WEBHOOK_BYTES).await?;
     let verifies = |key: &[u8]| verify(key, timestamp, delivery, &body, signature);
-    key_that_verifies(&hooks.ctx, purpose, namespace, secret, verifies, Refusal::BadSignature).await?;
+    key_that_verifies(
+        &hooks.ctx(),
+        purpose,
+        namespace,
+        secret,
+        verifies,
+        Refusal::BadSignature,
+    )
+    .await?;
     Ok(Signed {
         delivery: delivery.to_owned(),
         timestamp,
@@ -415,7 +451,8 @@ async fn start(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Started, Refusal> {
-    let ctx = hooks.ctx.as_ref();
+    let ctx = hooks.ctx();
+    let ctx = ctx.as_ref();
     let workflow = ctx
         .workflows
         .get(&ObjectRef::<Workflow>::new(name).within(namespace))

@@ -302,6 +302,8 @@ pub struct Context {
     /// Whether this replica leads (reconciles); a standby serves webhooks
     /// and callbacks only.
     pub leading: tokio::sync::watch::Receiver<bool>,
+    /// The shards this replica reconciles (all, unsharded).
+    pub shards: crate::shard::Held,
 }
 
 /// Per-object memory of the ExternalResource controller (keyed by UID).
@@ -625,6 +627,7 @@ mod tests {
             keys: crate::keys::KeyCache::default(),
             resync: Resync::channel().0,
             leading: tokio::sync::watch::channel(true).1,
+            shards: crate::shard::Held::all(),
         }
     }
 

@@ -71,12 +71,31 @@ struct Fingerprint {
     secrets: Vec<(String, Option<String>)>,
 }
 
+/// The fencing tokens calls carry: one per held shard, else one.
+#[derive(Debug, Default)]
+struct Fencing {
+    token: String,
+    count: u32,
+    shards: std::collections::BTreeMap<u32, String>,
+}
+
+impl Fencing {
+    fn for_namespace(&self, namespace: &str) -> String {
+        if self.count > 1
+            && let Some(token) = self.shards.get(&crate::shard::of(namespace, self.count))
+        {
+            return token.clone();
+        }
+        self.token.clone()
+    }
+}
+
 pub struct Registry {
     client: kube::Client,
     secrets: Option<Store<PartialObjectMeta<Secret>>>,
     metrics: Arc<Metrics>,
     egress: Arc<EgressPolicy>,
-    fencing_token: Mutex<String>,
+    fencing: Mutex<Fencing>,
     targets: Mutex<HashMap<String, (Fingerprint, Arc<Target>)>>,
     /// Held while a target is built, so that concurrent callers wait for
     /// one build instead of each making their own Target (each with its
@@ -91,7 +110,7 @@ impl Registry {
             secrets,
             metrics,
             egress: Arc::new(EgressPolicy::default_list()),
-            fencing_token: Mutex::new(String::new()),
+            fencing: Mutex::new(Fencing::default()),
             targets: Mutex::new(HashMap::new()),
             building: tokio::sync::Mutex::new(()),
         }
@@ -107,7 +126,17 @@ impl Registry {
     /// The fencing token put on calls from now on (leader identity and
     /// Lease transitions). Targets built before keep theirs until rebuilt.
     pub fn set_fencing_token(&self, token: String) {
-        *lock(&self.fencing_token) = token;
+        lock(&self.fencing).token = token;
+        lock(&self.targets).clear();
+    }
+
+    /// Sharded: the fencing token of each held shard (of `count`); calls to
+    /// a TargetSystem carry the token of its namespace's shard.
+    pub fn set_shard_tokens(&self, count: u32, tokens: std::collections::BTreeMap<u32, String>) {
+        let mut fencing = lock(&self.fencing);
+        fencing.count = count;
+        fencing.shards = tokens;
+        drop(fencing);
         lock(&self.targets).clear();
     }
 
@@ -257,7 +286,7 @@ impl Registry {
         let http = http
             .build()
             .map_err(|e| RegistryError::InvalidSpec(format!("cannot build an HTTP client: {e}")))?;
-        let fencing = lock(&self.fencing_token).clone();
+        let fencing = lock(&self.fencing).for_namespace(namespace);
         Ok(Target::new(
             key.to_owned(),
             base,

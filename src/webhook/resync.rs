@@ -64,7 +64,8 @@ async fn answer(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    let ctx = &hooks.ctx;
+    let ctx = hooks.ctx();
+    let ctx = ctx.as_ref();
     match resync(hooks, namespace, target, resource, headers, body).await {
         Ok(queued) => {
             count(ctx, "resync");
@@ -90,7 +91,8 @@ async fn resync(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<usize, Refusal> {
-    let ctx = hooks.ctx.as_ref();
+    let ctx = hooks.ctx();
+    let ctx = ctx.as_ref();
     let ts = ctx
         .targets
         .get(&ObjectRef::<TargetSystem>::new(target).within(namespace))
@@ -119,11 +121,12 @@ async fn resync(
         Admit::Replay(_) => return Err(Refusal::Used("this delivery was accepted already")),
         Admit::Full => return Err(Refusal::Busy),
     }
-    if !*ctx.leading.borrow() {
-        // A standby does not reconcile (and does not cache
-        // ExternalResources): it hands the push to the leader through the
-        // API — the resync annotation, one write per resource, which the
-        // leader's watch sees.
+    if !*ctx.leading.borrow() || !ctx.shards.holds(namespace) {
+        // A standby, or a replica that does not hold the namespace's
+        // shard, does not reconcile (and does not cache) these
+        // ExternalResources: it hands the push to their reconciler through
+        // the API — the resync annotation, one write per resource, which
+        // that replica's watch sees.
         let expires = timestamp.saturating_add(i64::try_from(hooks.tolerance.as_secs()).unwrap_or(i64::MAX));
         hooks.deliveries.record(namespace, &scope, delivery, "resync", expires);
         return annotate(ctx, namespace, target, resource).await;

@@ -293,6 +293,8 @@ pub async fn create_run(
     }
     let mut all = std::collections::BTreeMap::from([(WORKFLOW_LABEL.to_owned(), workflow.name_any())]);
     all.extend(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    // Labelled with its shard from the start: no second write.
+    all.extend(ctx.shards.label(&namespace).map(|(k, v)| (k.to_owned(), v)));
     run.meta_mut().labels = Some(all);
     let api: Api<WorkflowRun> = Api::namespaced(ctx.client.clone(), &namespace);
     match api.create(&PostParams::default(), &run).await {

@@ -154,12 +154,17 @@ async fn ensure(
         o.block_owner_deletion = None;
         o
     });
+    let mut labels = json!({ RUN_LABEL: run.name_any(), "tether.dev/step": step });
+    // The run's shard (same namespace), from the create on.
+    if let Some((key, shard)) = scope.ctx.shards.label(&scope.namespace()) {
+        labels[key] = json!(shard);
+    }
     let er = json!({
         "apiVersion": ExternalResource::api_version(&()),
         "kind": ExternalResource::kind(&()),
         "metadata": {
             "name": name,
-            "labels": { RUN_LABEL: run.name_any(), "tether.dev/step": step },
+            "labels": labels,
             "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
         },
         "spec": {
