@@ -209,3 +209,60 @@ async fn the_dashboard_reads_only_metrics_the_controller_serves() {
         }
     }
 }
+
+/// `helm template` of this chart with `values`; its output, or helm's error.
+fn template(values: &[&str]) -> Result<String, String> {
+    let mut args = vec!["template", "tether", "--namespace", "tether-system"];
+    for value in values {
+        args.extend(["--set", value]);
+    }
+    let out = Command::new(helm_binary())
+        .args(&args)
+        .arg(chart())
+        .output()
+        .expect("helm runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn the_replicas_shards_and_traces_values_render_what_they_say() {
+    let default = template(&[]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(default.contains("replicas: 2"), "two replicas by default");
+    assert!(!default.contains("--shards"), "unsharded by default");
+    assert!(!default.contains("--otlp-endpoint"), "traces are off by default");
+    assert!(
+        !default.contains("resources: [targetsystems, workflows, approvals]"),
+        "no label patches unsharded"
+    );
+
+    let sharded = template(&["replicas=3", "shards=6"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(sharded.contains("replicas: 3"), "{sharded}");
+    assert!(sharded.contains("--shards=6"), "{sharded}");
+    assert!(
+        sharded.contains("resources: [targetsystems, workflows, approvals]"),
+        "the holder of shard 0 may label every sharded kind"
+    );
+    assert!(
+        sharded.contains("patch, delete]"),
+        "member Leases of replicas that are gone can be deleted"
+    );
+
+    let refused = template(&["shards=3", "leaderElection.enabled=false"])
+        .err()
+        .unwrap_or_default();
+    assert!(
+        refused.contains("shards above 1 needs leaderElection.enabled"),
+        "shards without Leases are refused: {refused}"
+    );
+
+    let traced =
+        template(&["traces.otlpEndpoint=http://collector.observability:4318"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        traced.contains("--otlp-endpoint=http://collector.observability:4318"),
+        "{traced}"
+    );
+}

@@ -409,3 +409,131 @@ async fn a_new_replica_takes_its_share_while_resources_are_created_without_a_dup
     let r4 = deployment.replicas.get("r4").map(Controller::logs).unwrap_or_default();
     assert!(r4.contains("reconciling shards"), "r4 reconciles a shard:\n{r4}");
 }
+
+/// Threat: a tenant with namespace rights edits the shard label of its own
+/// object to another (valid) shard, to have it reconciled by a replica that
+/// does not hold its TargetSystem's rate limit (or to have two replicas
+/// act on it). The replica it lands on does not reconcile it: it writes the
+/// label the namespace gives, and the namespace's replica applies the
+/// change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_relabelled_to_another_shard_by_a_tenant_is_handed_back_not_reconciled_there() {
+    let cp = ControlPlane::shared();
+    let sim = Simulator::accepting(TOKEN).start();
+    let namespaces = tenants(cp, &sim, 1);
+    let ns = namespaces[0].clone();
+    let mut deployment = Deployment::new(cp, namespaces.clone());
+    for id in ["r1", "r2"] {
+        deployment.start(id);
+    }
+    deployment.wait_balanced(&[("r1", 3), ("r2", 3)], 60).await;
+    cp.apply_json(&ns, &contacts("c", 1));
+    wait_ready(cp, &deployment, 1);
+
+    let own = tether::shard::of(&ns, SHARDS);
+    let holders = deployment.holders();
+    let owner = holders.get(&own).cloned().unwrap_or_default();
+    let (other, elsewhere) = holders
+        .iter()
+        .find(|(_, holder)| **holder != owner)
+        .map(|(shard, holder)| (*shard, holder.clone()))
+        .expect("a shard held by the other replica");
+    let calls_to_target = |text: &str| metric_sum(text, &format!("tether_http_requests_total{{target=\"{ns}/target\""));
+    let before = calls_to_target(&deployment.replicas[&elsewhere].metrics().await);
+
+    // The tenant moves the object and changes it in one edit.
+    let mut moved = contact("c0", json!({"email": "moved@example.com"}), json!({}));
+    moved["metadata"]["labels"] = json!({"tether.dev/shard": other.to_string()});
+    cp.apply_json(&ns, &moved);
+    cp.wait_for(
+        &ns,
+        "xr/c0",
+        &format!("jsonpath={{.metadata.labels.tether\\.dev/shard}}={own}"),
+        "60s",
+        None,
+    );
+    cp.wait_for(&ns, "xr/c0", "jsonpath={.status.observedGeneration}=2", "60s", None);
+    let changed = sim
+        .objects("contacts")
+        .iter()
+        .filter(|o| o["email"] == "moved@example.com")
+        .count();
+    assert_eq!(changed, 1, "the change was applied, once");
+    assert_eq!(
+        calls_to_target(&deployment.replicas[&elsewhere].metrics().await),
+        before,
+        "the replica of shard {other} ({elsewhere}) never called the target of {ns}\n{}",
+        deployment.logs()
+    );
+    assert!(
+        deployment.replicas[&elsewhere]
+            .logs()
+            .contains("moved to the shard of its namespace"),
+        "{}",
+        deployment.logs()
+    );
+}
+
+/// Workflow steps across a rebalance: runs in flight while a fourth
+/// replica takes shards over finish, and every step's call reached the
+/// target exactly once (the simulator counts requests, replays included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_workflow_step_runs_once_while_a_new_replica_takes_shards_over() {
+    let cp = ControlPlane::shared();
+    let sim = Simulator::accepting(TOKEN).start();
+    // Slow calls: the rebalance lands while steps are in flight.
+    sim.set_faults(tether_sim::Faults {
+        latency_ms: 200,
+        ..tether_sim::Faults::default()
+    });
+    let namespaces = tenants(cp, &sim, 8);
+    let mut deployment = Deployment::new(cp, namespaces.clone());
+    for id in ["r1", "r2", "r3"] {
+        deployment.start(id);
+    }
+    deployment.wait_balanced(&[("r1", 2), ("r2", 2), ("r3", 2)], 60).await;
+    let post = |name: &str, collection: &str, body: &str| {
+        json!({"name": name, "call": {"targetRef": {"name": "target"},
+               "request": {"method": "POST", "path": format!("/v1/{collection}"), "body": body},
+               "outputs": {"id": ".body.id"}}})
+    };
+    let mut invoice = post("invoice", "invoices", "{order: $steps.order.outputs.id}");
+    invoice["dependsOn"] = json!(["order"]);
+    let workflow = json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Workflow", "metadata": {"name": "billing"},
+        "spec": {"steps": [post("order", "orders", "{item: \"book\"}"), invoice]}});
+    for ns in &namespaces {
+        cp.apply_json(ns, &workflow);
+    }
+    for ns in &namespaces {
+        cp.wait_for(ns, "twf/billing", "condition=Ready", "60s", None);
+        for i in 0..3 {
+            cp.apply_json(
+                ns,
+                &json!({"apiVersion": "tether.dev/v1alpha1", "kind": "WorkflowRun",
+                        "metadata": {"name": format!("bill-{i}")},
+                        "spec": {"workflowRef": {"name": "billing"}, "parameters": {}}}),
+            );
+        }
+    }
+    deployment.start("r4");
+    deployment
+        .wait_balanced(&[("r1", 2), ("r2", 2), ("r3", 1), ("r4", 1)], 60)
+        .await;
+    for ns in &namespaces {
+        assert_eq!(
+            cp.wait_all(ns, "twr", "condition=Succeeded", "120s", None),
+            3,
+            "{ns}\n{}",
+            deployment.logs()
+        );
+    }
+    let runs = namespaces.len() * 3;
+    for collection in ["orders", "invoices"] {
+        assert_eq!(sim.objects(collection).len(), runs, "one {collection} object per run");
+        assert_eq!(
+            sim.stats().count("create", collection) as usize,
+            runs,
+            "each {collection} call sent once: no replica repeated a step"
+        );
+    }
+}

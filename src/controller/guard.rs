@@ -113,6 +113,16 @@ where
     Fut: Future<Output = Result<Action, E>> + Send + 'static,
     E: Send + 'static,
 {
+    // An object labelled for a shard this replica does not hold by its
+    // namespace (a tenant edited the label, or `--shards` changed) is not
+    // reconciled here: that would put it, and its target's rate limit, on
+    // two replicas. It is labelled right, which hands it to its shard.
+    if let Some(namespace) = object.namespace()
+        && !ctx.shards.holds(&namespace)
+    {
+        relabel(object.as_ref(), &ctx, &namespace).await;
+        return Ok(Action::await_change());
+    }
     let span = telemetry::reconcile_span(
         kind,
         object.namespace().as_deref(),
@@ -137,6 +147,31 @@ where
             report(object.as_ref(), &ctx, kind, &message).await;
             Ok(Action::await_change())
         }
+    }
+}
+
+/// Writes the shard label `object`'s namespace gives it, on the version
+/// read (a later change of the object wins; its next event comes here).
+async fn relabel<K>(object: &K, ctx: &Context, namespace: &str)
+where
+    K: Scoped + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some((label, shard)) = ctx.shards.label(namespace) else {
+        return;
+    };
+    let patch = json!({"metadata": {
+        "resourceVersion": object.resource_version(),
+        "labels": {label: shard},
+    }});
+    let name = object.name_any();
+    match object
+        .api_of(ctx.client.clone())
+        .patch_metadata(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => tracing::info!(%namespace, %name, %shard, "moved to the shard of its namespace"),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+        Err(err) => tracing::warn!(%err, %namespace, %name, "correcting the shard label failed"),
     }
 }
 
