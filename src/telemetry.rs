@@ -10,21 +10,25 @@
 //! Every reconcile of one WorkflowRun joins one trace, whose id is derived
 //! from the run's uid (so no write is needed before the first span) and
 //! recorded in the run's status (`traceId`). The run itself is the trace's
-//! implicit root: its reconciles are children of a span id derived the
-//! same way, which no process exports.
+//! root: its reconciles are children of a span id derived the same way,
+//! and the replica that writes the run's end exports that span (`run
+//! <workflow>`, from the run's creation to its end; [`run_ended`]).
 //!
 //! What a span holds is chosen here, field by field: names, kinds,
 //! operations, status codes, attempts and idempotency keys — never a
 //! header, a query string, a body or a credential.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use opentelemetry::trace::{Span as _, Status, Tracer as _};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracer, SdkTracerProvider};
 use sha2::{Digest, Sha256};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -40,6 +44,33 @@ pub const TRACEPARENT: &str = "traceparent";
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// The tracer of [`run_ended`]'s spans (the layer has its own clone).
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+thread_local! {
+    /// The ids the next span started on this thread takes ([`RunIds`]).
+    static CHOSEN: Cell<Option<(TraceId, SpanId)>> = const { Cell::new(None) };
+}
+
+/// Random ids, except for a run's root span, whose ids are derived from
+/// the run's uid (the OpenTelemetry API has no other way to choose them).
+#[derive(Debug, Default)]
+struct RunIds(RandomIdGenerator);
+
+impl IdGenerator for RunIds {
+    fn new_trace_id(&self) -> TraceId {
+        CHOSEN
+            .with(Cell::get)
+            .map_or_else(|| self.0.new_trace_id(), |(trace, _)| trace)
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        CHOSEN
+            .with(Cell::get)
+            .map_or_else(|| self.0.new_span_id(), |(_, span)| span)
+    }
+}
 
 /// Whether traces are exported (an endpoint was configured).
 pub fn enabled() -> bool {
@@ -108,8 +139,10 @@ where
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource)
+        .with_id_generator(RunIds::default())
         .build();
     let tracer = provider.tracer("tether");
+    let _ = TRACER.set(tracer.clone());
     ENABLED.store(true, Ordering::Relaxed);
     Ok((tracing_opentelemetry::layer().with_tracer(tracer), Traces { provider }))
 }
@@ -286,6 +319,46 @@ pub fn traceparent(span: &Span) -> Option<String> {
             span_context.trace_flags().to_u8()
         )
     })
+}
+
+/// What [`run_ended`] says of a run.
+pub struct RunEnd<'a> {
+    pub uid: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub workflow: &'a str,
+    /// The phase it ended in (`Succeeded`, `Failed`, ...).
+    pub phase: &'a str,
+    pub succeeded: bool,
+    /// When it was created: the span's start.
+    pub created: Option<SystemTime>,
+}
+
+/// Exports the root span of a run that just ended, under the ids its
+/// reconciles name as their parent. Called once, by the pass whose write
+/// ended the run.
+pub fn run_ended(run: &RunEnd<'_>) {
+    let Some(tracer) = TRACER.get() else {
+        return;
+    };
+    let mut builder = tracer.span_builder(format!("run {}", run.workflow)).with_attributes([
+        opentelemetry::KeyValue::new("tether.kind", "WorkflowRun"),
+        opentelemetry::KeyValue::new("tether.namespace", run.namespace.to_owned()),
+        opentelemetry::KeyValue::new("tether.name", run.name.to_owned()),
+        opentelemetry::KeyValue::new("tether.workflow", run.workflow.to_owned()),
+        opentelemetry::KeyValue::new("tether.phase", run.phase.to_owned()),
+    ]);
+    if let Some(created) = run.created {
+        builder = builder.with_start_time(created);
+    }
+    // The ids are drawn while the span starts, on this thread.
+    CHOSEN.with(|chosen| chosen.set(Some(run_ids(run.uid))));
+    let mut span = builder.start_with_context(tracer, &opentelemetry::Context::new());
+    CHOSEN.with(|chosen| chosen.set(None));
+    if !run.succeeded {
+        span.set_status(Status::error(run.phase.to_owned()));
+    }
+    span.end_with_timestamp(SystemTime::now());
 }
 
 /// The trace id of the run with this uid, for its status; `None` when

@@ -256,6 +256,33 @@ async fn a_runs_trace_is_reconcile_then_step_then_http_call_whose_traceparent_th
     run_roots.dedup();
     assert_eq!(run_roots.len(), 1, "one run root: {run_roots:?}");
     assert_eq!(run_roots[0].len(), 8, "the reconciles have a parent");
+    // ...which is exported: the run's own span, a root, from its creation
+    // to its end (it arrives with the batch after the run ended).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let root = loop {
+        let spans = receiver.spans();
+        if let Some(root) = spans.into_iter().find(|s| s.span_id == run_roots[0]) {
+            break root;
+        }
+        assert!(Instant::now() < deadline, "the run's root span was never exported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(root.name, "run three");
+    assert_eq!(hex(&root.trace_id), trace);
+    assert!(root.parent_span_id.is_empty(), "the run's span is the trace's root");
+    let run_attributes = attributes(&root);
+    assert_eq!(
+        run_attributes.get("tether.phase").map(String::as_str),
+        Some("Succeeded")
+    );
+    assert_eq!(run_attributes.get("tether.name").map(String::as_str), Some("three-1"));
+    for (step, _) in &steps {
+        assert!(
+            root.start_time_unix_nano <= step.start_time_unix_nano
+                && step.end_time_unix_nano <= root.end_time_unix_nano,
+            "the run's span covers its steps"
+        );
+    }
 
     // No credential anywhere: not the token, not an Authorization header.
     assert!(!spans.is_empty());

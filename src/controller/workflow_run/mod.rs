@@ -697,6 +697,24 @@ async fn announce(
             .runs
             .get_or_create(&crate::metrics::PhaseLabels { phase: phase.clone() })
             .inc();
+        if engine::is_terminal(after.phase)
+            && !engine::is_terminal(before.phase)
+            && let Some(uid) = run.meta().uid.as_deref()
+        {
+            crate::telemetry::run_ended(&crate::telemetry::RunEnd {
+                uid,
+                namespace: &run.namespace().unwrap_or_default(),
+                name: &run.name_any(),
+                workflow: &run.spec.workflow_ref.name,
+                phase: &phase,
+                succeeded: after.phase == RunPhase::Succeeded,
+                created: run
+                    .meta()
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| std::time::SystemTime::from(t.0)),
+            });
+        }
         let type_ = match after.phase {
             RunPhase::Failed | RunPhase::CompensationFailed | RunPhase::Compensating => EventType::Warning,
             _ => EventType::Normal,
