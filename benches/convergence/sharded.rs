@@ -42,7 +42,6 @@ struct Replica {
     child: Child,
     pid: u32,
     metrics: String,
-    log: std::path::PathBuf,
 }
 
 impl Drop for Replica {
@@ -78,7 +77,6 @@ impl Replica {
             pid: child.id(),
             child,
             metrics: format!("http://127.0.0.1:{port}/metrics"),
-            log,
         })
     }
 
@@ -144,7 +142,7 @@ pub async fn run(cp: &ControlPlane, total: usize) -> Result<()> {
     bulk_load(admin.clone(), items, Arc::new(AtomicUsize::new(0))).await?;
     let loaded = load.elapsed();
     println!("{total} created by the loader in {:.1}s", loaded.as_secs_f64());
-    wait_ready(&ready, |r| r.count() >= total, total, Duration::from_secs(3600)).await?;
+    wait_ready(&ready, ReadySet::count, total, Duration::from_secs(3600)).await?;
     let converged = load.elapsed();
     let writes = apiserver_writes(cp, "externalresources")? - writes_before;
     let ideal = writes.status_and_object as f64 / ceiling[&32];
@@ -246,7 +244,7 @@ pub async fn run(cp: &ControlPlane, total: usize) -> Result<()> {
     loader.await??;
     wait_ready(
         &ready,
-        |r| r.count_in(&orphaned) >= expected_orphaned,
+        |r| r.count_in(&orphaned),
         expected_orphaned,
         Duration::from_secs(1800),
     )
@@ -315,9 +313,6 @@ pub async fn run(cp: &ControlPlane, total: usize) -> Result<()> {
         "| simulator objects / create calls | {objects} / {creates} for {} resources |",
         total + batch
     );
-    if let Some(replica) = replicas.values().next() {
-        println!("\n(replica logs: {})", replica.log.display());
-    }
     Ok(())
 }
 
@@ -450,19 +445,19 @@ where
     Ok(started.elapsed())
 }
 
-/// Waits until `done(ready)`, printing progress every 30 s.
-async fn wait_ready(ready: &ReadySet, done: impl Fn(&ReadySet) -> bool, of: usize, limit: Duration) -> Result<()> {
+/// Waits until `measure(ready)` reaches `of`, printing progress every 30 s.
+async fn wait_ready(ready: &ReadySet, measure: impl Fn(&ReadySet) -> usize, of: usize, limit: Duration) -> Result<()> {
     let started = Instant::now();
     let mut next_report = Duration::from_secs(30);
-    while !done(ready) {
+    while measure(ready) < of {
         if started.elapsed() > limit {
-            return Err(format!("{} Ready of {of} after {}s", ready.count(), limit.as_secs()).into());
+            return Err(format!("{} Ready of {of} after {}s", measure(ready), limit.as_secs()).into());
         }
         if started.elapsed() >= next_report {
             eprintln!(
-                "  ... {}s: {} Ready in all (waiting for {of}), load average {}",
+                "  ... {}s: {} of {of} Ready, load average {}",
                 next_report.as_secs(),
-                ready.count(),
+                measure(ready),
                 loadavg()
             );
             next_report += Duration::from_secs(30);
