@@ -6,11 +6,15 @@
 //!     cargo bench --bench convergence            # 1,000 then 10,000 resources
 //!     BENCH_SMALL=1 cargo bench --bench convergence   # 200 then 1,000 (quick check)
 //!     BENCH_SCALE=100000 cargo bench --bench convergence   # memory at 1k, 10k, 100k and a relist
+//!     BENCH_SHARDED=30000 cargo bench --bench convergence  # 3 replicas, 6 shards: memory, convergence, takeover
+//!     BENCH_SHARDED=3000 cargo bench --bench convergence   # the same, quick
 //!
 //! `BENCH_CONTROLLER_WRAPPER="heaptrack -o /tmp/tether"` runs the controller
 //! under a profiler (any command that takes the controller's command line).
 
 mod common;
+#[path = "convergence/sharded.rs"]
+mod sharded;
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +35,12 @@ async fn main() -> Result<()> {
     let cp = ControlPlane::start(std::path::Path::new(env!("CARGO_MANIFEST_DIR")))?;
     if let Some(largest) = std::env::var("BENCH_SCALE").ok().and_then(|n| n.parse::<usize>().ok()) {
         return scale::run(&cp, largest).await;
+    }
+    if let Some(total) = std::env::var("BENCH_SHARDED")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        return sharded::run(&cp, total).await;
     }
     let controller_client = cp.try_client("controller").await?;
     let admin = cp.try_client("admin").await?;
@@ -151,33 +161,62 @@ async fn main() -> Result<()> {
 /// The Adapter of the simulator's contacts and a TargetSystem with no rate
 /// limit and `maxConcurrency: 64`.
 fn install_target(cp: &ControlPlane, simulator: &tether_sim::SimHandle) -> Result<()> {
-    let adapter = json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": "bench"},
+    ok(&cp.apply_as("admin", NS, &adapter().to_string()))?;
+    let target = json!({"apiVersion": "v1", "kind": "List", "items": target(simulator)});
+    ok(&cp.apply_as("admin", NS, &target.to_string()))
+}
+
+/// The Adapter `bench` of the simulator's contacts.
+fn adapter() -> serde_json::Value {
+    json!({"apiVersion": "tether.dev/v1alpha1", "kind": "Adapter", "metadata": {"name": "bench"},
         "spec": {"rest": {"resourceTypes": [{"name": "contact",
             "read": {"method": "GET", "path": "/v1/contacts/\\(.id)"},
             "create": {"method": "POST", "path": "/v1/contacts", "body": ".properties + {externalName: .name}"},
             "update": {"method": "PATCH", "path": "/v1/contacts/\\(.id)", "body": ".properties"},
-            "delete": {"method": "DELETE", "path": "/v1/contacts/\\(.id)"}}]}}});
-    ok(&cp.apply_as("admin", NS, &adapter.to_string()))?;
-    let target = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token"}, "stringData": {"token": TOKEN}},
-        {"apiVersion": "tether.dev/v1alpha1", "kind": "TargetSystem", "metadata": {"name": "target"},
+            "delete": {"method": "DELETE", "path": "/v1/contacts/\\(.id)"}}]}}})
+}
+
+/// The Secret `token` and the TargetSystem `target` (no rate limit,
+/// `maxConcurrency: 64`) of a namespace, on the simulator.
+fn target(simulator: &tether_sim::SimHandle) -> [serde_json::Value; 2] {
+    [
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token"}, "stringData": {"token": TOKEN}}),
+        json!({"apiVersion": "tether.dev/v1alpha1", "kind": "TargetSystem", "metadata": {"name": "target"},
          "spec": {"adapterRef": {"name": "bench"}, "baseUrl": simulator.base_url(), "maxConcurrency": 64,
-                  "auth": {"bearer": {"tokenSecretRef": {"name": "token", "key": "token"}}}}}]});
-    ok(&cp.apply_as("admin", NS, &target.to_string()))
+                  "auth": {"bearer": {"tokenSecretRef": {"name": "token", "key": "token"}}}}}),
+    ]
 }
 
 /// `tether run` (release build, its own process) on namespace `bench`,
 /// under `$BENCH_CONTROLLER_WRAPPER` when set (a profiler).
 fn spawn_controller(kubeconfig: &std::path::Path, metrics_port: u16) -> Result<std::process::Child> {
+    spawn_controller_with(
+        kubeconfig,
+        metrics_port,
+        &["--namespace", NS],
+        std::process::Stdio::null(),
+        "warn",
+    )
+}
+
+/// `tether run <extra>` (release build, its own process, `--concurrency
+/// 64`), under `$BENCH_CONTROLLER_WRAPPER` when set, its standard error
+/// to `stderr`, logging at `rust_log`.
+fn spawn_controller_with(
+    kubeconfig: &std::path::Path,
+    metrics_port: u16,
+    extra: &[&str],
+    stderr: std::process::Stdio,
+    rust_log: &str,
+) -> Result<std::process::Child> {
     let wrapper = std::env::var("BENCH_CONTROLLER_WRAPPER").unwrap_or_default();
     let mut words: Vec<String> = wrapper.split_whitespace().map(str::to_owned).collect();
     words.push(env!("CARGO_BIN_EXE_tether").to_owned());
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    words.push("run".to_owned());
+    words.extend(extra.iter().map(|w| (*w).to_owned()));
     words.extend(
         [
-            "run",
-            "--namespace",
-            NS,
             "--concurrency",
             "64",
             "--metrics-addr",
@@ -194,10 +233,10 @@ fn spawn_controller(kubeconfig: &std::path::Path, metrics_port: u16) -> Result<s
     Ok(std::process::Command::new(program)
         .args(args)
         .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", rust_log)
         // As the image runs it (Dockerfile).
         .env("MALLOC_ARENA_MAX", "2")
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()?)
 }
 
@@ -403,7 +442,7 @@ mod scale {
         count
     }
 
-    async fn wait_until(done: impl Fn() -> bool, limit: Duration) -> Result<()> {
+    pub async fn wait_until(done: impl Fn() -> bool, limit: Duration) -> Result<()> {
         let started = Instant::now();
         while !done() {
             if started.elapsed() > limit {
@@ -415,7 +454,7 @@ mod scale {
     }
 
     /// Current RSS (`VmRSS`) in MiB.
-    fn rss_mib(pid: u32) -> f64 {
+    pub fn rss_mib(pid: u32) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
             .lines()

@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -33,26 +32,10 @@ struct Deployment<'a> {
 fn grant_what_sharding_needs(cp: &ControlPlane) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let helm = Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/helm.sh"))
-            .output()
-            .expect("scripts/helm.sh runs");
-        let helm = String::from_utf8_lossy(&helm.stdout).trim().to_owned();
-        let rendered = support::assert_ok(
-            &Command::new(helm)
-                .args([
-                    "template",
-                    "tether",
-                    concat!(env!("CARGO_MANIFEST_DIR"), "/charts/tether"),
-                ])
-                .args(["--namespace", "tether-system", "--set", "shards=6"])
-                .args(["--show-only", "templates/clusterrole.yaml"])
-                .args(["--show-only", "templates/leader-election.yaml"])
-                .output()
-                .expect("helm runs"),
-        );
+        let rendered = cp
+            .grant_sharding_rbac(SHARDS)
+            .unwrap_or_else(|e| panic!("the sharded RBAC: {e}"));
         assert!(rendered.contains("[targetsystems, workflows, approvals]"), "{rendered}");
-        support::assert_ok(&cp.apply_as("admin", "tether-system", &rendered));
     });
 }
 

@@ -317,6 +317,46 @@ impl ControlPlane {
         self.kubectl_as(who, &["apply", "-n", namespace, "-f", "-"], Some(manifest))
     }
 
+    /// Grants the controller identity the RBAC of the chart rendered with
+    /// `--set shards=<shards>` (this control plane has the default
+    /// rendering, `shards: 1`): the label patches of the holder of shard
+    /// 0 and the deletion of member Leases that replicas running
+    /// `--shards` above 1 need. Renders the ClusterRole and the
+    /// leader-election Role with the checkout's chart (`scripts/helm.sh`
+    /// builds helm once) and applies them as the admin; returns the
+    /// rendered manifest.
+    pub fn grant_sharding_rbac(&self, shards: u32) -> Result<String, String> {
+        let helm = Command::new("bash")
+            .arg(self.repo.join("scripts/helm.sh"))
+            .output()
+            .map_err(|e| format!("running scripts/helm.sh: {e}"))?;
+        if !helm.status.success() {
+            return Err(format!("scripts/helm.sh: {}", String::from_utf8_lossy(&helm.stderr)));
+        }
+        let helm = String::from_utf8_lossy(&helm.stdout).trim().to_owned();
+        let rendered = Command::new(&helm)
+            .arg("template")
+            .arg("tether")
+            .arg(self.repo.join("charts/tether"))
+            .args(["--namespace", "tether-system", "--set", &format!("shards={shards}")])
+            .args(["--show-only", "templates/clusterrole.yaml"])
+            .args(["--show-only", "templates/leader-election.yaml"])
+            .output()
+            .map_err(|e| format!("running {helm}: {e}"))?;
+        if !rendered.status.success() {
+            return Err(format!("helm template: {}", String::from_utf8_lossy(&rendered.stderr)));
+        }
+        let rendered = String::from_utf8_lossy(&rendered.stdout).into_owned();
+        let applied = self.apply_as("admin", "tether-system", &rendered);
+        if !applied.status.success() {
+            return Err(format!(
+                "applying the sharded RBAC: {}",
+                String::from_utf8_lossy(&applied.stderr)
+            ));
+        }
+        Ok(rendered)
+    }
+
     /// A client for `who` (`admin`, `controller`, `alice`, `bob`).
     pub async fn try_client(&self, who: &str) -> Result<kube::Client, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
