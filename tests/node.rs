@@ -174,26 +174,22 @@ impl Node {
         };
         let pods = text(self.kubectl(&["get", "pods", "-n", "tether-system", "-o", "wide"]));
         let lease = text(self.kubectl(&["get", "lease", "-n", "tether-system", "-o", "yaml"]));
-        let logs = text(self.kubectl(&[
-            "logs",
-            "-n",
-            "tether-system",
-            "-l",
-            "app.kubernetes.io/name=tether",
-            "--tail=30",
-            "--prefix",
-        ]));
+        let replica_logs = |more: &[&str]| {
+            let mut args = vec![
+                "logs",
+                "-n",
+                "tether-system",
+                "-l",
+                "app.kubernetes.io/name=tether",
+                "--tail=30",
+                "--prefix",
+            ];
+            args.extend(more);
+            text(self.kubectl(&args))
+        };
+        let logs = replica_logs(&[]);
         // A replica that restarted: why its last run ended.
-        let previous = text(self.kubectl(&[
-            "logs",
-            "-n",
-            "tether-system",
-            "-l",
-            "app.kubernetes.io/name=tether",
-            "--tail=30",
-            "--prefix",
-            "--previous",
-        ]));
+        let previous = replica_logs(&["--previous"]);
         let followed = std::fs::read_to_string(self.dir.join("followed.log")).unwrap_or_default();
         format!("{pods}\n{lease}\n{logs}\n--- previous runs ---\n{previous}\n--- followed ---\n{followed}")
     }

@@ -118,8 +118,9 @@ fn post_to(name: &str, collection: &str, after: Option<&str>) -> Value {
     step
 }
 
-/// A Workflow `three` (alpha -> beta -> gamma) and its run `three-1`.
-fn three_steps(cp: &ControlPlane, ns: &str) {
+/// A Workflow `three` (alpha -> beta -> gamma) and its run `three-1`,
+/// which `controller` runs to its end.
+fn three_steps(cp: &ControlPlane, ns: &str, controller: &Controller) {
     let steps = json!([
         post_to("a", "alpha", None),
         post_to("b", "beta", Some("a")),
@@ -134,6 +135,13 @@ fn three_steps(cp: &ControlPlane, ns: &str) {
         ns,
         &json!({"apiVersion": "tether.dev/v1alpha1", "kind": "WorkflowRun", "metadata": {"name": "three-1"},
                 "spec": {"workflowRef": {"name": "three"}}}),
+    );
+    cp.wait_for(
+        ns,
+        "twr/three-1",
+        "jsonpath={.status.phase}=Succeeded",
+        "60s",
+        Some(controller),
     );
 }
 
@@ -165,14 +173,7 @@ async fn a_runs_trace_is_reconcile_then_step_then_http_call_whose_traceparent_th
     let receiver = Receiver::start();
     let sim = Simulator::accepting(TOKEN).start();
     let (ns, controller) = start(cp, "traces", &sim, &["--otlp-endpoint", &receiver.url]);
-    three_steps(cp, &ns);
-    cp.wait_for(
-        &ns,
-        "twr/three-1",
-        "jsonpath={.status.phase}=Succeeded",
-        "60s",
-        Some(&controller),
-    );
+    three_steps(cp, &ns, &controller);
 
     // The trace id is in the status, and `tether runs describe` prints it.
     let trace = cp.jsonpath(&ns, "twr/three-1", "{.status.traceId}");
@@ -304,14 +305,7 @@ async fn without_an_endpoint_a_run_records_no_trace_and_targets_get_no_tracepare
     let cp = ControlPlane::shared();
     let sim = Simulator::accepting(TOKEN).start();
     let (ns, controller) = start(cp, "untraced", &sim, &[]);
-    three_steps(cp, &ns);
-    cp.wait_for(
-        &ns,
-        "twr/three-1",
-        "jsonpath={.status.phase}=Succeeded",
-        "60s",
-        Some(&controller),
-    );
+    three_steps(cp, &ns, &controller);
     assert_eq!(cp.jsonpath(&ns, "twr/three-1", "{.status.traceId}"), "");
     assert_eq!(sim.objects("gamma").len(), 1, "the run called the target");
     assert_eq!(sim.traceparents(), vec![], "no traceparent without traces");
