@@ -374,21 +374,36 @@ mod scale {
     /// Creates resources `from..to`, 64 at a time, each with the finalizer
     /// already set and a one-hour poll.
     async fn bulk_load(api: &Api<ExternalResource>, from: usize, to: usize) -> Result<()> {
-        let failures = futures::stream::iter(from..to)
-            .map(|i| {
-                let api = api.clone();
+        let objects = (from..to).map(|i| {
+            let name = format!("r-{i:06}");
+            let manifest = json!({
+                "apiVersion": "tether.dev/v1alpha1", "kind": "ExternalResource",
+                "metadata": {"name": name, "finalizers": [tether::controller::EXTERNAL_RESOURCE_FINALIZER]},
+                "spec": {"targetRef": {"name": "target"}, "type": "contact", "pollInterval": "1h",
+                         "properties": {"email": format!("{name}@example.com"), "plan": "pro"}}});
+            (api.clone(), manifest)
+        });
+        Ok(create_all(objects.collect::<Vec<_>>(), Arc::new(AtomicUsize::new(0))).await?)
+    }
+
+    /// Creates `objects` (where, what), 64 at a time; `created` counts the
+    /// answers. The loader of every memory figure.
+    pub async fn create_all(
+        objects: Vec<(Api<ExternalResource>, serde_json::Value)>,
+        created: Arc<AtomicUsize>,
+    ) -> std::result::Result<(), String> {
+        let failures = futures::stream::iter(objects)
+            .map(|(api, manifest)| {
+                let created = created.clone();
                 async move {
-                    let name = format!("r-{i:06}");
-                    let object: ExternalResource = serde_json::from_value(json!({
-                        "apiVersion": "tether.dev/v1alpha1", "kind": "ExternalResource",
-                        "metadata": {"name": name, "finalizers": [tether::controller::EXTERNAL_RESOURCE_FINALIZER]},
-                        "spec": {"targetRef": {"name": "target"}, "type": "contact", "pollInterval": "1h",
-                                 "properties": {"email": format!("{name}@example.com"), "plan": "pro"}}}))
-                    .map_err(|e| e.to_string())?;
-                    api.create(&PostParams::default(), &object)
+                    let object: ExternalResource = serde_json::from_value(manifest).map_err(|e| e.to_string())?;
+                    let result = api
+                        .create(&PostParams::default(), &object)
                         .await
                         .map(|_| ())
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| e.to_string());
+                    created.fetch_add(1, Ordering::Relaxed);
+                    result
                 }
             })
             .buffer_unordered(64)
@@ -397,7 +412,7 @@ mod scale {
             .await;
         match failures.first() {
             None => Ok(()),
-            Some(first) => Err(format!("{} creates failed, the first: {first}", failures.len()).into()),
+            Some(first) => Err(format!("{} creates failed, the first: {first}", failures.len())),
         }
     }
 

@@ -28,7 +28,7 @@ use tether_harness::ControlPlane;
 
 use super::common::support::fixtures::Simulator;
 use super::common::{Result, apiserver_writes, http_text, machine, metric, peak_rss_mib, wait_http, write_ceilings};
-use super::scale::rss_mib;
+use super::scale::{create_all, rss_mib};
 use super::{NS, TOKEN, adapter, ok, spawn_controller_with, target};
 
 const SHARDS: u32 = 6;
@@ -366,35 +366,19 @@ async fn bulk_load(
     items: Vec<(String, String)>,
     created: Arc<AtomicUsize>,
 ) -> std::result::Result<(), String> {
-    let failures = futures::stream::iter(items)
+    let objects = items
+        .into_iter()
         .map(|(ns, name)| {
-            let api: Api<ExternalResource> = Api::namespaced(admin.clone(), &ns);
-            let created = created.clone();
-            async move {
-                let object: ExternalResource = serde_json::from_value(json!({
-                    "apiVersion": "tether.dev/v1alpha1", "kind": "ExternalResource",
-                    "metadata": {"name": name, "finalizers": [tether::controller::EXTERNAL_RESOURCE_FINALIZER],
-                                 "labels": {tether::shard::LABEL: tether::shard::of(&ns, SHARDS).to_string()}},
-                    "spec": {"targetRef": {"name": "target"}, "type": "contact", "pollInterval": "1h",
-                             "properties": {"email": format!("{name}.{ns}@example.com"), "plan": "pro"}}}))
-                .map_err(|e| e.to_string())?;
-                let result = api
-                    .create(&PostParams::default(), &object)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
-                created.fetch_add(1, Ordering::Relaxed);
-                result
-            }
+            let manifest = json!({
+                "apiVersion": "tether.dev/v1alpha1", "kind": "ExternalResource",
+                "metadata": {"name": name, "finalizers": [tether::controller::EXTERNAL_RESOURCE_FINALIZER],
+                             "labels": {tether::shard::LABEL: tether::shard::of(&ns, SHARDS).to_string()}},
+                "spec": {"targetRef": {"name": "target"}, "type": "contact", "pollInterval": "1h",
+                         "properties": {"email": format!("{name}.{ns}@example.com"), "plan": "pro"}}});
+            (Api::namespaced(admin.clone(), &ns), manifest)
         })
-        .buffer_unordered(64)
-        .filter_map(|r| async move { r.err() })
-        .collect::<Vec<String>>()
-        .await;
-    match failures.first() {
-        None => Ok(()),
-        Some(first) => Err(format!("{} creates failed, the first: {first}", failures.len())),
-    }
+        .collect();
+    create_all(objects, created).await
 }
 
 /// The holder of each shard Lease that has one.
