@@ -477,9 +477,12 @@ async fn start(
         Admit::Full => return Err(Refusal::Busy),
     }
     let payload = json_body(&body)?;
-    let parameters = Expr::compile_cached("spec.triggers.webhook.parameters", &hook.parameters, &[])
-        .and_then(|e| e.eval(&payload, &[]))
-        .map_err(|e| Refusal::BadParameters(e.to_string()))?;
+    let parameters = crate::expr::in_turn(|| {
+        Expr::compile_cached("spec.triggers.webhook.parameters", &hook.parameters, &[])
+            .and_then(|e| e.eval(&payload, &[]))
+    })
+    .await
+    .map_err(|e| Refusal::BadParameters(e.to_string()))?;
     if !parameters.is_object() {
         return Err(Refusal::BadParameters(format!(
             "the parameters expression yielded {parameters}, not an object"

@@ -104,6 +104,77 @@ fn threat_hostile_evaluations_do_not_pin_the_async_runtime() {
     });
 }
 
+/// Threads of this process whose name is `name` (a runtime's threads, its
+/// blocking pool included, carry the runtime's name).
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .filter(|comm| comm.trim_end() == name)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn threat_a_burst_of_slow_evaluations_waits_for_turns_as_tasks_not_as_threads() {
+    sandboxed();
+    const NAME: &str = "expr-burst";
+    const BURST: usize = 8;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(NAME)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(threads_named(NAME));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        })
+    };
+    runtime.block_on(async {
+        // Each reconcile of a burst evaluates a tenant's expression that
+        // runs to the deadline, two workers for eight of them.
+        let burst: Vec<_> = (0..BURST)
+            .map(|_| {
+                tokio::spawn(async {
+                    let expr = Expr::compile("when", "last(range(1e12))", &[]).expect("compiles");
+                    tether::expr::in_turn(|| expr.eval(&Value::Null, &[])).await
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "the runtime was pinned for {:?}",
+            started.elapsed()
+        );
+        for task in burst {
+            let result = task.await.expect("task");
+            assert!(matches!(result, Err(ExprError::Limit { .. })), "{result:?}");
+        }
+    });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.join().expect("sampler");
+    // Two runtime workers, two evaluations waiting on the two sandbox
+    // workers (their cores handed to two more threads), and a spare the
+    // blocking pool keeps: never a thread per waiting evaluation.
+    assert!(
+        most <= 2 + 2 + 2,
+        "{most} runtime threads for {BURST} evaluations on 2 sandbox workers"
+    );
+    assert!(most >= 3, "the sampler saw {most} threads: it did not watch the burst");
+}
+
 /// Pieces of jq, hostile and ordinary, glued at random.
 fn program() -> impl Strategy<Value = String> {
     let atom = prop::sample::select(vec![

@@ -13,7 +13,7 @@ use super::{
     SecretValues,
 };
 use crate::api::adapter::{HttpRequestTemplate, RestAction, RestMapping, RestResourceType};
-use crate::expr::{Expr, ExprError};
+use crate::expr::{Expr, ExprError, in_turn};
 use crate::request::error_message;
 use crate::request::{CompiledRequest, HttpAnswer, TargetRequests};
 
@@ -210,7 +210,7 @@ impl<T: TargetRequests> RestAdapter<T> {
         context: &Value,
         extra_headers: Vec<(String, String)>,
     ) -> Result<HttpAnswer> {
-        let mut call = request.render(operation, context, &[])?;
+        let mut call = in_turn(|| request.render(operation, context, &[])).await?;
         call.headers.extend(extra_headers);
         Ok(self.target.send(call).await?)
     }
@@ -273,12 +273,9 @@ impl<T: TargetRequests> ExternalSystem for RestAdapter<T> {
         if !answer.is_success() {
             return Err(self.rejected("read", &answer));
         }
-        Ok(Observation::Present(self.object(
-            t,
-            &answer.body,
-            &context,
-            request.external_id,
-        )?))
+        Ok(Observation::Present(
+            in_turn(|| self.object(t, &answer.body, &context, request.external_id)).await?,
+        ))
     }
 
     fn can_find(&self, resource_type: &str) -> bool {
@@ -294,7 +291,7 @@ impl<T: TargetRequests> ExternalSystem for RestAdapter<T> {
         let max_pages = find.pagination.as_ref().map_or(1, |(_, _, max)| *max);
         let mut token: Option<String> = None;
         for _ in 0..max_pages {
-            let mut call = find.request.render("find", &context, &[])?;
+            let mut call = in_turn(|| find.request.render("find", &context, &[])).await?;
             if let (Some((_, param, _)), Some(token)) = (&find.pagination, &token) {
                 call.query.retain(|(name, _)| name != param);
                 call.query.push((param.clone(), token.clone()));
@@ -306,14 +303,18 @@ impl<T: TargetRequests> ExternalSystem for RestAdapter<T> {
             if !answer.is_success() {
                 return Err(self.rejected("find", &answer));
             }
-            match find.select.eval(&answer.body, &[&context])? {
-                Value::Null => {}
-                found => return Ok(Observation::Present(self.object(t, &found, &context, None)?)),
+            let found = in_turn(|| match find.select.eval(&answer.body, &[&context])? {
+                Value::Null => Ok(None),
+                found => self.object(t, &found, &context, None).map(Some),
+            })
+            .await?;
+            if let Some(found) = found {
+                return Ok(Observation::Present(found));
             }
             let Some((next, _, _)) = &find.pagination else {
                 return Ok(Observation::Absent);
             };
-            let next = match next.eval(&answer.body, &[&context])? {
+            let next = match in_turn(|| next.eval(&answer.body, &[&context])).await? {
                 Value::Null | Value::Bool(false) => None,
                 Value::String(s) => Some(s).filter(|s| !s.is_empty()),
                 Value::Number(n) => Some(n.to_string()),
@@ -350,7 +351,7 @@ impl<T: TargetRequests> ExternalSystem for RestAdapter<T> {
         if !answer.is_success() {
             return Err(self.rejected("create", &answer));
         }
-        self.object(t, &answer.body, &context, None)
+        in_turn(|| self.object(t, &answer.body, &context, None)).await
     }
 
     fn can_update(&self, resource_type: &str) -> bool {
@@ -377,7 +378,7 @@ impl<T: TargetRequests> ExternalSystem for RestAdapter<T> {
             body @ Value::Object(_) => {
                 let mut body = body.clone();
                 SecretValues::take(&mut body, &t.secret_fields);
-                Some(t.observe.eval(&body, &[&context])?)
+                Some(in_turn(|| t.observe.eval(&body, &[&context])).await?)
             }
             _ => None,
         })
@@ -413,16 +414,20 @@ impl<T: TargetRequests> ExternalSystem for RestAdapter<T> {
             .call(&a.request, &format!("action:{action}"), &context, headers)
             .await?;
         let response = answer.as_value();
-        let succeeded = match &a.success_when {
-            Some(condition) => condition.eval_bool(&response, &[])?,
-            None => answer.is_success(),
-        };
-        let mut outputs = BTreeMap::new();
-        if succeeded {
-            for (name, expr) in &a.outputs {
-                outputs.insert(name.clone(), expr.eval(&response, &[])?);
+        let (succeeded, outputs) = in_turn(|| -> Result<_> {
+            let succeeded = match &a.success_when {
+                Some(condition) => condition.eval_bool(&response, &[])?,
+                None => answer.is_success(),
+            };
+            let mut outputs = BTreeMap::new();
+            if succeeded {
+                for (name, expr) in &a.outputs {
+                    outputs.insert(name.clone(), expr.eval(&response, &[])?);
+                }
             }
-        }
+            Ok((succeeded, outputs))
+        })
+        .await?;
         Ok(ActionOutcome {
             status: answer.status,
             body: answer.body,

@@ -21,6 +21,16 @@
 
 pub mod sandbox;
 
+/// Runs `evaluate` (code that evaluates expressions and does not await) in
+/// a turn of the sandbox: async callers wait for a free worker as a task,
+/// so a burst of reconciles that each evaluate does not park a thread per
+/// reconcile on the workers ([`sandbox::turn`]). Never nest it: the code
+/// inside holds one of the few turns.
+pub async fn in_turn<T>(evaluate: impl FnOnce() -> T) -> T {
+    let _turn = sandbox::turn().await;
+    evaluate()
+}
+
 use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{Compiler, Ctx, Vars, data};
 use jaq_json::Val;

@@ -14,6 +14,12 @@
 //! The caller waits on a pipe; on a multi-threaded tokio runtime it does so
 //! through `block_in_place`, so the runtime's other tasks move to another
 //! thread while it waits. The protocol is one JSON line each way.
+//!
+//! Each waiting caller holds a thread. Async callers therefore first wait
+//! for a **turn** ([`turn`], through [`super::in_turn`]): there are as many
+//! turns as workers, and waiting for one costs a task, not a thread, so 64
+//! reconciles that each evaluate an expression keep two threads waiting on
+//! the workers, not 64.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -75,6 +81,8 @@ pub struct Sandbox {
     limits: Limits,
     workers: Vec<Mutex<Option<Worker>>>,
     next: AtomicUsize,
+    /// One turn per worker (see [`turn`]).
+    turns: tokio::sync::Semaphore,
 }
 
 struct Worker {
@@ -95,13 +103,22 @@ static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
 /// Makes every evaluation of this process go through workers started from
 /// `exe` (the `tether` binary). The first call wins.
 pub fn install(exe: PathBuf, limits: Limits) {
-    let workers = (0..limits.workers.max(1)).map(|_| Mutex::new(None)).collect();
+    let workers: Vec<_> = (0..limits.workers.max(1)).map(|_| Mutex::new(None)).collect();
+    let turns = tokio::sync::Semaphore::new(workers.len());
     let _ = SANDBOX.set(Sandbox {
         exe,
         limits,
         workers,
         next: AtomicUsize::new(0),
+        turns,
     });
+}
+
+/// Waits, without holding a thread, until a worker is free for this task's
+/// evaluations; the turn lasts as long as the permit. `None` when no
+/// sandbox is installed (evaluation in-process does not wait).
+pub async fn turn() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    SANDBOX.get()?.turns.acquire().await.ok()
 }
 
 /// Evaluates in the installed sandbox; `None` when none is installed (unit

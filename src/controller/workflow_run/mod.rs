@@ -285,13 +285,19 @@ async fn advance(run: Arc<WorkflowRun>, ctx: &Context, api: &Api<WorkflowRun>) -
         let now = Utc::now();
         let vars = |s: &WorkflowRunStatus| Vars::of_run(&params, s, &run);
         let start = |i: usize, s: &WorkflowRunStatus| crate::workflow::steps::start(&compiled, vars, i, s);
-        let (mut next, actions) = engine::advance(&compiled.def, &writer.uid, &status, &observations, now, &start);
+        // Planning evaluates `when` and `forEach`; finishing, the run's
+        // outputs: one turn of the sandbox for both.
+        let (next, actions) = crate::expr::in_turn(|| {
+            let (mut next, actions) = engine::advance(&compiled.def, &writer.uid, &status, &observations, now, &start);
+            finish(&run, &compiled, &params, &mut next, cancelled, now);
+            (next, actions)
+        })
+        .await;
         if cancelled {
             observations = vec![Observation::Cancelled];
         } else {
             observations.clear();
         }
-        finish(&run, &compiled, &params, &mut next, cancelled, now);
         writer.write(&next).await?;
         announce(&run, ctx, &previous, &next, &compiled).await;
         previous = next.clone();
@@ -306,7 +312,8 @@ async fn advance(run: Arc<WorkflowRun>, ctx: &Context, api: &Api<WorkflowRun>) -
         if actions.is_empty() {
             break;
         }
-        let scope = Scope::new(ctx, &run, &compiled, params.clone(), &status, now, &actions);
+        let scope =
+            crate::expr::in_turn(|| Scope::new(ctx, &run, &compiled, params.clone(), &status, now, &actions)).await;
         let scope = &scope;
         let pending: Vec<_> = actions.iter().map(|a| scope.perform(a)).collect();
         let results: Vec<Option<Observation>> = futures::stream::iter(pending)

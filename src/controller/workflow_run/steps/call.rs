@@ -11,6 +11,7 @@ use super::{Do, Scope, Step};
 use crate::adapter::{AdapterError, ExternalSystem};
 use crate::api::common::SecretKeyRef;
 use crate::api::common::reason::CALLBACK_FORGED;
+use crate::expr::in_turn;
 use crate::keys::{Freshness, Purpose};
 use crate::request::{CallError, TargetRequests};
 use crate::workflow::callback;
@@ -77,8 +78,8 @@ pub async fn invoke(
     requests: &impl TargetRequests,
 ) -> Result<Map<String, Value>, Failure> {
     let input = match &call.input {
-        Some(input) => input
-            .eval(&Value::Null, &vars.refs())
+        Some(input) => in_turn(|| input.eval(&Value::Null, &vars.refs()))
+            .await
             .map_err(|e| (e.to_string(), FailureClass::Permanent))?,
         None => Value::Null,
     };
@@ -91,8 +92,8 @@ pub async fn invoke(
             outcome.succeeded,
         )
     } else if let Some(request) = &call.request {
-        let mut http = request
-            .render(operation, &input, &vars.refs())
+        let mut http = in_turn(|| request.render(operation, &input, &vars.refs()))
+            .await
             .map_err(|e| (e.to_string(), FailureClass::Permanent))?;
         http.headers.push(("Idempotency-Key".into(), key.to_owned()));
         let answer = requests.send(http).await.map_err(call_failure)?;
@@ -103,13 +104,8 @@ pub async fn invoke(
             FailureClass::Permanent,
         ));
     };
-    outputs.extend(call_outcome(
-        &response,
-        succeeded,
-        call.success_when.as_ref(),
-        &call.outputs,
-        vars,
-    )?);
+    outputs
+        .extend(in_turn(|| call_outcome(&response, succeeded, call.success_when.as_ref(), &call.outputs, vars)).await?);
     Ok(outputs)
 }
 
@@ -138,12 +134,12 @@ pub async fn poll(
         message,
         class,
     };
-    let request = match poll.request.render(&format!("poll:{step}"), &outputs, &vars.refs()) {
+    let request = match in_turn(|| poll.request.render(&format!("poll:{step}"), &outputs, &vars.refs())).await {
         Ok(r) => r,
         Err(e) => return failed((e.to_string(), FailureClass::Permanent)),
     };
     match requests.send(request).await.map_err(call_failure) {
-        Ok(answer) => poll_outcome(step, poll, &answer.as_value(), outputs, vars, now),
+        Ok(answer) => in_turn(|| poll_outcome(step, poll, &answer.as_value(), outputs, vars, now)).await,
         Err((_, FailureClass::Transient)) => again,
         Err(failure) => failed(failure),
     }
@@ -191,13 +187,8 @@ async fn check_callback(scope: &Scope<'_>, step: &Step<'_>, call: &CompiledCall)
         );
     };
     let body = record.get("body").cloned().unwrap_or(Value::Null);
-    Some(callback_outcome(
-        step.name,
-        spec,
-        body,
-        step.status.outputs.clone(),
-        &scope.vars(None, step.name),
-    ))
+    let vars = scope.vars(None, step.name);
+    Some(in_turn(|| callback_outcome(step.name, spec, body, step.status.outputs.clone(), &vars)).await)
 }
 
 /// Undoes a step with its `compensate` call (done at once without one).

@@ -36,7 +36,7 @@ pub async fn perform(
 
 async fn start(scope: &Scope<'_>, step: &Step<'_>, resource: &CompiledResource, item: Option<i32>) -> Observation {
     let vars = scope.vars(item, step.name);
-    let properties = match resource.properties.eval(&Value::Null, &vars.refs()) {
+    let properties = match crate::expr::in_turn(|| resource.properties.eval(&Value::Null, &vars.refs())).await {
         Ok(p) => p,
         Err(e) => return step.failed(item, (e.to_string(), FailureClass::Permanent)),
     };
