@@ -900,6 +900,18 @@ impl Generation {
                 ctx.clone(),
             )
             .for_each(|_| async {});
+        // Long waits (in-sync resources' next polls) are booked outside the
+        // controller's scheduler and wake it through its trigger stream.
+        let booked_polls = {
+            let ctx = ctx.clone();
+            async move {
+                let wake = |namespace: &str, name: &str| ctrl::external_resource::wake_booked(&ctx, namespace, name);
+                ctx.resource_memory.polls.run(wake).await;
+            }
+        };
+        let external_resources = async move {
+            futures::future::select(Box::pin(external_resources), Box::pin(booked_polls)).await;
+        };
         let target_systems = Controller::for_shared_stream(targets_for_controller, target_store.clone())
             .with_config(config.clone())
             .reconcile_all_on(once_synced(&target_store))

@@ -227,6 +227,35 @@ async fn drift_is_corrected_by_default_and_only_reported_when_asked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_that_waits_long_between_polls_is_still_polled_when_due() {
+    // 31 s is past `polls::BOOKED_FROM`: the wait is booked with the
+    // controller's own poll wheel, not kube-runtime's scheduler, and only
+    // the wheel can wake it (nothing else changes).
+    let cp = ControlPlane::shared();
+    let sim = Simulator::accepting(TOKEN).start();
+    let (ns, controller) = Tenant::new(cp, "booked").target(&sim, TOKEN).start();
+    cp.apply_json(
+        &ns,
+        &contact(
+            "slow",
+            json!({"email": "s@example.com", "plan": "pro"}),
+            json!({"pollInterval": "31s"}),
+        ),
+    );
+    cp.wait_for(&ns, "xr/slow", "condition=Ready", "60s", Some(&controller));
+    let id = cp.jsonpath(&ns, "xr/slow", "{.status.externalId}");
+    sim.drift("contacts", &id, &json!({"plan": "free"}))
+        .expect("object exists");
+    eventually("the booked poll finds the drift and corrects it", 120, || {
+        sim.objects("contacts")
+            .into_iter()
+            .any(|o| o["id"] == *id && o["plan"] == "pro")
+    })
+    .await;
+    assert!(events(cp, &ns, "slow").contains("DriftCorrected"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_resync_annotation_forces_a_resync_now() {
     let cp = ControlPlane::shared();
     let sim = Simulator::accepting(TOKEN).start();

@@ -317,6 +317,8 @@ pub struct ResourceMemory {
     /// and whose create was refused before it applied, and when: their
     /// next pass (soon after) creates without a second lookup.
     pub refused_creates: Mutex<HashMap<String, std::time::Instant>>,
+    /// The next polls of resources that wait long (in sync).
+    pub polls: external_resource::polls::Polls,
 }
 
 /// Memory of the WorkflowRun controller.
@@ -638,6 +640,38 @@ mod tests {
             "spec": {"targetRef": {"name": "crm"}, "type": "contact", "properties": {}}
         }))
         .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn a_booked_poll_wakes_its_resource_unless_a_later_pass_was_booked_or_it_is_gone() {
+        use futures::StreamExt;
+        let mut ctx = context();
+        let (resync, mut requests) = Resync::channel();
+        ctx.resync = resync;
+        let (store, mut writer) = reflector::store();
+        let (due, rebooked) = (resource("due"), resource("rebooked"));
+        for er in [&due, &rebooked] {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(er.clone()));
+        }
+        ctx.resources = store;
+        let fresh = |due: std::time::Instant| Freshness {
+            generation: None,
+            resync: None,
+            dependencies: (None, None),
+            references: None,
+            due: Some(due),
+        };
+        let now = std::time::Instant::now();
+        lock(&ctx.resource_memory.fresh).insert(external_resource::key(&due), fresh(now));
+        let later = now + std::time::Duration::from_secs(3600);
+        lock(&ctx.resource_memory.fresh).insert(external_resource::key(&rebooked), fresh(later));
+
+        assert!(external_resource::wake_booked(&ctx, "shop", "due"));
+        assert!(external_resource::wake_booked(&ctx, "shop", "rebooked"));
+        assert!(external_resource::wake_booked(&ctx, "shop", "deleted"));
+        drop(ctx);
+        let woken: Vec<String> = requests.by_ref().map(|r| r.name).collect().await;
+        assert_eq!(woken, ["due"], "only the resource whose pass is due is woken");
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@
 //! fails the conditional write and never sends the create.
 
 pub mod plan;
+pub mod polls;
 pub mod references;
 pub mod secrets;
 pub mod status;
@@ -25,6 +26,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::{Awaits, Context, EXTERNAL_RESOURCE_FINALIZER, Failure, Freshness, RESYNC_ANNOTATION, lock};
@@ -140,6 +142,8 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
     };
     match still_fresh(ctx, er, &freshness) {
         Some(Duration::MAX) => return Ok(Action::await_change()),
+        // Booked when the pass that set it ended (see `next_pass`).
+        Some(wait) if wait >= polls::BOOKED_FROM => return Ok(Action::await_change()),
         Some(wait) => return Ok(Action::requeue(wait)),
         None => {}
     }
@@ -204,8 +208,15 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
     let (next, action) = match result {
         Ok(synced) => {
             ctx.succeeded(&key(er));
-            let due = Some(Instant::now() + poll_interval(er));
-            lock(&ctx.resource_memory.fresh).insert(key(er), Freshness { due, ..freshness });
+            let delay = poll_interval(er);
+            let due = Instant::now() + delay;
+            lock(&ctx.resource_memory.fresh).insert(
+                key(er),
+                Freshness {
+                    due: Some(due),
+                    ..freshness
+                },
+            );
             let next = status::compute(
                 writer.current.as_ref(),
                 &desired,
@@ -213,7 +224,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
                 &synced.outcome(),
                 now,
             );
-            (next, Action::requeue(poll_interval(er)))
+            (next, next_pass(ctx, er, Some((delay, due))))
         }
         Err(failure) => {
             if failure.create_not_applied && !refused_just_now {
@@ -232,7 +243,8 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
                 let policy = target_policy(ctx, er);
                 (!failure.permanent).then(|| ctx.backoff_by(&key(er), &failure, &policy))
             };
-            let due = delay.map(|d| Instant::now() + d);
+            let delay = delay.map(|d| (d, Instant::now() + d));
+            let due = delay.map(|(_, due)| due);
             lock(&ctx.resource_memory.fresh).insert(key(er), Freshness { due, ..freshness });
             ctx.metrics.reconcile_error(KIND, failure.reason);
             let previous_reason = writer
@@ -250,7 +262,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
                 )
                 .await;
             }
-            let action = delay.map_or_else(Action::await_change, Action::requeue);
+            let action = next_pass(ctx, er, delay);
             let outcome = Outcome::Failed {
                 reason: failure.reason,
                 message: failure.message,
@@ -342,8 +354,10 @@ struct Prepared {
 }
 
 async fn prepare(er: &ExternalResource, ctx: &Context, refs: &serde_json::Value) -> Result<Prepared, Failure> {
-    let properties = references::desired_properties(&er.spec.properties, &er.spec.properties_from, refs)
-        .map_err(|e| Failure::permanent("ExpressionError", e.to_string()))?;
+    let properties =
+        crate::expr::in_turn(|| references::desired_properties(&er.spec.properties, &er.spec.properties_from, refs))
+            .await
+            .map_err(|e| Failure::permanent("ExpressionError", e.to_string()))?;
     let mut sent = properties.clone();
     let secret_values = secrets::read_properties(ctx, er).await?;
     if let serde_json::Value::Object(map) = &mut sent {
@@ -378,6 +392,38 @@ async fn keep_secrets(ctx: &Context, er: &ExternalResource, synced: Synced) -> R
     };
     secrets::write(ctx, er, &object.secrets).await?;
     Ok(synced)
+}
+
+/// The action that waits for the next pass, due after `delay` at `due`
+/// (`None`: only a change makes it due). A long wait is booked with
+/// [`polls::Polls`] at exactly the due time the freshness records, and the
+/// controller's scheduler keeps nothing; a short one (a backoff) is the
+/// scheduler's.
+fn next_pass(ctx: &Context, er: &ExternalResource, delay: Option<(Duration, Instant)>) -> Action {
+    match delay {
+        None => Action::await_change(),
+        Some((delay, due)) if delay >= polls::BOOKED_FROM => {
+            let namespace = er.namespace().unwrap_or_default();
+            ctx.resource_memory.polls.book(&namespace, &er.name_any(), due);
+            Action::await_change()
+        }
+        Some((delay, _)) => Action::requeue(delay),
+    }
+}
+
+/// Wakes `namespace`/`name` for a booked poll, unless a later pass was
+/// booked since (the resource was reconciled again) or it is gone; false
+/// when the controller is gone.
+pub fn wake_booked(ctx: &Context, namespace: &str, name: &str) -> bool {
+    let reference = ObjectRef::new(name).within(namespace);
+    let Some(er) = ctx.resources.get(&reference) else {
+        return true;
+    };
+    let due = lock(&ctx.resource_memory.fresh).get(&key(&er)).and_then(|f| f.due);
+    if due.is_some_and(|due| due > Instant::now()) {
+        return true;
+    }
+    ctx.resync.send(reference)
 }
 
 fn still_fresh(ctx: &Context, er: &ExternalResource, now: &Freshness) -> Option<Duration> {
