@@ -36,9 +36,9 @@ FROM ${BINARY_FROM} AS binary
 FROM ${RUNTIME_IMAGE}
 COPY --from=binary /out/tether /usr/local/bin/tether
 USER 65532:65532
-# glibc's malloc keeps one arena per thread and seldom returns freed memory:
-# two arenas hold the controller's RSS about 15 % lower at 10,000 resources
-# (BENCHMARKS.md, "Memory at scale").
+# The controller allocates with jemalloc (its options: .cargo/config.toml);
+# what still uses glibc's malloc (libc itself: name lookups) keeps two
+# arenas instead of one per thread (BENCHMARKS.md, "Memory at scale").
 ENV MALLOC_ARENA_MAX=2
 EXPOSE 9090 8443
 ENTRYPOINT ["/usr/local/bin/tether"]

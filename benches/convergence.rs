@@ -312,11 +312,15 @@ mod scale {
             tokio::time::sleep(Duration::from_secs(5)).await;
             let row = (size, converged, peak_rss_mib(pid), rss_mib(pid));
             println!(
-                "{:>7} Ready: {:.0}s to load and converge, peak RSS {:.0} MiB, RSS now {:.0} MiB",
+                "{:>7} Ready: {:.0}s to load and converge, peak RSS {:.0} MiB, RSS now {:.0} MiB \
+                 (anonymous {:.0} MiB, file-backed {:.0} MiB: the binary's pages; {:.0} threads)",
                 row.0,
                 row.1.as_secs_f64(),
                 row.2,
-                row.3
+                row.3,
+                status_field(pid, "RssAnon:") / 1024.0,
+                status_field(pid, "RssFile:") / 1024.0,
+                status_field(pid, "Threads:"),
             );
             rows.push(row);
             if size >= largest {
@@ -470,14 +474,18 @@ mod scale {
 
     /// Current RSS (`VmRSS`) in MiB.
     pub fn rss_mib(pid: u32) -> f64 {
+        status_field(pid, "VmRSS:") / 1024.0
+    }
+
+    /// A number of the process's `/proc/<pid>/status` (KiB for sizes).
+    fn status_field(pid: u32, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))
+            .find(|l| l.starts_with(field))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
-            / 1024.0
     }
 
     /// Resets the process's peak RSS (`VmHWM`) to its current RSS.

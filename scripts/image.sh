@@ -103,13 +103,14 @@ runtime_base() {
 builder_base() {
   local toolchain
   toolchain=$(rustc --version | awk '{print $2}')
-  local image="localhost/tether-base/builder:${toolchain}"
+  # "-make": jemalloc's build (tikv-jemalloc-sys) runs configure and make.
+  local image="localhost/tether-base/builder:${toolchain}-make"
   have_image "$image" && { echo "$image"; return 0; }
   command -v debootstrap >/dev/null || die "debootstrap is required (apt-get install debootstrap)"
   log "making $image: debootstrap $DEBIAN_SUITE and the installed Rust $toolchain (first time only)"
   local root
   scratch_dir; root=$SCRATCH
-  debootstrap --variant=minbase --include=gcc,libc6-dev,ca-certificates \
+  debootstrap --variant=minbase --include=gcc,libc6-dev,make,ca-certificates \
     "$DEBIAN_SUITE" "$root" http://deb.debian.org/debian >&2
   local sysroot
   sysroot=$(rustc --print sysroot)

@@ -190,6 +190,11 @@ async fn runs(command: RunsCommand) -> anyhow::Result<()> {
     }
 }
 
+/// jemalloc, with the options `.cargo/config.toml` builds in.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     match main_result() {
         Ok(()) => std::process::ExitCode::SUCCESS,
