@@ -72,7 +72,7 @@ pub struct Metrics {
     /// Objects in each kind's cache (src/cache.rs).
     pub cached_objects: Family<KindLabels, Gauge>,
     /// Objects the controllers keep something for (freshness, failure
-    /// counts, last writes, references, generations), by kind: they follow
+    /// counts, booked polls, last writes, references, generations), by kind: they follow
     /// the live objects.
     pub remembered_objects: Family<KindLabels, Gauge>,
 }
@@ -109,7 +109,7 @@ impl Default for Metrics {
         );
         registry.register(
             "remembered_objects",
-            "Entries the controllers keep per object (freshness, failure counts, last writes, references), by kind",
+            "Entries the controllers keep per object (freshness, booked polls, failure counts, last writes, references), by kind",
             remembered_objects.clone(),
         );
         registry.register("workflow_runs", "Workflow runs entering each phase", runs.clone());

@@ -59,8 +59,10 @@ async fn a_forced_relist_loses_nothing_and_per_object_state_goes_with_the_object
     }
     let cached = "tether_cached_objects{kind=\"ExternalResource\"}";
     let remembered = "tether_remembered_objects{kind=\"ExternalResource\"}";
+    // Per Ready resource: its freshness and its next poll, booked.
+    let per_resource = 2.0;
     await_metric(&controller, cached, 3.0).await;
-    await_metric(&controller, remembered, 3.0).await;
+    await_metric(&controller, remembered, 3.0 * per_resource).await;
 
     // The controller's watch ends with 410 Gone and it cannot list again
     // until released: meanwhile one resource is deleted outright (its
@@ -102,7 +104,7 @@ async fn a_forced_relist_loses_nothing_and_per_object_state_goes_with_the_object
     }
     // `gone` was reported deleted by the relist: neither cached nor remembered.
     await_metric(&controller, cached, 3.0).await;
-    await_metric(&controller, remembered, 3.0).await;
+    await_metric(&controller, remembered, 3.0 * per_resource).await;
 
     assert_ok(&cp.kubectl(&["delete", "xr", "--all", "-n", &ns, "--wait=true", "--timeout=60s"]));
     await_metric(&controller, cached, 0.0).await;

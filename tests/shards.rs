@@ -29,6 +29,8 @@ struct Deployment<'a> {
     lease: String,
     namespaces: Vec<String>,
     replicas: BTreeMap<String, Controller>,
+    /// `--shards` of its replicas.
+    shards: u32,
 }
 
 /// The controller's RBAC as the chart renders it with `shards` above 1
@@ -56,12 +58,21 @@ impl<'a> Deployment<'a> {
             lease,
             namespaces,
             replicas: BTreeMap::new(),
+            shards: SHARDS,
+        }
+    }
+
+    /// The same namespaces under another number of shards (new Leases).
+    fn with_shards(cp: &'a ControlPlane, namespaces: Vec<String>, shards: u32) -> Self {
+        Self {
+            shards,
+            ..Self::new(cp, namespaces)
         }
     }
 
     fn start(&mut self, identity: &str) {
         let lease_duration = format!("{LEASE_SECONDS}s");
-        let shards = SHARDS.to_string();
+        let shards = self.shards.to_string();
         let args = [
             "--leader-election",
             "--lease-namespace",
@@ -113,7 +124,7 @@ impl<'a> Deployment<'a> {
         let started = Instant::now();
         loop {
             let counts = self.counts();
-            if counts == want && self.holders().len() == SHARDS as usize {
+            if counts == want && self.holders().len() == self.shards as usize {
                 return started.elapsed();
             }
             assert!(
@@ -131,7 +142,7 @@ impl<'a> Deployment<'a> {
         let holders = self.holders();
         self.namespaces
             .iter()
-            .filter(|ns| holders.get(&tether::shard::of(ns, SHARDS)).map(String::as_str) == Some(identity))
+            .filter(|ns| holders.get(&tether::shard::of(ns, self.shards)).map(String::as_str) == Some(identity))
             .cloned()
             .collect()
     }
@@ -470,6 +481,66 @@ async fn an_object_relabelled_to_another_shard_by_a_tenant_is_handed_back_not_re
         "{}",
         deployment.logs()
     );
+}
+
+/// `shards` changed (6 -> 4): every object is relabelled for the new count
+/// (labels of the old count are in range or not, both are found), and the
+/// replicas of the new count reconcile them all: a change applies once, no
+/// resource is created twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_number_of_shards_relabels_every_object_and_loses_none() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let cp = ControlPlane::shared();
+    let sim = Simulator::accepting(TOKEN).start();
+    let namespaces = tenants(cp, &sim, 4);
+    let mut before = Deployment::new(cp, namespaces.clone());
+    for id in ["r1", "r2"] {
+        before.start(id);
+    }
+    before.wait_balanced(&[("r1", 3), ("r2", 3)], 60).await;
+    for ns in &namespaces {
+        cp.apply_json(ns, &contacts("c", 2));
+    }
+    wait_ready(cp, &before, 2);
+    drop(before);
+
+    const NEW_COUNT: u32 = 4;
+    let mut after = Deployment::with_shards(cp, namespaces.clone(), NEW_COUNT);
+    for id in ["s1", "s2"] {
+        after.start(id);
+    }
+    after.wait_balanced(&[("s1", 2), ("s2", 2)], 60).await;
+    for ns in &namespaces {
+        let want = tether::shard::of(ns, NEW_COUNT);
+        for name in ["c0", "c1"] {
+            cp.wait_for(
+                ns,
+                &format!("xr/{name}"),
+                &format!("jsonpath={{.metadata.labels.tether\\.dev/shard}}={want}"),
+                "60s",
+                None,
+            );
+        }
+        cp.apply_json(
+            ns,
+            &contact("c0", json!({"email": format!("{ns}-changed@example.com")}), json!({})),
+        );
+    }
+    for ns in &namespaces {
+        cp.wait_for(ns, "xr/c0", "jsonpath={.status.observedGeneration}=2", "60s", None);
+        let changed = sim
+            .objects("contacts")
+            .iter()
+            .filter(|o| o["email"] == format!("{ns}-changed@example.com").as_str())
+            .count();
+        assert_eq!(
+            changed,
+            1,
+            "{ns}: the change was applied under the new count\n{}",
+            after.logs()
+        );
+    }
+    assert_each_created_once(&sim, namespaces.len() * 2);
 }
 
 /// Workflow steps across a rebalance: runs in flight while a fourth

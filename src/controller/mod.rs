@@ -436,11 +436,12 @@ impl Context {
     }
 
     /// Frees what was kept for an ExternalResource that is gone (its
-    /// freshness and failure count), so memory follows the live objects.
+    /// freshness, booked poll and failure count), so memory follows the
+    /// live objects.
     pub fn forget_resource(&self, er: &ExternalResource) {
         let key = external_resource::key(er);
         let memory = &self.resource_memory;
-        lock(&memory.fresh).remove(&key);
+        external_resource::forget_freshness(self, er);
         lock(&memory.failures).remove(&key);
         lock(&memory.refused_creates).remove(&key);
     }
@@ -462,12 +463,13 @@ impl Context {
         self.mappings.forget(adapter);
     }
 
-    /// Entries kept per ExternalResource (freshness, failure counts) and
+    /// Entries kept per ExternalResource (freshness, booked polls, failure counts) and
     /// per WorkflowRun (last writes): what [`Self::forget_resource`] and
     /// [`Self::forget_run`] free.
     pub fn remembered(&self) -> (usize, usize) {
         (
             lock(&self.resource_memory.fresh).len()
+                + self.resource_memory.polls.len()
                 + lock(&self.resource_memory.failures).len()
                 + lock(&self.resource_memory.refused_creates).len(),
             lock(&self.run_memory.written).len(),
@@ -678,15 +680,17 @@ mod tests {
     async fn what_the_controllers_keep_per_object_is_freed_when_the_object_goes() {
         let ctx = context();
         let (gone, kept) = (resource("gone"), resource("kept"));
+        let due = std::time::Instant::now() + std::time::Duration::from_secs(3600);
         let fresh = Freshness {
             generation: Some(1),
             resync: None,
             dependencies: (None, None),
             references: None,
-            due: None,
+            due: Some(due),
         };
         for er in [&gone, &kept] {
             lock(&ctx.resource_memory.fresh).insert(external_resource::key(er), fresh.clone());
+            ctx.resource_memory.polls.book("shop", &er.name_any(), due);
         }
         ctx.backoff(
             &external_resource::key(&gone),
@@ -703,11 +707,16 @@ mod tests {
         );
         run.metadata.uid = Some("uid-run".into());
         lock(&ctx.run_memory.written).insert("uid-run".into(), "42".into());
-        assert_eq!(ctx.remembered(), (3, 1));
+        assert_eq!(ctx.remembered(), (5, 1));
 
         ctx.forget_resource(&gone);
         ctx.forget_run(&run);
-        assert_eq!(ctx.remembered(), (1, 0), "only the live resource is remembered");
+        assert_eq!(ctx.remembered(), (2, 0), "only the live resource is remembered");
+        assert_eq!(
+            ctx.resource_memory.polls.len(),
+            1,
+            "the gone resource's poll is unbooked"
+        );
         assert!(lock(&ctx.resource_memory.fresh).contains_key(&external_resource::key(&kept)));
     }
 }

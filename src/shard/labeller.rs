@@ -10,9 +10,17 @@
 //! ExternalResources, a schedule's or webhook's runs) carry the label from
 //! their create.
 //!
+//! An object without its label is reconciled by no replica (their watches
+//! select by it), and the watch hears of it once: so a listing page or a
+//! patch that fails for a reason that passes (the API server unavailable,
+//! throttling, a timeout) is tried again, with backoff, until it succeeds.
+//! A refusal that would only repeat (forbidden, invalid) is logged and left.
+//!
 //! Touches: the API server (metadata reads, label patches).
 
 use std::fmt::Debug;
+use std::future::Future;
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
@@ -67,7 +75,7 @@ where
     for api in apis::<K>(client, scope) {
         let mut params = ListParams::default().limit(500);
         loop {
-            let page = match api.list_metadata(&params).await {
+            let page = match until_done("listing objects to label", || api.list_metadata(&params)).await {
                 Ok(page) => page,
                 Err(err) => {
                     tracing::warn!(%err, kind = %K::kind(&()), "listing objects to label; the watch still labels the unlabelled");
@@ -113,12 +121,84 @@ where
     }
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let patch = json!({"metadata": {"labels": {super::LABEL: want}}});
-    match api
-        .patch_metadata(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
+    let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+    match until_done("labelling with the shard", || api.patch_metadata(name, &params, &patch)).await {
         Ok(_) => tracing::debug!(kind = %K::kind(&()), %namespace, %name, shard = %want, "labelled"),
         Err(kube::Error::Api(e)) if e.code == 404 => {}
         Err(err) => tracing::warn!(%err, kind = %K::kind(&()), %namespace, %name, "labelling with the shard failed"),
+    }
+}
+
+/// Whether a failed call to the API server may succeed when tried again:
+/// the server or the connection failed, it throttled, or it timed out.
+fn passes(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(e) => e.code == 429 || e.code == 409 || e.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// Calls `call` until it succeeds or fails for a reason that does not pass,
+/// waiting between attempts (doubling from 200 ms up to 30 s).
+async fn until_done<T, F, Fut>(what: &str, mut call: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, kube::Error>>,
+{
+    let mut attempt: u32 = 0;
+    loop {
+        match call().await {
+            Err(err) if passes(&err) => {
+                // One labeller per deployment (the holder of shard 0): no
+                // herd of retries to spread with jitter.
+                let wait = Duration::from_millis(200)
+                    .saturating_mul(1 << attempt.min(8))
+                    .min(Duration::from_secs(30));
+                tracing::debug!(%err, ?wait, "{what} failed; trying again");
+                tokio::time::sleep(wait).await;
+                attempt = attempt.saturating_add(1);
+            }
+            done => return done,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure("refused", "Reason").with_code(code),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_label_patch_refused_for_a_passing_reason_is_sent_again_until_it_is_done() {
+        let mut answers = vec![Err(refused(503)), Err(refused(429)), Err(refused(500)), Ok("labelled")].into_iter();
+        let mut calls = 0;
+        let result = until_done("labelling", || {
+            calls += 1;
+            let answer = answers.next().unwrap_or(Ok("labelled"));
+            async move { answer }
+        })
+        .await;
+        assert_eq!(result.ok(), Some("labelled"));
+        assert_eq!(calls, 4);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_that_would_only_repeat_is_not_sent_again() {
+        for code in [403, 404, 422] {
+            let mut calls = 0;
+            let result: Result<(), _> = until_done("labelling", || {
+                calls += 1;
+                async move { Err(refused(code)) }
+            })
+            .await;
+            assert!(result.is_err());
+            assert_eq!(calls, 1, "{code} was tried again");
+        }
     }
 }

@@ -210,8 +210,9 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
             ctx.succeeded(&key(er));
             let delay = poll_interval(er);
             let due = Instant::now() + delay;
-            lock(&ctx.resource_memory.fresh).insert(
-                key(er),
+            remember(
+                ctx,
+                er,
                 Freshness {
                     due: Some(due),
                     ..freshness
@@ -245,7 +246,7 @@ async fn apply(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
             };
             let delay = delay.map(|d| (d, Instant::now() + d));
             let due = delay.map(|(_, due)| due);
-            lock(&ctx.resource_memory.fresh).insert(key(er), Freshness { due, ..freshness });
+            remember(ctx, er, Freshness { due, ..freshness });
             ctx.metrics.reconcile_error(KIND, failure.reason);
             let previous_reason = writer
                 .current
@@ -411,6 +412,27 @@ fn next_pass(ctx: &Context, er: &ExternalResource, delay: Option<(Duration, Inst
     }
 }
 
+/// Records the freshness of `er`'s last pass, and unbooks the poll booked
+/// for the pass before (the wheel holds one entry per resource).
+fn remember(ctx: &Context, er: &ExternalResource, freshness: Freshness) {
+    let previous = lock(&ctx.resource_memory.fresh).insert(key(er), freshness);
+    unbook(ctx, er, previous);
+}
+
+/// Forgets the freshness of `er` and unbooks its next poll: its next pass
+/// is due at once, or it is gone.
+pub fn forget_freshness(ctx: &Context, er: &ExternalResource) {
+    let previous = lock(&ctx.resource_memory.fresh).remove(&key(er));
+    unbook(ctx, er, previous);
+}
+
+fn unbook(ctx: &Context, er: &ExternalResource, previous: Option<Freshness>) {
+    if let Some(due) = previous.and_then(|f| f.due) {
+        let namespace = er.namespace().unwrap_or_default();
+        ctx.resource_memory.polls.unbook(&namespace, &er.name_any(), due);
+    }
+}
+
 /// Wakes `namespace`/`name` for a booked poll, unless a later pass was
 /// booked since (the resource was reconciled again) or it is gone; false
 /// when the controller is gone.
@@ -542,7 +564,7 @@ async fn dependents(er: &ExternalResource, ctx: &Context) -> Vec<String> {
 }
 
 async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, Error> {
-    lock(&ctx.resource_memory.fresh).remove(&key(er));
+    forget_freshness(ctx, er);
     lock(&ctx.resource_memory.refused_creates).remove(&key(er));
     if er.spec.deletion_policy == DeletionPolicy::Orphan || er.spec.management_policy == ManagementPolicy::ObserveOnly {
         let id = er
@@ -649,7 +671,7 @@ async fn cleanup_target(er: &ExternalResource, ctx: &Context) -> Result<Action, 
 /// signed resync push), and wakes it through the controller's trigger
 /// stream. Memory only: no API call.
 pub fn request_resync(ctx: &Context, er: &ExternalResource) -> bool {
-    lock(&ctx.resource_memory.fresh).remove(&key(er));
+    forget_freshness(ctx, er);
     ctx.resync.send(kube::runtime::reflector::ObjectRef::from_obj(er))
 }
 

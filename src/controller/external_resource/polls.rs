@@ -10,10 +10,13 @@
 //! the controller's trigger stream (`Controller::reconcile_on`), the same
 //! way a signed resync push wakes it.
 //!
-//! A resource reconciled again before its entry falls due books a later one;
-//! the earlier entry then finds the per-resource [`super::super::Freshness`]
-//! due later and wakes nothing. Shorter waits (backoffs, retries) stay with
-//! the scheduler.
+//! A resource holds one entry at most: booking its next pass unbooks the
+//! one before (their times are what its [`super::super::Freshness`]
+//! records), and a resource that goes, or whose freshness is forgotten (a
+//! resync push), is unbooked. Should an entry still fall due after its
+//! resource was reconciled again, the freshness says the pass is not due and
+//! nothing is woken. Shorter waits (backoffs, retries) stay with the
+//! scheduler.
 //!
 //! Touches: nothing outside the process.
 
@@ -62,7 +65,14 @@ impl Polls {
         }
     }
 
-    /// Polls booked (stale ones included).
+    /// Unbooks the poll of `namespace`/`name` booked at `at`, if any: its
+    /// resource is gone, or its next pass was booked anew.
+    pub fn unbook(&self, namespace: &str, name: &str, at: Instant) {
+        let entry: Entry = (at, namespace.into(), name.into());
+        self.due.lock().unwrap_or_else(PoisonError::into_inner).remove(&entry);
+    }
+
+    /// Polls booked.
     pub fn len(&self) -> usize {
         self.due.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
@@ -138,6 +148,18 @@ mod tests {
         assert_eq!(due, ["a/first", "b/second"]);
         assert!(polls.take_due(now + Duration::from_secs(2)).is_empty(), "taken once");
         assert_eq!(polls.len(), 1);
+    }
+
+    #[test]
+    fn an_unbooked_poll_never_falls_due() {
+        let polls = Polls::default();
+        let at = Instant::now();
+        polls.book("a", "gone", at);
+        polls.book("a", "kept", at);
+        polls.unbook("a", "gone", at);
+        polls.unbook("a", "never-booked", at);
+        let due: Vec<_> = polls.take_due(at).into_iter().map(|(_, _, name)| name).collect();
+        assert_eq!(due, [Box::<str>::from("kept")]);
     }
 
     #[test]
