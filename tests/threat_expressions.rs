@@ -71,6 +71,23 @@ fn threat_expression_result_nested_too_deep_for_status_is_refused() {
     assert!(matches!(result, Err(ExprError::Limit { .. })), "{result:?}");
 }
 
+/// While `hostile` evaluations run, a timer on the same runtime still fires
+/// on time (the waits were moved off the runtime's workers); then each of
+/// them ends with a limit error.
+async fn stopped_without_pinning_the_runtime(hostile: Vec<tokio::task::JoinHandle<Result<Value, ExprError>>>) {
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        started.elapsed() < TIMEOUT,
+        "the runtime was pinned for {:?}",
+        started.elapsed()
+    );
+    for task in hostile {
+        let result = task.await.expect("task");
+        assert!(matches!(result, Err(ExprError::Limit { .. })), "{result:?}");
+    }
+}
+
 #[test]
 fn threat_hostile_evaluations_do_not_pin_the_async_runtime() {
     sandboxed();
@@ -88,19 +105,7 @@ fn threat_hostile_evaluations_do_not_pin_the_async_runtime() {
                 })
             })
             .collect();
-        // While both runtime workers evaluate, a timer on the same runtime
-        // still fires on time: the waits were moved off the workers.
-        let started = Instant::now();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(
-            started.elapsed() < TIMEOUT,
-            "the runtime was pinned for {:?}",
-            started.elapsed()
-        );
-        for task in hostile {
-            let result = task.await.expect("task");
-            assert!(matches!(result, Err(ExprError::Limit { .. })), "{result:?}");
-        }
+        stopped_without_pinning_the_runtime(hostile).await;
     });
 }
 
@@ -151,17 +156,7 @@ fn threat_a_burst_of_slow_evaluations_waits_for_turns_as_tasks_not_as_threads() 
                 })
             })
             .collect();
-        let started = Instant::now();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(
-            started.elapsed() < TIMEOUT,
-            "the runtime was pinned for {:?}",
-            started.elapsed()
-        );
-        for task in burst {
-            let result = task.await.expect("task");
-            assert!(matches!(result, Err(ExprError::Limit { .. })), "{result:?}");
-        }
+        stopped_without_pinning_the_runtime(burst).await;
     });
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let most = sampler.join().expect("sampler");
