@@ -238,6 +238,7 @@ fn the_replicas_shards_and_traces_values_render_what_they_say() {
         !default.contains("resources: [targetsystems, workflows, approvals]"),
         "no label patches unsharded"
     );
+    assert!(!default.contains("shard-label-only"), "no label policy unsharded");
 
     let sharded = template(&["replicas=3", "shards=6"]).unwrap_or_else(|e| panic!("{e}"));
     assert!(sharded.contains("replicas: 3"), "{sharded}");
@@ -245,6 +246,10 @@ fn the_replicas_shards_and_traces_values_render_what_they_say() {
     assert!(
         sharded.contains("resources: [targetsystems, workflows, approvals]"),
         "the holder of shard 0 may label every sharded kind"
+    );
+    assert!(
+        sharded.contains("name: tether-shard-label-only"),
+        "and an admission policy keeps that patch to the label"
     );
     assert!(
         sharded.contains("patch, delete]"),

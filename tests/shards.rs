@@ -543,6 +543,69 @@ async fn changing_the_number_of_shards_relabels_every_object_and_loses_none() {
     assert_each_created_once(&sim, namespaces.len() * 2);
 }
 
+/// Threat: the controller's token, stolen, used through the `patch` that
+/// sharding grants on TargetSystems to point one at another host. The
+/// chart's admission policy lets that right change the shard label and
+/// nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threat_the_controllers_sharded_patch_right_changes_only_the_shard_label() {
+    let cp = ControlPlane::shared();
+    grant_what_sharding_needs(cp);
+    let sim = Simulator::accepting(TOKEN).start();
+    let ns = tenants(cp, &sim, 1).remove(0);
+    let controller_account = "system:serviceaccount:tether-system:tether";
+    let patch = |body: &str, dry_run: &str| {
+        cp.kubectl(&[
+            "--as",
+            controller_account,
+            dry_run,
+            "patch",
+            "targetsystem",
+            "target",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            body,
+        ])
+    };
+    let refusal = "may change only the tether.dev/shard label";
+    let steal = r#"{"spec":{"baseUrl":"https://attacker.example.com"}}"#;
+    // The policy is in force once a forbidden patch says so (admission
+    // policies take a moment to load): tried without being kept until then.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = patch(steal, "--dry-run=server");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() && stderr.contains(refusal) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the controller's account changed a TargetSystem's spec: ok={} {stderr}",
+            out.status.success()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let stolen = patch(steal, "--dry-run=none");
+    assert!(
+        String::from_utf8_lossy(&stolen.stderr).contains(refusal),
+        "the spec: {stolen:?}"
+    );
+    let other_label = patch(r#"{"metadata":{"labels":{"team":"attacker"}}}"#, "--dry-run=none");
+    assert!(
+        String::from_utf8_lossy(&other_label.stderr).contains(refusal),
+        "another label: {other_label:?}"
+    );
+    let shard_label = patch(r#"{"metadata":{"labels":{"tether.dev/shard":"1"}}}"#, "--dry-run=none");
+    assert!(shard_label.status.success(), "the shard label: {shard_label:?}");
+    assert_ne!(
+        cp.jsonpath(&ns, "targetsystem/target", "{.spec.baseUrl}"),
+        "https://attacker.example.com",
+        "the spec is the tenant's"
+    );
+}
+
 /// Workflow steps across a rebalance: runs in flight while a fourth
 /// replica takes shards over finish, and every step's side effect happened
 /// exactly once at the target.

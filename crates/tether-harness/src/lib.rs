@@ -341,6 +341,7 @@ impl ControlPlane {
             .args(["--namespace", "tether-system", "--set", &format!("shards={shards}")])
             .args(["--show-only", "templates/clusterrole.yaml"])
             .args(["--show-only", "templates/leader-election.yaml"])
+            .args(["--show-only", "templates/shard-label-policy.yaml"])
             .output()
             .map_err(|e| format!("running {helm}: {e}"))?;
         if !rendered.status.success() {
