@@ -15,6 +15,8 @@
 //! patch that fails for a reason that passes (the API server unavailable,
 //! throttling, a timeout) is tried again, with backoff, until it succeeds.
 //! A refusal that would only repeat (forbidden, invalid) is logged and left.
+//! Objects are labelled a few at a time, so one whose patch keeps failing
+//! does not hold up the rest.
 //!
 //! Touches: the API server (metadata reads, label patches).
 
@@ -33,6 +35,10 @@ use serde_json::json;
 
 use crate::api::{Approval, ExternalResource, TargetSystem, Workflow, WorkflowRun};
 use crate::scope::Scope;
+
+/// Objects labelled at once per kind: an object whose patch keeps failing
+/// (its retries wait) does not hold up the others.
+const AT_ONCE: usize = 8;
 
 /// Labels objects of every sharded kind in `scope` for `count` shards,
 /// until the task is aborted.
@@ -82,9 +88,9 @@ where
                     break;
                 }
             };
-            for object in &page.items {
-                fix(client, object, count).await;
-            }
+            stream::iter(&page.items)
+                .for_each_concurrent(AT_ONCE, |object| fix(client, object, count))
+                .await;
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => params = params.continue_token(&token),
                 None => break,
@@ -96,14 +102,15 @@ where
         .into_iter()
         .map(|api| watcher(api, config.clone()).default_backoff().boxed())
         .collect();
-    let mut events = stream::select_all(watches);
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(Event::Apply(object) | Event::InitApply(object)) => fix(client, &object, count).await,
-            Ok(_) => {}
-            Err(err) => tracing::debug!(%err, kind = %K::kind(&()), "label watch failed; retrying"),
-        }
-    }
+    stream::select_all(watches)
+        .for_each_concurrent(AT_ONCE, |event| async move {
+            match event {
+                Ok(Event::Apply(object) | Event::InitApply(object)) => fix(client, &object, count).await,
+                Ok(_) => {}
+                Err(err) => tracing::debug!(%err, kind = %K::kind(&()), "label watch failed; retrying"),
+            }
+        })
+        .await;
 }
 
 /// Writes the right shard label on `object` unless it carries it.
